@@ -1,0 +1,28 @@
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CHECKPOINTS ?= build/checkpoints
+REPOSITORY ?= build/model_repository
+
+.PHONY: test lint serve demo checkpoints repository clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check stepaudio model_repository backends export clients bench tests
+
+checkpoints: $(STAMP)
+	$(PY) -m stepaudio.checkpoints make-tiny --out $(CHECKPOINTS)
+
+serve: $(STAMP)
+	$(PY) -m stepaudio.serve --model-repository $(if $(wildcard $(REPOSITORY)),$(REPOSITORY),model_repository)
+
+clean:
+	rm -rf build $(VENV)

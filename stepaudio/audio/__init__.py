@@ -1,0 +1,1 @@
+"""Audio front end: reading, resampling, normalisation and spectral features."""

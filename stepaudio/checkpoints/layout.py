@@ -1,0 +1,33 @@
+"""File and folder names of the published Step-Audio checkpoint tree (step-audio.md §1).
+
+Every loader and every writer takes its paths from here, so the tiny trees the project writes and the
+real downloaded trees have one definition.
+"""
+
+TTS_DIR = "Step-Audio-TTS-3B"
+CHAT_DIR = "Step-Audio-Chat"
+TOKENIZER_DIR = "Step-Audio-Tokenizer"
+
+# Step1 LLM folders (TTS-3B and Chat share the file set).
+LLM_CONFIG = "config.json"
+LLM_WEIGHTS = "model-00001.safetensors"
+LLM_WEIGHTS_INDEX = "model.safetensors.index.json"
+LLM_SPM = "tokenizer.model"
+LLM_TOKENIZER_CONFIG = "tokenizer_config.json"
+
+# Hybrid decoders live inside the TTS folder.
+SPEECH_DECODER_DIR = "CosyVoice-300M-25Hz"
+MUSIC_DECODER_DIR = "CosyVoice-300M-25Hz-Music"
+DECODER_DIRS = (SPEECH_DECODER_DIR, MUSIC_DECODER_DIR)
+DECODER_YAML = "cosyvoice.yaml"
+FLOW_WEIGHTS = "flow.pt"
+HIFT_WEIGHTS = "hift.pt"
+CAMPPLUS_ONNX = "campplus.onnx"
+
+# Audio tokenizer.
+LINGUISTIC_CODEBOOK = "linguistic_tokenizer.npy"
+SEMANTIC_TOKENIZER_ONNX = "speech_tokenizer_v1.onnx"
+PARAFORMER_DIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
+PARAFORMER_CONFIG = "config.yaml"
+PARAFORMER_CMVN = "am.mvn"
+PARAFORMER_WEIGHTS = "model.pt"

@@ -1,0 +1,58 @@
+"""Where each component registers the writer of its part of the checkpoint tree.
+
+A writer is ``fn(root: Path, variant: str, seed: int) -> list[Path]``: it writes its files under ``root`` in the
+real published layout (see ``layout``) and returns what it wrote. ``variant`` is ``"tiny"`` (small dims, for tests
+and the demo) or ``"real"`` (published dims, random weights, for CPU benchmarks); a writer that has no real-size
+variant raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+Writer = Callable[[Path, str, int], list]
+VARIANTS = ("tiny", "real")
+
+# Modules that register writers when imported; one per component.
+WRITER_MODULES = (
+    "stepaudio.llm.checkpoint",
+    "stepaudio.tokenizer.checkpoint",
+    "stepaudio.decoder.checkpoint",
+)
+
+_WRITERS: dict[str, Writer] = {}
+
+
+def register_writer(name: str) -> Callable[[Writer], Writer]:
+    def decorate(fn: Writer) -> Writer:
+        if name in _WRITERS and _WRITERS[name] is not fn:
+            raise ValueError(f"checkpoint writer {name!r} registered twice")
+        _WRITERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def writers() -> dict[str, Writer]:
+    """All registered writers, importing the component modules first (in a fixed order)."""
+    for module in WRITER_MODULES:
+        importlib.import_module(module)
+    return dict(_WRITERS)
+
+
+def write_tree(root: Path, variant: str = "tiny", seed: int = 0, only: list[str] | None = None) -> list[Path]:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown checkpoint variant {variant!r}; expected one of {VARIANTS}")
+    available = writers()
+    names = list(available) if not only else only
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"unknown checkpoint component(s) {unknown}; known: {sorted(available)}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name in names:
+        written += available[name](root, variant, seed)
+    return written
