@@ -1,0 +1,86 @@
+"""One real tritonserver per test session, on free loopback ports, against a repository built for the tests.
+
+The server is stopped at session end whatever happened (the fixture's context manager), and every test that
+talks to it goes through ``triton_server``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stepaudio.serve import TritonServer
+
+SMOKE_REPOSITORY = Path(__file__).parent / "smoke_repository"
+
+
+def write_smoke_onnx(path: Path) -> None:
+    """y = 3x + 1 as a two-node ONNX graph with a dynamic batch dimension."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "three"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
+        "smoke",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("three", TensorProto.FLOAT, [], [3.0]), helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("model_repository")
+    shutil.copytree(SMOKE_REPOSITORY, repo, dirs_exist_ok=True)
+    (repo / "README.md").unlink()
+    write_smoke_onnx(repo / "smoke_onnx" / "1" / "model.onnx")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton_server(model_repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server_log") / "server.log"
+    with TritonServer(model_repository, log_path=log) as server:
+        yield server
+
+
+@pytest.fixture
+def http_client(triton_server):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(triton_server.http_url, concurrency=16, network_timeout=300)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def grpc_client(triton_server):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    yield client
+    client.close()
+
+
+def http_input(name: str, array: np.ndarray):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def grpc_input(name: str, array: np.ndarray):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+    tensor.set_data_from_numpy(array)
+    return tensor

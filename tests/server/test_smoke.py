@@ -1,0 +1,147 @@
+"""Foundation smoke tests against the live server: protocols, ensemble, decoupled streaming, batching, ONNX."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stepaudio.serve import ModelLoadError, TritonServer
+from tests.server.conftest import grpc_input, http_input
+
+pytestmark = pytest.mark.server
+
+
+def test_server_binds_loopback_and_reports_version(triton_server, http_client):
+    assert triton_server.host == "127.0.0.1"
+    assert http_client.is_server_ready()
+    assert http_client.get_server_metadata()["version"] == "2.51.0"
+
+
+def test_http_inference(http_client):
+    x = np.arange(5, dtype=np.float32)[None]
+    result = http_client.infer("smoke_scale", [http_input("INPUT0", x)])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * x)
+
+
+def test_grpc_inference(grpc_client):
+    x = np.linspace(-1, 1, 7, dtype=np.float32)[None]
+    result = grpc_client.infer("smoke_scale", [grpc_input("INPUT0", x)])
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), 2 * x)
+
+
+def test_ensemble(http_client):
+    x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    result = http_client.infer("smoke_ensemble", [http_input("X", x)])
+    np.testing.assert_array_equal(result.as_numpy("Y"), 2 * x + 1)
+
+
+def test_decoupled_stream_over_grpc(grpc_client):
+    responses: queue.Queue = queue.Queue()
+    grpc_client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        grpc_client.async_stream_infer(
+            "smoke_stream", [grpc_input("COUNT", np.array([5], dtype=np.int32))], enable_empty_final_response=True
+        )
+        indices = []
+        while True:
+            result, error = responses.get(timeout=30)
+            assert error is None, error
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+            indices.append(int(result.as_numpy("INDEX")[0]))
+    finally:
+        grpc_client.stop_stream()
+    assert indices == [0, 1, 2, 3, 4]
+
+
+def test_decoupled_error_is_invalid_arg_and_server_stays_ready(grpc_client):
+    responses: queue.Queue = queue.Queue()
+    grpc_client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        grpc_client.async_stream_infer("smoke_stream", [grpc_input("COUNT", np.array([-1], dtype=np.int32))])
+        _, error = responses.get(timeout=30)
+    finally:
+        grpc_client.stop_stream()
+    assert error is not None and "COUNT must be >= 0" in str(error)
+    assert grpc_client.is_server_ready()
+
+
+def test_dynamic_batching_in_statistics(triton_server):
+    import tritonclient.http as httpclient
+
+    def before_after():
+        stats = client.get_inference_statistics("smoke_scale")["model_stats"][0]
+        return int(stats["inference_count"]), int(stats["execution_count"])
+
+    client = httpclient.InferenceServerClient(triton_server.http_url, concurrency=8)
+    try:
+        inferences0, executions0 = before_after()
+        x = np.ones((1, 16), dtype=np.float32)
+        # tritonclient.http is gevent-based: concurrency comes from async_infer, not from threads.
+        pending = [client.async_infer("smoke_scale", [http_input("INPUT0", x * i)]) for i in range(8)]
+        outputs = [p.get_result() for p in pending]
+        inferences1, executions1 = before_after()
+    finally:
+        client.close()
+    for i, out in enumerate(outputs):
+        np.testing.assert_array_equal(out.as_numpy("OUTPUT0"), 2 * i * x)
+    assert inferences1 - inferences0 == 8
+    assert executions1 - executions0 < 8, "8 concurrent requests were not batched"
+
+
+def test_onnx_model_through_cpu_config(http_client):
+    # config.pbtxt (native ORT, KIND_GPU) sits next to configs/cpu.pbtxt: the CPU server must have loaded the latter.
+    config = http_client.get_model_config("smoke_onnx")
+    assert config["backend"] == "onnxruntime"
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    result = http_client.infer("smoke_onnx", [http_input("x", x)])
+    np.testing.assert_allclose(result.as_numpy("y"), 3 * x + 1)
+
+
+def test_failed_model_load_is_reported_with_its_error(tmp_path):
+    broken = Path(__file__).parent / "broken_repository"
+    with pytest.raises(ModelLoadError) as info:
+        TritonServer(broken, log_path=tmp_path / "log").start(timeout=60)
+    assert "smoke_broken" in info.value.failures
+    assert "deliberate test failure" in info.value.failures["smoke_broken"]
+
+
+def test_cli_starts_prints_urls_and_stops_cleanly_on_sigterm(tmp_path):
+    import shutil
+    import signal
+
+    # A repository of its own, so its stubs are told apart from the session server's.
+    model_repository = tmp_path / "cli_repository"
+    shutil.copytree(Path(__file__).parent / "smoke_repository" / "smoke_offset", model_repository / "smoke_offset")
+
+    shm_before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stepaudio.serve", "--model-repository", str(model_repository),
+         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        assert any(line.strip().startswith("HTTP    http://127.0.0.1:") for line in lines), lines
+        assert any(line.strip().startswith("gRPC    127.0.0.1:") for line in lines), lines
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # No python stubs of that server left and no new shared-memory regions.
+    stubs = subprocess.run(["pgrep", "-f", "triton_python_backend_stub.*" + str(model_repository)], capture_output=True)
+    assert stubs.returncode == 1, stubs.stdout
+    leaked = [n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("triton_python_backend")]
+    assert leaked == []
