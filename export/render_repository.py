@@ -1,0 +1,180 @@
+"""Render a deployable Triton model repository from ``model_repository/`` templates and a checkpoint tree.
+
+    python -m export.render_repository --checkpoints DIR --out build/model_repository [--voices DIR] [--set k=v ...]
+
+What it does, in one pass:
+1. copies each served model's template folder (``config.pbtxt`` for GPU production, ``configs/cpu.pbtxt`` for the
+   CPU server, ``1/model.py``) under its served name; a template can be served under several names with other
+   values (``flow_decoder`` → ``flow_decoder_music`` with the music decoder's weights);
+2. fills every ``${name}`` placeholder of the configs (``fill_template.py`` syntax) from the checkpoint paths, the
+   deployment values (``DEFAULTS`` overridden by ``--set``) and the model's own values;
+3. exports the ONNX files the ONNX models serve (flow decoder and vocoder of each decoder folder);
+4. fails if any placeholder is left unfilled, naming the file and the placeholders.
+
+The same rendered repository loads in an NGC Triton GPU container (``config.pbtxt``) and on the CPU server
+(``--model-config-name=cpu``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from stepaudio.checkpoints import layout
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# Deployment values a profile may override with --set key=value.
+DEFAULTS: dict[str, str] = {
+    "llm_max_batch_size": "8",  # running streams per LLM step (continuous batching)
+    "llm_gpu_dtype": "bfloat16",
+    "decoder_max_batch_size": "8",
+    "decoder_queue_delay_us": "20000",
+    "decoder_gpu_instances": "2",
+    "tokenizer_max_batch_size": "8",
+    "max_text_chars": "1000",
+    "max_prompt_seconds": "30",
+    "voice_cache_entries": "256",
+    "stream_first_chunk_tokens": "25",
+    "stream_chunk_growth": "2.0",
+    "stream_max_chunk_tokens": "200",
+}
+
+
+class RenderError(ValueError):
+    pass
+
+
+@dataclass
+class ServedModel:
+    name: str
+    template: str
+    values: dict[str, str] = field(default_factory=dict)
+    # Writes the model's artifacts into its version folder (e.g. model.onnx); None for python/ensemble models.
+    build: Callable[[Path], None] | None = None
+
+
+def _decoder_exports(decoder_dir: Path) -> tuple[Callable[[Path], None], Callable[[Path], None]]:
+    def flow(version_dir: Path) -> None:
+        from export.flow_onnx import export_flow_onnx
+
+        export_flow_onnx(decoder_dir, version_dir / "model.onnx")
+
+    def vocoder(version_dir: Path) -> None:
+        from export.vocoder_onnx import export_vocoder_onnx
+
+        export_vocoder_onnx(decoder_dir, version_dir / "model.onnx")
+
+    return flow, vocoder
+
+
+def served_models(checkpoints: Path) -> list[ServedModel]:
+    tts_dir = checkpoints / layout.TTS_DIR
+    models: list[ServedModel] = []
+    for decoder_dir_name, suffix in ((layout.SPEECH_DECODER_DIR, ""), (layout.MUSIC_DECODER_DIR, "_music")):
+        flow, vocoder = _decoder_exports(tts_dir / decoder_dir_name)
+        models.append(ServedModel(f"flow_decoder{suffix}", "flow_decoder", build=flow))
+        models.append(ServedModel(f"vocoder{suffix}", "vocoder", build=vocoder))
+    return models
+
+
+def fill(text: str, values: dict[str, str], where: str) -> str:
+    missing = sorted({m for m in _PLACEHOLDER.findall(text) if m not in values})
+    if missing:
+        raise RenderError(f"{where}: no value for placeholder(s) {', '.join('${' + m + '}' for m in missing)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise RenderError(f"unknown --set key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    values = dict(DEFAULTS) | overrides
+    values |= {
+        "tts_checkpoint": str((checkpoints / layout.TTS_DIR).resolve()),
+        "chat_checkpoint": str((checkpoints / layout.CHAT_DIR).resolve()),
+        "tokenizer_checkpoint": str((checkpoints / layout.TOKENIZER_DIR).resolve()),
+        "speech_decoder_dir": str((checkpoints / layout.TTS_DIR / layout.SPEECH_DECODER_DIR).resolve()),
+        "music_decoder_dir": str((checkpoints / layout.TTS_DIR / layout.MUSIC_DECODER_DIR).resolve()),
+        "voices_dir": str(Path(voices).resolve()) if voices else "",
+    }
+    return values
+
+
+def render_model(model: ServedModel, out: Path, values: dict[str, str]) -> Path:
+    template = TEMPLATES / model.template
+    if not template.is_dir():
+        raise RenderError(f"no template folder {template}")
+    target = out / model.name
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(template, target, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "README.md"))
+    model_values = values | {"model_name": model.name} | model.values
+    for config in [target / "config.pbtxt", *sorted((target / "configs").glob("*.pbtxt"))]:
+        if config.exists():
+            config.write_text(fill(config.read_text(), model_values, str(config.relative_to(out))))
+    if model.build is not None:
+        version = target / "1"
+        version.mkdir(exist_ok=True)
+        model.build(version)
+    return target
+
+
+def render(
+    checkpoints: Path,
+    out: Path,
+    voices: Path | None = None,
+    overrides: dict[str, str] | None = None,
+    only: list[str] | None = None,
+) -> list[Path]:
+    checkpoints = Path(checkpoints)
+    if not checkpoints.is_dir():
+        raise RenderError(f"checkpoint directory {checkpoints} does not exist")
+    values = base_values(checkpoints, voices, overrides or {})
+    models = served_models(checkpoints)
+    if only:
+        unknown = sorted(set(only) - {m.name for m in models})
+        if unknown:
+            raise RenderError(f"unknown model(s) {unknown}")
+        models = [m for m in models if m.name in only]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return [render_model(m, out, values) for m in models]
+
+
+def _parse_set(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RenderError(f"--set expects key=value, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.render_repository", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", type=Path, required=True, help="folder holding Step-Audio-TTS-3B/ etc.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--voices", type=Path, default=None, help="preset speakers folder (speakers_info.json + wavs)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--only", nargs="*", help="render only these served models")
+    args = parser.parse_args(argv)
+    try:
+        paths = render(args.checkpoints, args.out, args.voices, _parse_set(args.overrides), args.only)
+    except RenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
