@@ -76,13 +76,14 @@ def render_chat(turns: Sequence[ChatTurn]) -> str:
     if not turns:
         raise ValueError("a chat needs at least one turn")
     roles = contract_data()["role_names"]
+    for turn in turns:
+        turn.validate()
     if any(t.role == "system" for t in turns[1:]):
         raise ValueError("a system turn may only come first")
     if roles[turns[-1].role] != "human":
         raise ValueError("the last turn must be the user's")
     parts = []
     for turn in turns:
-        turn.validate()
         parts.append(f"{BOT}{roles[turn.role]}\n{turn.content()}{EOT}")
     parts.append(f"{BOT}assistant\n")
     return "".join(parts)
