@@ -23,6 +23,7 @@ DECODER_YAML = "cosyvoice.yaml"
 FLOW_WEIGHTS = "flow.pt"
 HIFT_WEIGHTS = "hift.pt"
 CAMPPLUS_ONNX = "campplus.onnx"
+DECODER_VERSION_MARKER = "VERSION_Vq0206Vocoder_1202"  # 0-byte file shipped in both decoder folders
 
 # Audio tokenizer.
 LINGUISTIC_CODEBOOK = "linguistic_tokenizer.npy"

@@ -1,0 +1,233 @@
+"""Flow-matching velocity estimator: CosyVoice's ``ConditionalDecoder`` (1-D U-Net with transformer blocks).
+
+Parameter names match the reference (``time_mlp.linear_{1,2}``, ``down_blocks.i.{0,1.k,2}``, ``mid_blocks.i.{0,1.k}``,
+``up_blocks.i.{0,1.k,2}``, ``final_block``, ``final_proj``; diffusers-style ``attn1.to_{q,k,v,out.0}``,
+``ff.net.{0.proj,2}``). Two masks the reference leaves out (it only runs batch 1 without padding) are added so padded
+batches are exact: GroupNorm statistics over valid frames only, and padded frames excluded as attention keys.
+With no padding both reduce to the reference's plain GroupNorm and unmasked attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stepaudio.decoder.config import EstimatorConfig
+
+
+def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm whose mean/variance use only frames where ``mask`` (B, 1, T) is 1; statistics in float32."""
+    batch, channels, length = x.shape
+    groups = norm.num_groups
+    xg = x.float().reshape(batch, groups, channels // groups, length)
+    m = mask.float().reshape(batch, 1, 1, length)
+    count = m.sum(dim=(2, 3), keepdim=True) * (channels // groups)
+    mean = (xg * m).sum(dim=(2, 3), keepdim=True) / count
+    centered = xg - mean
+    var = ((centered * m) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    y = (centered * torch.rsqrt(var + norm.eps)).reshape(batch, channels, length).to(x.dtype)
+    return y * norm.weight[None, :, None] + norm.bias[None, :, None]
+
+
+class SinusoidalPosEmb(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor, scale: float = 1000.0) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(torch.arange(half, device=t.device).float() * -(math.log(10000) / (half - 1)))
+        angles = scale * t.unsqueeze(1) * freqs.unsqueeze(0)
+        return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, in_channels: int, time_embed_dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_channels, time_embed_dim)
+        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(t)))
+
+
+class Block1D(nn.Module):
+    """Conv1d(k3) → GroupNorm(8) → Mish, zero outside the mask (``block.{0,1}`` as in the reference Sequential)."""
+
+    def __init__(self, dim: int, dim_out: int, groups: int = 8):
+        super().__init__()
+        self.block = nn.ModuleList([nn.Conv1d(dim, dim_out, 3, padding=1), nn.GroupNorm(groups, dim_out)])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.block[0](x * mask)
+        h = F.mish(masked_group_norm(h, mask, self.block[1]))
+        return h * mask
+
+
+class ResnetBlock1D(nn.Module):
+    def __init__(self, dim: int, dim_out: int, time_emb_dim: int, groups: int = 8):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Mish(), nn.Linear(time_emb_dim, dim_out))
+        self.block1 = Block1D(dim, dim_out, groups)
+        self.block2 = Block1D(dim_out, dim_out, groups)
+        self.res_conv = nn.Conv1d(dim, dim_out, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        h = self.block1(x, mask) + self.mlp(time_emb).unsqueeze(-1)
+        h = self.block2(h, mask)
+        return h + self.res_conv(x * mask)
+
+
+class Downsample1D(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample1D(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.ConvTranspose1d(dim, dim, 4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Attention(nn.Module):
+    """diffusers ``Attention`` as configured by the reference: q/k/v without bias, output with bias."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(dim, inner, bias=False)
+        self.to_v = nn.Linear(dim, inner, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, length, self.heads, -1).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(
+            heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x)), attn_mask=key_mask[:, None, None, :]
+        )
+        return self.to_out[0](out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class GELUProjection(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.proj(x))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.ModuleList([GELUProjection(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[2](self.net[0](x))
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, num_heads, head_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), key_mask)
+        return x + self.ff(self.norm3(x))
+
+
+class ConditionalDecoder(nn.Module):
+    def __init__(self, config: EstimatorConfig):
+        super().__init__()
+        channels = tuple(config.channels)
+        time_dim = channels[0] * 4
+        self.time_embeddings = SinusoidalPosEmb(config.in_channels)
+        self.time_mlp = TimestepEmbedding(config.in_channels, time_dim)
+
+        def transformer_blocks(dim: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                BasicTransformerBlock(dim, config.num_heads, config.attention_head_dim) for _ in range(config.n_blocks)
+            )
+
+        self.down_blocks = nn.ModuleList()
+        out_ch = config.in_channels
+        for i, ch in enumerate(channels):
+            in_ch, out_ch = out_ch, ch
+            last = i == len(channels) - 1
+            down = nn.Conv1d(out_ch, out_ch, 3, padding=1) if last else Downsample1D(out_ch)
+            self.down_blocks.append(
+                nn.ModuleList([ResnetBlock1D(in_ch, out_ch, time_dim), transformer_blocks(out_ch), down])
+            )
+        self.mid_blocks = nn.ModuleList(
+            nn.ModuleList([ResnetBlock1D(channels[-1], channels[-1], time_dim), transformer_blocks(channels[-1])])
+            for _ in range(config.num_mid_blocks)
+        )
+        up_channels = channels[::-1] + (channels[0],)
+        self.up_blocks = nn.ModuleList()
+        for i in range(len(up_channels) - 1):
+            in_ch, out_ch = up_channels[i] * 2, up_channels[i + 1]
+            last = i == len(up_channels) - 2
+            up = nn.Conv1d(out_ch, out_ch, 3, padding=1) if last else Upsample1D(out_ch)
+            self.up_blocks.append(nn.ModuleList([ResnetBlock1D(in_ch, out_ch, time_dim), transformer_blocks(out_ch), up]))
+        self.final_block = Block1D(up_channels[-1], up_channels[-1])
+        self.final_proj = nn.Conv1d(up_channels[-1], config.out_channels, 1)
+
+    @staticmethod
+    def _transformers(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        key_mask = mask[:, 0, :] > 0
+        h = x.transpose(1, 2)
+        for block in blocks:
+            h = block(h, key_mask)
+        return h.transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor,
+        t: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+    ) -> torch.Tensor:
+        """x, mu, cond (B, 80, T); mask (B, 1, T); t (B,); spks (B, 80) → velocity (B, 80, T)."""
+        t = self.time_mlp(self.time_embeddings(t).to(t.dtype))
+        x = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, x.shape[-1]), cond], dim=1)
+
+        hiddens = []
+        masks = [mask]
+        for resnet, blocks, downsample in self.down_blocks:
+            mask_down = masks[-1]
+            x = self._transformers(blocks, resnet(x, mask_down, t), mask_down)
+            hiddens.append(x)
+            x = downsample(x * mask_down)
+            masks.append(mask_down[:, :, ::2])
+        masks = masks[:-1]
+        mask_mid = masks[-1]
+        for resnet, blocks in self.mid_blocks:
+            x = self._transformers(blocks, resnet(x, mask_mid, t), mask_mid)
+        for resnet, blocks, upsample in self.up_blocks:
+            mask_up = masks.pop()
+            skip = hiddens.pop()
+            x = torch.cat([x[:, :, : skip.shape[-1]], skip], dim=1)
+            x = self._transformers(blocks, resnet(x, mask_up, t), mask_up)
+            x = upsample(x * mask_up)
+        x = self.final_block(x, mask_up)
+        return self.final_proj(x * mask_up) * mask

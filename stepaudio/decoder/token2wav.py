@@ -1,0 +1,411 @@
+"""Token2Wav: decoder ids (0…5119) + voice prompt → 22.05 kHz wave, offline, batched and streaming.
+
+Randomness is explicit. ``DecoderNoise.from_seed`` draws, from one seed, the flow's initial noise (80 × frames of
+[prompt ; target]), the sine source's harmonic phases (9) and its additive noise (9 × samples). Each is drawn
+time-major from its own numpy stream, so a longer draw starts with the shorter one: the streaming decoder and the
+offline call with the same seed see the same noise at the same frame/sample.
+
+Streaming (``Token2Wav.stream``): tokens arrive in chunks. The flow is re-run over a window of the tokens so far
+(the prompt, up to ``max_window_tokens`` of past tokens, and ``lookahead_tokens`` not yet committed), and only mel
+frames with enough right context are committed; the first ``crossfade_frames`` of each new commit are cross-faded
+(raised cosine) with the previous window's prediction of the same frames. The vocoder runs on the committed mel with
+``vocoder_context_frames`` of context on each side and the sine-source phase carried over (cache: committed mel,
+final f0 phase, emitted sample count); with that context the HiFT part is exact, so the stream differs from the
+offline output only through the flow's windowing. Measured on the tiny test checkpoint (fixed noise, 150 tokens fed
+in chunks of 17, defaults below): see ``tests/decoder/test_streaming.py`` for the asserted bound and the report for
+the numbers (max abs difference and SNR of the joined stream against the offline wave).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stepaudio.decoder.checkpoint import load_config, load_flow, load_hift
+from stepaudio.decoder.config import DecoderConfig
+from stepaudio.decoder.flow import MaskedDiffWithXvec
+from stepaudio.decoder.frontend import prompt_mel as compute_prompt_mel
+from stepaudio.decoder.hift import HiFTGenerator
+
+_FLOW_STREAM, _PHASE_STREAM, _SOURCE_STREAM = 0, 1, 2
+
+
+def mel_frames_for_tokens(n_tokens: int, config: DecoderConfig | None = None) -> int:
+    """Target mel frames for ``n_tokens`` decoder ids: int(n / 41.667 × 22050 / 256) for the published config."""
+    return (config or DecoderConfig()).flow.mel_frames_for_tokens(int(n_tokens))
+
+
+def flow_noise_shape(n_prompt_frames: int, n_tokens: int, config: DecoderConfig | None = None) -> tuple[int, int]:
+    """(80, prompt mel frames + target mel frames): the flow noise one request needs."""
+    config = config or DecoderConfig()
+    return (config.flow.output_size, int(n_prompt_frames) + mel_frames_for_tokens(n_tokens, config))
+
+
+def source_noise_shape(n_mel_frames: int, config: DecoderConfig | None = None) -> tuple[int, int]:
+    """(9, 256 × mel frames): the vocoder's additive source noise for ``n_mel_frames`` frames."""
+    config = config or DecoderConfig()
+    return (config.hift.n_harmonic_channels, int(n_mel_frames) * config.hift.samples_per_frame)
+
+
+def _stream(seed: int, which: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), which])
+
+
+def flow_noise(seed: int, n_frames: int, channels: int = 80) -> np.ndarray:
+    """(channels, n_frames) standard normal; the first k frames do not depend on n_frames."""
+    return np.ascontiguousarray(_stream(seed, _FLOW_STREAM).standard_normal((n_frames, channels), np.float32).T)
+
+
+def source_noise(seed: int, n_samples: int, harmonics: int = 9) -> np.ndarray:
+    """(harmonics, n_samples) standard normal; the first k samples do not depend on n_samples."""
+    return np.ascontiguousarray(_stream(seed, _SOURCE_STREAM).standard_normal((n_samples, harmonics), np.float32).T)
+
+
+def source_phase(seed: int, harmonics: int = 9) -> np.ndarray:
+    """(harmonics,) uniform in [−π, π), the fundamental's set to 0 (as the reference's SineGen)."""
+    phase = _stream(seed, _PHASE_STREAM).uniform(-np.pi, np.pi, harmonics).astype(np.float32)
+    phase[0] = 0.0
+    return phase
+
+
+@dataclass(frozen=True)
+class DecoderNoise:
+    flow: np.ndarray  # (80, prompt frames + target frames)
+    source_phase: np.ndarray  # (9,) radians
+    source_noise: np.ndarray  # (9, 256 · target frames)
+
+    @classmethod
+    def from_seed(
+        cls, seed: int, n_prompt_frames: int, n_tokens: int, config: DecoderConfig | None = None
+    ) -> DecoderNoise:
+        config = config or DecoderConfig()
+        channels, width = flow_noise_shape(n_prompt_frames, n_tokens, config)
+        harmonics, samples = source_noise_shape(mel_frames_for_tokens(n_tokens, config), config)
+        return cls(
+            flow_noise(seed, width, channels), source_phase(seed, harmonics), source_noise(seed, samples, harmonics)
+        )
+
+    def validate(self, n_prompt_frames: int, n_tokens: int, config: DecoderConfig) -> None:
+        expected = {
+            "flow": flow_noise_shape(n_prompt_frames, n_tokens, config),
+            "source_phase": (config.hift.n_harmonic_channels,),
+            "source_noise": source_noise_shape(mel_frames_for_tokens(n_tokens, config), config),
+        }
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if tuple(np.shape(value)) != shape:
+                raise ValueError(f"noise.{name} must have shape {shape}, got {tuple(np.shape(value))}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"noise.{name} contains NaN or infinity")
+
+
+def _ids(values, name: str, vocab: int, allow_empty: bool) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of ids, got shape {array.shape}")
+    if array.size == 0:
+        if not allow_empty:
+            raise ValueError(f"{name} is empty")
+        return np.zeros(0, dtype=np.int64)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integer ids, got dtype {array.dtype}")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= vocab:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} contains id {bad}; decoder ids must be in [0, {vocab}) (LLM id − 65536)")
+    return array.astype(np.int64)
+
+
+@dataclass
+class Token2WavRequest:
+    """One utterance: target ids, the voice prompt's ids, mel (T, 80) and CAM++ embedding (192,)."""
+
+    tokens: np.ndarray
+    prompt_tokens: np.ndarray
+    prompt_mel: np.ndarray
+    speaker_embedding: np.ndarray
+
+    def validate(self, config: DecoderConfig) -> None:
+        """Check ranges and shapes and normalise dtypes in place; raises ``ValueError``."""
+        flow = config.flow
+        self.tokens = _ids(self.tokens, "tokens", flow.vocab_size, allow_empty=False)
+        self.prompt_tokens = _ids(self.prompt_tokens, "prompt_tokens", flow.vocab_size, allow_empty=True)
+        mel = np.asarray(self.prompt_mel)
+        if mel.ndim != 2 or mel.shape[1] != flow.output_size:
+            raise ValueError(f"prompt_mel must have shape (frames, {flow.output_size}), got {mel.shape}")
+        if mel.dtype.kind != "f" or not np.all(np.isfinite(mel)):
+            raise ValueError("prompt_mel must be finite floats")
+        if (mel.shape[0] == 0) != (self.prompt_tokens.size == 0):
+            raise ValueError(
+                f"prompt_tokens ({self.prompt_tokens.size}) and prompt_mel ({mel.shape[0]} frames) must be both "
+                "empty or both non-empty"
+            )
+        spk = np.asarray(self.speaker_embedding)
+        if spk.shape != (flow.spk_embed_dim,):
+            raise ValueError(f"speaker_embedding must have shape ({flow.spk_embed_dim},), got {spk.shape}")
+        if spk.dtype.kind != "f" or not np.all(np.isfinite(spk)):
+            raise ValueError("speaker_embedding must be finite floats")
+        self.prompt_mel = mel.astype(np.float32)
+        self.speaker_embedding = spk.astype(np.float32)
+
+
+def _pad_stack(arrays: list[np.ndarray], axis_len: int, dtype, tail_shape: tuple[int, ...] = ()) -> np.ndarray:
+    out = np.zeros((len(arrays), axis_len) + tail_shape, dtype=dtype)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+    return out
+
+
+class Token2Wav:
+    def __init__(self, config: DecoderConfig, flow: MaskedDiffWithXvec, hift: HiFTGenerator):
+        self.config = config
+        self.flow = flow
+        self.hift = hift
+        self.device = next(flow.parameters()).device
+
+    @classmethod
+    def from_checkpoint(
+        cls, decoder_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Token2Wav:
+        """Load a decoder folder. The flow may run in bfloat16 on CUDA (as the reference); HiFT stays float32."""
+        device = torch.device(device)
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"unsupported flow dtype {dtype}")
+        if dtype != torch.float32 and device.type == "cpu":
+            raise ValueError("reduced-precision flow is for CUDA; use float32 on CPU")
+        config = load_config(decoder_dir)
+        return cls(config, load_flow(decoder_dir, config, device, dtype), load_hift(decoder_dir, config, device))
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.hift.sampling_rate
+
+    def prompt_mel(self, wave_22k: np.ndarray) -> np.ndarray:
+        """(T, 80) log-mel of the untrimmed prompt wave at 22.05 kHz (reference ``_extract_speech_feat``)."""
+        return compute_prompt_mel(wave_22k, self.config.mel)
+
+    # -- offline --------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        tokens,
+        prompt_tokens,
+        prompt_mel: np.ndarray,
+        speaker_embedding: np.ndarray,
+        noise: DecoderNoise | None = None,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """One utterance → float32 wave at 22.05 kHz, 256 samples per target mel frame."""
+        request = Token2WavRequest(tokens, prompt_tokens, prompt_mel, speaker_embedding)
+        return self.batch([request], [noise] if noise is not None else None, seed)[0]
+
+    def batch(
+        self, requests: list[Token2WavRequest], noises: list[DecoderNoise] | None = None, seed: int | None = None
+    ) -> list[np.ndarray]:
+        """Several utterances in one padded batch; row i equals ``self(*requests[i], noise=noises[i])``.
+
+        Without ``noises`` request i uses ``DecoderNoise.from_seed(seed + i, ...)`` (a random seed if None).
+        """
+        noises = self._noises(requests, noises, seed)
+        mels = self.token2mel(requests, [n.flow for n in noises])
+        return self.mel2wav(mels, [n.source_phase for n in noises], [n.source_noise for n in noises])
+
+    def _noises(
+        self, requests: list[Token2WavRequest], noises: list[DecoderNoise] | None, seed: int | None
+    ) -> list[DecoderNoise]:
+        if not requests:
+            raise ValueError("no requests")
+        for request in requests:
+            request.validate(self.config)
+        if noises is None:
+            base = int(np.random.SeedSequence().entropy % (2**62)) if seed is None else int(seed)
+            return [
+                DecoderNoise.from_seed(base + i, r.prompt_mel.shape[0], r.tokens.size, self.config)
+                for i, r in enumerate(requests)
+            ]
+        if len(noises) != len(requests):
+            raise ValueError(f"{len(noises)} noises for {len(requests)} requests")
+        for request, noise in zip(requests, noises):
+            noise.validate(request.prompt_mel.shape[0], request.tokens.size, self.config)
+        return noises
+
+    @torch.inference_mode()
+    def token2mel(self, requests: list[Token2WavRequest], flow_noises: list[np.ndarray]) -> list[np.ndarray]:
+        """Validated requests + their flow noise (80, frames) → target mels (80, frames_i) float32."""
+        n_tok = max(r.tokens.size for r in requests)
+        n_prompt = max(r.prompt_tokens.size for r in requests)
+        n_pmel = max(r.prompt_mel.shape[0] for r in requests)
+        width = n_pmel + self.config.flow.mel_frames_for_tokens(n_tok)
+        noise = np.zeros((len(requests), self.config.flow.output_size, width), np.float32)
+        for i, n in enumerate(flow_noises):
+            # Each row's noise covers its own [prompt ; target] frames, which start at frame 0.
+            noise[i, :, : n.shape[1]] = n
+        tensors = [
+            _pad_stack([r.tokens for r in requests], n_tok, np.int64),
+            np.array([r.tokens.size for r in requests], np.int64),
+            _pad_stack([r.prompt_tokens for r in requests], n_prompt, np.int64),
+            np.array([r.prompt_tokens.size for r in requests], np.int64),
+            _pad_stack([r.prompt_mel for r in requests], n_pmel, np.float32, (self.config.flow.output_size,)),
+            np.array([r.prompt_mel.shape[0] for r in requests], np.int64),
+            np.stack([r.speaker_embedding for r in requests]),
+            noise,
+        ]
+        mel, lens = self.flow(*(torch.from_numpy(t).to(self.device) for t in tensors))
+        mel = mel.cpu().numpy()
+        return [mel[i, :, : int(n)] for i, n in enumerate(lens.cpu())]
+
+    @torch.inference_mode()
+    def mel2wav(self, mels: list[np.ndarray], phases: list[np.ndarray], noises: list[np.ndarray]) -> list[np.ndarray]:
+        """Mels (80, T_i) + source phases (9,) and noises (9, 256·T_i) → waves (256·T_i,) float32."""
+        hop = self.config.hift.samples_per_frame
+        frames = max(m.shape[1] for m in mels)
+        mel = np.zeros((len(mels), mels[0].shape[0], frames), np.float32)
+        noise = np.zeros((len(mels), self.config.hift.n_harmonic_channels, frames * hop), np.float32)
+        for i, (m, n) in enumerate(zip(mels, noises)):
+            mel[i, :, : m.shape[1]] = m
+            noise[i, :, : n.shape[1]] = n
+        lens = np.array([m.shape[1] for m in mels], np.int64)
+        wave, wave_lens = self.hift(
+            *(torch.from_numpy(t).to(self.device) for t in (mel, lens, np.stack(phases).astype(np.float32), noise))
+        )
+        wave = wave.cpu().numpy()
+        return [wave[i, : int(n)].copy() for i, n in enumerate(wave_lens.cpu())]
+
+    # -- streaming ------------------------------------------------------------------------------------------
+    def stream(
+        self,
+        prompt_tokens,
+        prompt_mel: np.ndarray,
+        speaker_embedding: np.ndarray,
+        seed: int | None = None,
+        **options,
+    ) -> Token2WavStream:
+        """A stream for one utterance: ``feed(tokens) → wave chunk`` (possibly empty), then ``finish()``."""
+        return Token2WavStream(self, prompt_tokens, prompt_mel, speaker_embedding, seed, **options)
+
+
+class Token2WavStream:
+    def __init__(
+        self,
+        decoder: Token2Wav,
+        prompt_tokens,
+        prompt_mel: np.ndarray,
+        speaker_embedding: np.ndarray,
+        seed: int | None = None,
+        chunk_tokens: int = 42,
+        lookahead_tokens: int = 20,
+        max_window_tokens: int = 500,
+        crossfade_frames: int = 8,
+        vocoder_context_frames: int = 24,
+    ):
+        if chunk_tokens < 1 or lookahead_tokens < 0 or crossfade_frames < 0:
+            raise ValueError("chunk_tokens must be ≥ 1, lookahead_tokens and crossfade_frames ≥ 0")
+        if vocoder_context_frames < 10:
+            raise ValueError("vocoder_context_frames must be ≥ 10 (f0 predictor and source phase need it)")
+        if max_window_tokens < chunk_tokens + lookahead_tokens:
+            raise ValueError("max_window_tokens must cover chunk_tokens + lookahead_tokens")
+        self.decoder = decoder
+        self.config = decoder.config
+        # Validate the prompt once with a placeholder target.
+        prompt = Token2WavRequest(np.zeros(1, np.int64), prompt_tokens, prompt_mel, speaker_embedding)
+        prompt.validate(self.config)
+        self.prompt = prompt
+        self.seed = int(np.random.SeedSequence().entropy % (2**62)) if seed is None else int(seed)
+        self.chunk_tokens, self.lookahead_tokens = chunk_tokens, lookahead_tokens
+        self.max_window_tokens, self.crossfade_frames = max_window_tokens, crossfade_frames
+        self.context = vocoder_context_frames
+        harmonics = self.config.hift.n_harmonic_channels
+        self.phase = source_phase(self.seed, harmonics)
+        self.tokens: list[int] = []
+        self.committed_tokens = 0
+        self.mel = np.zeros((self.config.flow.output_size, 0), np.float32)  # committed target frames
+        self.pending = np.zeros((self.config.flow.output_size, 0), np.float32)  # prediction past the commit
+        self.emitted_frames = 0  # frames whose audio has been returned
+        self.f0 = np.zeros(0, np.float32)  # final f0 of the first frames (source phase cache)
+        self.finished = False
+
+    def feed(self, tokens) -> np.ndarray:
+        if self.finished:
+            raise ValueError("stream already finished")
+        new = _ids(tokens, "tokens", self.config.flow.vocab_size, allow_empty=True)
+        self.tokens.extend(int(t) for t in new)
+        chunks = []
+        while len(self.tokens) - self.committed_tokens >= self.chunk_tokens + self.lookahead_tokens:
+            self._commit(self.committed_tokens + self.chunk_tokens, final=False)
+            chunks.append(self._vocode(final=False))
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def finish(self) -> np.ndarray:
+        if self.finished:
+            raise ValueError("stream already finished")
+        if not self.tokens:
+            raise ValueError("tokens is empty")
+        self.finished = True
+        if self.committed_tokens < len(self.tokens):
+            self._commit(len(self.tokens), final=True)
+        return self._vocode(final=True)
+
+    # -- flow window ----------------------------------------------------------------------------------------
+    def _frames(self, n_tokens: int) -> int:
+        return self.config.flow.mel_frames_for_tokens(n_tokens)
+
+    def _commit(self, commit_tokens: int, final: bool) -> None:
+        end = len(self.tokens) if final else min(len(self.tokens), commit_tokens + self.lookahead_tokens)
+        start = max(0, end - self.max_window_tokens)
+        window = np.asarray(self.tokens[start:end], np.int64)
+        n_prompt = self.prompt.prompt_mel.shape[0]
+        first = self._frames(start)
+        width = self._frames(window.size)
+        table = flow_noise(self.seed, n_prompt + first + width, self.config.flow.output_size)
+        noise = np.concatenate([table[:, :n_prompt], table[:, n_prompt + first :]], axis=1)
+        request = Token2WavRequest(window, self.prompt.prompt_tokens, self.prompt.prompt_mel, self.prompt.speaker_embedding)
+        request.validate(self.config)
+        (mel,) = self.decoder.token2mel([request], [noise])
+        # Global frame g is window frame g − first; a trailing frame the window lacks repeats its last one.
+        done = self.mel.shape[1]
+        target = self._frames(len(self.tokens)) if final else self._frames(commit_tokens)
+        local = np.clip(np.arange(done, target + (0 if final else self.crossfade_frames)) - first, 0, width - 1)
+        fresh = mel[:, local]
+        overlap = min(self.pending.shape[1], self.crossfade_frames, fresh.shape[1])
+        if overlap:
+            fade = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
+            fresh[:, :overlap] = (1 - fade) * self.pending[:, :overlap] + fade * fresh[:, :overlap]
+        keep = target - done
+        self.mel = np.concatenate([self.mel, fresh[:, :keep]], axis=1)
+        self.pending = fresh[:, keep:]
+        self.committed_tokens = commit_tokens if not final else len(self.tokens)
+
+    # -- vocoder with context -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _vocode(self, final: bool) -> np.ndarray:
+        hift, hop, ctx = self.decoder.hift, self.config.hift.samples_per_frame, self.context
+        total = self.mel.shape[1]
+        stop = total if final else max(self.emitted_frames, total - ctx)
+        if stop <= self.emitted_frames:
+            return np.zeros(0, np.float32)
+        first = max(0, self.emitted_frames - ctx)
+        device = self.decoder.device
+        mel = torch.from_numpy(np.ascontiguousarray(self.mel[:, first:total]))[None].to(device)
+        n = total - first
+        # f0 of frames ≥ 5 away from this window's cut edges (the predictor's reach) equals the offline f0.
+        f0 = hift.f0_predictor(mel, torch.ones(1, 1, n, device=device))[0].cpu().numpy()
+        final_end = total if final else total - 5
+        known = self.f0.shape[0]
+        if final_end > known:
+            self.f0 = np.concatenate([self.f0, f0[known - first : final_end - first]])
+        # Source phase carried over from frame 0 to this window's first frame (frames before it all have final f0).
+        advance = hift.frame_phase_advance(torch.from_numpy(self.f0[:first])[None])[0]
+        cycles = np.mod(advance.double().sum(-1).numpy(), 1.0)
+        phase = (self.phase + 2 * np.pi * cycles).astype(np.float32)
+        noise = source_noise(self.seed, total * hop, self.config.hift.n_harmonic_channels)[:, first * hop :]
+        wave, _ = hift(
+            mel,
+            torch.tensor([n], device=device),
+            torch.from_numpy(phase)[None].to(device),
+            torch.from_numpy(np.ascontiguousarray(noise))[None].to(device),
+        )
+        chunk = wave[0, (self.emitted_frames - first) * hop : (stop - first) * hop].cpu().numpy().copy()
+        self.emitted_frames = stop
+        return chunk
