@@ -1,0 +1,30 @@
+"""Step1 LLMs (Step-Audio-TTS-3B, Step-Audio-Chat): checkpoint-compatible model, tokenizer, sampling and the
+continuous-batching generation engine. The tiny checkpoint writer lives in ``stepaudio.llm.checkpoint``."""
+
+from stepaudio.llm.config import Step1Config, resolve_dtype
+from stepaudio.llm.engine import (
+    GenerationEngine,
+    GenerationRequest,
+    TokenStream,
+    TorchStep1Engine,
+)
+from stepaudio.llm.model import KVCache, Step1ForCausalLM, alibi_slopes, alibi_sqrt_bias
+from stepaudio.llm.sampling import SamplingParams
+from stepaudio.llm.tokenizer import Step1Tokenizer
+from stepaudio.llm.weights import load_step1
+
+__all__ = [
+    "GenerationEngine",
+    "GenerationRequest",
+    "KVCache",
+    "SamplingParams",
+    "Step1Config",
+    "Step1ForCausalLM",
+    "Step1Tokenizer",
+    "TokenStream",
+    "TorchStep1Engine",
+    "alibi_slopes",
+    "alibi_sqrt_bias",
+    "load_step1",
+    "resolve_dtype",
+]
