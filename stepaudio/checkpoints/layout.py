@@ -32,3 +32,6 @@ PARAFORMER_DIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k
 PARAFORMER_CONFIG = "config.yaml"
 PARAFORMER_CMVN = "am.mvn"
 PARAFORMER_WEIGHTS = "model.pt"
+
+# Derived from the published files by export/tokenizer_onnx.py (not in the download): the vq02 encoder chunk step.
+VQ02_ENCODER_ONNX = "vq02_encoder_chunk.onnx"
