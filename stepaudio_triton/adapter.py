@@ -90,3 +90,14 @@ def respond_each(requests, handle: Callable[[Any], list]) -> list:
         except Exception as exc:  # noqa: BLE001 - every failure becomes that request's error response
             responses.append(error_response(exc))
     return responses
+
+
+def device_for(args: dict, config: dict) -> str:
+    """``cuda:N`` for a KIND_GPU instance, else ``cpu`` (then torch gets ``cpu_threads`` threads, default 1, so the
+    python instances of a CPU server do not oversubscribe the cores)."""
+    if args["model_instance_kind"] == "GPU":
+        return f"cuda:{args['model_instance_device_id']}"
+    import torch
+
+    torch.set_num_threads(parameter(config, "cpu_threads", 1, int))
+    return "cpu"

@@ -24,7 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-AUDIO_ID_OFFSET = 65536
+from stepaudio.tokenizer.ids import AUDIO_ID_OFFSET
+
 SPEAKERS_INFO = "speakers_info.json"
 
 

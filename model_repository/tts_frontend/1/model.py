@@ -1,0 +1,66 @@
+"""tts_frontend: text + voice → the TTS LLM prompt and the decoder's voice conditioning.
+
+Holds the voice cache (prompt tokens, prompt mel, CAM++ embedding keyed by audio content) once per instance, so
+``tts`` and ``tts_stream`` share it through BLS. Preset voices come from the configured folder; requests carry
+arrays, never paths.
+"""
+
+import numpy as np
+
+from stepaudio.tts.frontend import TTSFrontend, TTSRequest
+from stepaudio_triton.adapter import (
+    device_for,
+    optional_input,
+    optional_scalar,
+    optional_string,
+    parameter,
+    parse_config,
+    required_input,
+    respond_each,
+    string_tensor,
+    tensor,
+)
+
+
+def tts_request(request) -> TTSRequest:
+    text = optional_string(request, "TEXT")
+    if text is None:
+        required_input(request, "TEXT")
+    audio = optional_input(request, "PROMPT_AUDIO")
+    return TTSRequest(
+        text=text,
+        speaker=optional_string(request, "SPEAKER"),
+        prompt_audio=None if audio is None else audio,
+        prompt_sample_rate=optional_scalar(request, "PROMPT_SAMPLE_RATE", int),
+        prompt_text=optional_string(request, "PROMPT_TEXT"),
+    )
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = parse_config(args)
+        device_for(args, config)
+        self.frontend = TTSFrontend.from_checkpoints(
+            parameter(config, "tts_checkpoint"),
+            parameter(config, "tokenizer_checkpoint"),
+            parameter(config, "voices_dir") or None,
+            voice_cache_entries=parameter(config, "voice_cache_entries", 256, int),
+            max_text_chars=parameter(config, "max_text_chars", 1000, int),
+            max_prompt_seconds=parameter(config, "max_prompt_seconds", 30.0, float),
+        )
+        if self.frontend.presets is not None:
+            self.frontend.presets.warm()  # preset voices are featurised before the model reports READY
+
+    def execute(self, requests):
+        return respond_each(requests, self._prepare)
+
+    def _prepare(self, request):
+        prepared = self.frontend.prepare(tts_request(request))
+        voice = prepared.voice
+        return [
+            tensor("INPUT_IDS", np.asarray(prepared.prompt_ids, dtype=np.int32)),
+            tensor("PROMPT_TOKENS", voice.decoder_tokens.astype(np.int64)),
+            tensor("PROMPT_MEL", voice.prompt_mel.astype(np.float32)),
+            tensor("SPEAKER_EMBEDDING", voice.speaker_embedding.astype(np.float32)),
+            string_tensor("DECODER", "music" if prepared.music else "speech"),
+        ]

@@ -1,0 +1,83 @@
+"""Serving a Step1 generation engine from a decoupled python model: request tensors → ``GenerationRequest``,
+token stream → responses, client cancellation → ``TokenStream.cancel()``."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Callable
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from stepaudio.llm.engine import FINISH_CANCELLED, GenerationRequest, TokenStream
+from stepaudio.llm.sampling import SamplingParams
+from stepaudio_triton.adapter import error_response, optional_scalar, required_input
+
+# Optional per-request sampling inputs shared by every LLM-backed model: (tensor name, field, cast).
+SAMPLING_INPUTS = (
+    ("TEMPERATURE", "temperature", float),
+    ("TOP_K", "top_k", int),
+    ("TOP_P", "top_p", float),
+    ("SEED", "seed", int),
+    ("MAX_NEW_TOKENS", "max_new_tokens", int),
+)
+
+
+def sampling_from_request(request, defaults: SamplingParams) -> SamplingParams:
+    overrides = {}
+    for tensor_name, field_name, cast in SAMPLING_INPUTS:
+        value = optional_scalar(request, tensor_name, cast)
+        if value is not None:
+            overrides[field_name] = value
+    params = dataclasses.replace(defaults, **overrides)
+    params.validate()
+    return params
+
+
+def prompt_ids(request, name: str = "INPUT_IDS") -> list[int]:
+    ids = required_input(request, name)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integer ids, got {ids.dtype}")
+    return [int(i) for i in ids.reshape(-1)]
+
+
+def stream_tokens(
+    stream: TokenStream,
+    sender,
+    respond: Callable[[list[int]], list],
+    on_finish: Callable[[TokenStream], list] | None = None,
+) -> threading.Thread:
+    """Send each id as it arrives (``respond(ids) → output tensors``), then the final flag. Runs on its own thread
+    so ``execute`` returns at once; blocks on the stream's queue (no polling). Cancellation by the client is
+    checked before every send and stops generation at the engine's next step."""
+
+    def run():
+        try:
+            for token_id in stream:
+                if sender.is_cancelled():
+                    stream.cancel()
+                    break
+                sender.send(pb_utils.InferenceResponse(output_tensors=respond([token_id])))
+            if stream.finish_reason == FINISH_CANCELLED or sender.is_cancelled():
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return
+            tail = on_finish(stream) if on_finish else None
+            if tail:
+                sender.send(pb_utils.InferenceResponse(output_tensors=tail), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as exc:  # noqa: BLE001 - the client gets the error, the model stays up
+            stream.cancel()
+            sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    thread = threading.Thread(target=run, name=f"stream-{stream.request_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+def ids_tensor(name: str, ids: list[int]):
+    return pb_utils.Tensor(name, np.asarray(ids, dtype=np.int32))
+
+
+__all__ = ["GenerationRequest", "SamplingParams", "prompt_ids", "sampling_from_request", "stream_tokens", "ids_tensor"]
