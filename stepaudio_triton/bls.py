@@ -1,4 +1,5 @@
-"""Business-logic-scripting calls from one served model to another, with errors turned into exceptions."""
+"""Business-logic-scripting calls from one served model to another (synchronous; callers use threads so that
+concurrent requests overlap), with a called model's errors turned into exceptions."""
 
 from __future__ import annotations
 
@@ -6,49 +7,45 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-class ComposedModelError(ValueError):
-    """A called model answered with an error; it keeps that model's message (INVALID_ARG stays INVALID_ARG)."""
+def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str]):
+    return pb_utils.InferenceRequest(
+        model_name=model,
+        inputs=[pb_utils.Tensor(name, value) for name, value in tensors.items() if value is not None],
+        requested_output_names=output_names,
+    )
 
 
-def _inputs(tensors: dict[str, np.ndarray]) -> list:
-    return [pb_utils.Tensor(name, value) for name, value in tensors.items() if value is not None]
-
-
-def _check(response, model: str):
+def raise_if_error(response, model: str) -> None:
+    """INVALID_ARG from the called model stays a ValueError (so it reaches the client as INVALID_ARG)."""
     if response.has_error():
-        message = response.error().message()
-        code = response.error().code()
-        if code == pb_utils.TritonError.INVALID_ARG:
-            raise ComposedModelError(message)
-        raise RuntimeError(f"{model}: {message}")
-    return response
+        error = response.error()
+        if error.code() == pb_utils.TritonError.INVALID_ARG:
+            raise ValueError(error.message())
+        raise RuntimeError(f"{model}: {error.message()}")
 
 
 def outputs(response, names: list[str]) -> dict[str, np.ndarray]:
     return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in names}
 
 
-async def call(model: str, tensors: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-    request = pb_utils.InferenceRequest(model_name=model, inputs=_inputs(tensors), requested_output_names=output_names)
-    return outputs(_check(await request.async_exec(), model), output_names)
+def call(model: str, tensors: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+    response = _request(model, tensors, output_names).exec()
+    raise_if_error(response, model)
+    return outputs(response, output_names)
 
 
-async def stream(model: str, tensors: dict[str, np.ndarray], output_names: list[str]):
-    """A decoupled model's responses (the final, empty one is skipped); iterate with ``for``."""
-    request = pb_utils.InferenceRequest(model_name=model, inputs=_inputs(tensors), requested_output_names=output_names)
-    responses = await request.async_exec(decoupled=True)
-    return _Responses(responses, model, output_names)
+class Stream:
+    """A decoupled model's responses as dicts of outputs (its empty final response is skipped)."""
 
-
-class _Responses:
-    def __init__(self, responses, model: str, names: list[str]):
-        self._responses, self._model, self._names = responses, model, names
+    def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str]):
+        self.model, self.names = model, output_names
+        self._responses = _request(model, tensors, output_names).exec(decoupled=True)
 
     def __iter__(self):
         for response in self._responses:
-            _check(response, self._model)
+            raise_if_error(response, self.model)
             if response.output_tensors():
-                yield outputs(response, self._names)
+                yield outputs(response, self.names)
 
     def cancel(self) -> None:
         self._responses.cancel()

@@ -6,7 +6,7 @@ The ``decoder`` parameter says which decoder the ensemble behind this model feed
 other decoder is refused with a pointer to the right endpoint.
 """
 
-import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -43,18 +43,23 @@ class TritonPythonModel:
         self.endpoint_for = {"speech": parameter(config, "speech_endpoint", "ensemble_tts"),
                              "music": parameter(config, "music_endpoint", "ensemble_tts_music")}
         self.decoder_config = load_config(parameter(config, "decoder_dir"))
+        self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1))))
 
-    async def execute(self, requests):
-        results = await asyncio.gather(*(self._one(r) for r in requests), return_exceptions=True)
-        return [
-            error_response(r) if isinstance(r, BaseException) else pb_utils.InferenceResponse(output_tensors=r)
-            for r in results
-        ]
+    def execute(self, requests):
+        # One thread per request of the dynamic batch: their LLM streams then share the engine's decode steps.
+        futures = [self.pool.submit(self._one, r) for r in requests]
+        responses = []
+        for future in futures:
+            try:
+                responses.append(pb_utils.InferenceResponse(output_tensors=future.result()))
+            except Exception as exc:  # noqa: BLE001 - a failing request never fails its batch neighbours
+                responses.append(error_response(exc))
+        return responses
 
-    async def _one(self, request):
+    def _one(self, request):
         frontend_inputs = _unbatched(request, FRONTEND_INPUTS)
         sampling = _unbatched(request, [name for name, _, _ in SAMPLING_INPUTS])
-        prepared = await bls.call(self.frontend_model, frontend_inputs, FRONTEND_OUTPUTS)
+        prepared = bls.call(self.frontend_model, frontend_inputs, FRONTEND_OUTPUTS)
         decoder = prepared["DECODER"].reshape(-1)[0].decode()
         if decoder != self.decoder:
             raise ValueError(
@@ -62,7 +67,7 @@ class TritonPythonModel:
                 "(or to tts_stream, which routes by itself)"
             )
         generated = []
-        for response in await bls.stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"]):
+        for response in bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"]):
             generated.extend(int(i) for i in response["OUTPUT_IDS"].reshape(-1))
         tokens = decoder_tokens(generated)
         prompt_tokens, prompt_mel = prepared["PROMPT_TOKENS"], prepared["PROMPT_MEL"]

@@ -1,0 +1,93 @@
+"""tts_stream: streaming TTS (decoupled). Audio chunks leave while the LLM is still generating.
+
+Per request, on its own thread: BLS ``tts_frontend`` → BLS ``tts_llm`` (decoupled, ids as produced) → the decoder's
+streaming token2wav (flow window re-run with lookahead + mel cross-fade, vocoder with context and carried source
+phase) on this instance's torch decoders, routed to the speech or music decoder by the text's leading tag. The
+first chunk comes after ``first_chunk_tokens`` ids, later ones grow. Each response carries WAVEFORM (float32,
+22.05 kHz) and SAMPLE_RATE; an empty final response ends the stream. A client cancel/disconnect stops the LLM
+stream (its slot is freed at the engine's next step) and drops the decoder state.
+"""
+
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from stepaudio.decoder.token2wav import Token2Wav
+from stepaudio.tts.streaming import ChunkSchedule, SpeechStream
+from stepaudio_triton import bls
+from stepaudio_triton.adapter import (
+    device_for,
+    error_response,
+    optional_input,
+    optional_scalar,
+    parameter,
+    parse_config,
+    tensor,
+)
+from stepaudio_triton.generation import SAMPLING_INPUTS
+
+FRONTEND_INPUTS = ("TEXT", "SPEAKER", "PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")
+FRONTEND_OUTPUTS = ["INPUT_IDS", "PROMPT_TOKENS", "PROMPT_MEL", "SPEAKER_EMBEDDING", "DECODER"]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = parse_config(args)
+        device = device_for(args, config)
+        self.decoders = {
+            "speech": Token2Wav.from_checkpoint(parameter(config, "speech_decoder_dir"), device=device),
+            "music": Token2Wav.from_checkpoint(parameter(config, "music_decoder_dir"), device=device),
+        }
+        self.schedule = ChunkSchedule(
+            first_tokens=parameter(config, "first_chunk_tokens", 25, int),
+            growth=parameter(config, "chunk_growth", 2.0, float),
+            max_tokens=parameter(config, "max_chunk_tokens", 200, int),
+        )
+        self.schedule.validate()
+        self.frontend_model = parameter(config, "frontend_model", "tts_frontend")
+        self.llm_model = parameter(config, "llm_model", "tts_llm")
+
+    def execute(self, requests):
+        for request in requests:
+            threading.Thread(target=self._serve, args=(request,), daemon=True).start()
+        return None
+
+    def _serve(self, request):
+        sender = request.get_response_sender()
+        llm_responses = None
+        try:
+            inputs = {n: v for n in FRONTEND_INPUTS if (v := optional_input(request, n)) is not None}
+            sampling = {n: v for n, _, _ in SAMPLING_INPUTS if (v := optional_input(request, n)) is not None}
+            seed = optional_scalar(request, "SEED", int)
+            prepared = bls.call(self.frontend_model, inputs, FRONTEND_OUTPUTS)
+            decoder = self.decoders[prepared["DECODER"].reshape(-1)[0].decode()]
+            speech = SpeechStream(
+                decoder.stream(
+                    prepared["PROMPT_TOKENS"],
+                    prepared["PROMPT_MEL"],
+                    prepared["SPEAKER_EMBEDDING"],
+                    seed=seed if seed is not None else int(np.random.randint(0, 2**31)),
+                    chunk_tokens=self.schedule.first_tokens,
+                ),
+                self.schedule,
+            )
+            rate = np.array([decoder.sample_rate], dtype=np.int32)
+            llm_responses = bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"])
+            for response in llm_responses:
+                if sender.is_cancelled():
+                    llm_responses.cancel()
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    return
+                chunk = speech.feed(response["OUTPUT_IDS"])
+                if chunk.size:
+                    sender.send(pb_utils.InferenceResponse([tensor("WAVEFORM", chunk), tensor("SAMPLE_RATE", rate)]))
+            last = speech.finish()
+            sender.send(
+                pb_utils.InferenceResponse([tensor("WAVEFORM", last), tensor("SAMPLE_RATE", rate)]),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+        except Exception as exc:  # noqa: BLE001 - the client gets the error; the model stays READY
+            if llm_responses is not None:
+                llm_responses.cancel()
+            sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
