@@ -35,7 +35,7 @@ DEFAULTS: dict[str, str] = {
     "llm_max_batch_size": "8",  # running streams per LLM step (continuous batching)
     "llm_gpu_dtype": "bfloat16",
     "decoder_max_batch_size": "8",
-    "decoder_queue_delay_us": "20000",
+    "batch_queue_delay_us": "20000",
     "decoder_gpu_instances": "2",
     "tokenizer_max_batch_size": "8",
     "max_text_chars": "1000",

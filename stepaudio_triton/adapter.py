@@ -101,3 +101,10 @@ def device_for(args: dict, config: dict) -> str:
 
     torch.set_num_threads(parameter(config, "cpu_threads", 1, int))
     return "cpu"
+
+
+def repository_path(args: dict, relative: str) -> str:
+    """A path given relative to this model's folder (``../tokenizer/1/x.onnx``), so a rendered repository can move."""
+    import os
+
+    return os.path.normpath(os.path.join(args["model_repository"], relative))

@@ -124,12 +124,13 @@ class TTSFrontend:
         tokenizer_dir: str | Path,
         voices_dir: str | Path | None = None,
         voice_cache_entries: int = 256,
+        vq02_onnx: str | Path | None = None,
         **limits,
     ) -> TTSFrontend:
         tts_dir = Path(tts_dir)
         speech_dir = tts_dir / layout.SPEECH_DECODER_DIR
         featurize = VoiceFeaturizer(
-            AudioTokenizer.from_checkpoint(tokenizer_dir, backend="onnx", threads=1),
+            AudioTokenizer.from_checkpoint(tokenizer_dir, backend="onnx", vq02_onnx=vq02_onnx, threads=1),
             SpeakerEncoder.from_onnx(speech_dir / layout.CAMPPLUS_ONNX, threads=1),
             load_decoder_config(speech_dir).mel,
         )

@@ -15,6 +15,7 @@ from stepaudio_triton.adapter import (
     optional_string,
     parameter,
     parse_config,
+    repository_path,
     required_input,
     respond_each,
     string_tensor,
@@ -45,6 +46,7 @@ class TritonPythonModel:
             parameter(config, "tokenizer_checkpoint"),
             parameter(config, "voices_dir") or None,
             voice_cache_entries=parameter(config, "voice_cache_entries", 256, int),
+            vq02_onnx=repository_path(args, parameter(config, "vq02_onnx", "../tokenizer/1/vq02_encoder_chunk.onnx")),
             max_text_chars=parameter(config, "max_text_chars", 1000, int),
             max_prompt_seconds=parameter(config, "max_prompt_seconds", 30.0, float),
         )

@@ -1,0 +1,65 @@
+"""tokenizer: audio (any sample rate, mono or stereo) → dual-codebook LLM ids and their ``<audio_N>`` string.
+
+AUDIO is (channels, samples) float32 in [-1, 1] (mono = one channel) with SAMPLE_RATE; batch 1 per request.
+Encoders run through ONNX Runtime (vq02 chunk step exported at render time, vq06 ``speech_tokenizer_v1.onnx``).
+Inputs are ragged, so concurrent requests of different lengths still reach one ``execute`` together.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from stepaudio.tokenizer import AudioTokenizer, ids_to_audio_string
+from stepaudio_triton.adapter import (
+    device_for,
+    error_response,
+    optional_scalar,
+    parameter,
+    parse_config,
+    repository_path,
+    required_input,
+    tensor,
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = parse_config(args)
+        device_for(args, config)
+        threads = parameter(config, "ort_threads", 1, int)
+        self.tokenizer = AudioTokenizer.from_checkpoint(
+            parameter(config, "tokenizer_checkpoint"),
+            backend="onnx",
+            vq02_onnx=repository_path(args, parameter(config, "vq02_onnx", "1/vq02_encoder_chunk.onnx")),
+            threads=threads,
+        )
+        self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1))))
+
+    def execute(self, requests):
+        # ONNX Runtime releases the GIL: the requests of one batch tokenize concurrently.
+        futures = [self.pool.submit(self._tokenize, r) for r in requests]
+        responses = []
+        for future in futures:
+            try:
+                responses.append(pb_utils.InferenceResponse(output_tensors=future.result()))
+            except Exception as exc:  # noqa: BLE001 - one bad clip fails only its own request
+                responses.append(error_response(exc))
+        return responses
+
+    def _tokenize(self, request):
+        audio = required_input(request, "AUDIO")
+        if audio.ndim != 3 or audio.shape[0] != 1:
+            raise ValueError(f"AUDIO must be [1, channels, samples] (batch 1), got shape {list(audio.shape)}")
+        rate = optional_scalar(request, "SAMPLE_RATE", int)
+        if rate is None:
+            raise ValueError("SAMPLE_RATE is required")
+        result = self.tokenizer.tokenize(audio[0], rate, trim=False)
+        if not result.ids:
+            raise ValueError("audio is too short to give one 120 ms group of audio tokens")
+        return [
+            tensor("AUDIO_IDS", np.asarray([result.ids], dtype=np.int32)),
+            tensor("VQ02", np.asarray([result.vq02], dtype=np.int32)),
+            tensor("VQ06", np.asarray([result.vq06], dtype=np.int32)),
+            pb_utils.Tensor("AUDIO_STRING", np.array([[ids_to_audio_string(result.ids).encode()]], dtype=np.object_)),
+        ]
