@@ -39,6 +39,7 @@ DEFAULTS: dict[str, str] = {
     "decoder_gpu_instances": "2",
     "tokenizer_max_batch_size": "8",
     "max_text_chars": "1000",
+    "chat_max_context_tokens": "30000",
     "max_prompt_seconds": "30",
     "voice_cache_entries": "256",
     "stream_first_chunk_tokens": "25",

@@ -48,7 +48,8 @@ def stream_tokens(
     respond: Callable[[list[int]], list],
     on_finish: Callable[[TokenStream], list] | None = None,
 ) -> threading.Thread:
-    """Send each id as it arrives (``respond(ids) → output tensors``), then the final flag. Runs on its own thread
+    """Send each id as it arrives (``respond(ids) → output tensors``, or None to send nothing for it), then the
+    final flag. Runs on its own thread
     so ``execute`` returns at once; blocks on the stream's queue (no polling). Cancellation by the client is
     checked before every send and stops generation at the engine's next step."""
 
@@ -58,7 +59,9 @@ def stream_tokens(
                 if sender.is_cancelled():
                     stream.cancel()
                     break
-                sender.send(pb_utils.InferenceResponse(output_tensors=respond([token_id])))
+                outputs = respond([token_id])
+                if outputs:
+                    sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
             if stream.finish_reason == FINISH_CANCELLED or sender.is_cancelled():
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 return
