@@ -40,6 +40,8 @@ DEFAULTS: dict[str, str] = {
     "tokenizer_max_batch_size": "8",
     "max_text_chars": "1000",
     "chat_max_context_tokens": "30000",
+    "default_speaker": "Tingting",
+    "max_sentence_chars": "200",
     "max_prompt_seconds": "30",
     "voice_cache_entries": "256",
     "stream_first_chunk_tokens": "25",

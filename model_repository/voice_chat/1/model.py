@@ -1,0 +1,52 @@
+"""voice_chat: one chat turn, speech and/or text in → reply text + reply audio (+ the user's transcript) out.
+
+The graph needs a loop over reply sentences, so it is BLS: tokenizer → chat_llm → ensemble_tts per sentence.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from stepaudio.chat.speech import SentenceSplitter
+from stepaudio_triton import bls
+from stepaudio_triton.adapter import error_response, parse_config, string_tensor, tensor
+from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = parse_config(args)
+        self.graph = ChatGraph.from_config(config)
+        self.pool = ThreadPoolExecutor(8)
+
+    def execute(self, requests):
+        futures = [self.pool.submit(self._turn, r) for r in requests]
+        responses = []
+        for future in futures:
+            try:
+                responses.append(pb_utils.InferenceResponse(output_tensors=future.result()))
+            except Exception as exc:  # noqa: BLE001
+                responses.append(error_response(exc))
+        return responses
+
+    def _turn(self, request):
+        run = ChatRun(self.graph, ChatTurnInputs.from_request(request, self.graph), self.pool)
+        splitter = SentenceSplitter(self.graph.max_sentence_chars)
+        reply, sentences = "", []
+        for delta in run.reply_deltas():
+            reply += delta
+            sentences += splitter.feed(delta)
+        sentences += splitter.flush()
+        waves, rate = [], 22050
+        for sentence in sentences:
+            out = bls.call(self.graph.tts_model, run.tts_inputs(sentence, batched=True), ["WAVEFORM", "SAMPLE_RATE"])
+            waves.append(out["WAVEFORM"].reshape(-1))
+            rate = int(out["SAMPLE_RATE"].reshape(-1)[0])
+        wave = np.concatenate(waves) if waves else np.zeros(0, np.float32)
+        return [
+            string_tensor("REPLY_TEXT", reply),
+            string_tensor("USER_TRANSCRIPT", run.transcript()),
+            tensor("WAVEFORM", wave.astype(np.float32)),
+            tensor("SAMPLE_RATE", np.array([rate], np.int32)),
+        ]

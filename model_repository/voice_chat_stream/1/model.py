@@ -1,0 +1,76 @@
+"""voice_chat_stream: one chat turn, streamed. Text deltas leave as the chat model writes them; each reply
+sentence goes to ``tts_stream`` as soon as it is complete and its audio chunks follow (sentence order kept).
+A last response carries USER_TRANSCRIPT (for an audio turn) with the final flag. Cancelling stops the chat stream.
+"""
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from stepaudio.chat.speech import SentenceSplitter
+from stepaudio_triton import bls
+from stepaudio_triton.adapter import error_response, parse_config, string_tensor, tensor
+from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
+
+_DONE = object()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.graph = ChatGraph.from_config(parse_config(args))
+        self.pool = ThreadPoolExecutor(16)
+
+    def execute(self, requests):
+        for request in requests:
+            threading.Thread(target=self._turn, args=(request,), daemon=True).start()
+        return None
+
+    def _turn(self, request):
+        sender = request.get_response_sender()
+        send_lock = threading.Lock()
+
+        def send(outputs, final=False):
+            with send_lock:
+                flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+                sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
+
+        run = None
+        try:
+            run = ChatRun(self.graph, ChatTurnInputs.from_request(request, self.graph), self.pool)
+            sentences: queue.Queue = queue.Queue()
+            speak_errors: list = []
+            speaker = threading.Thread(target=self._speak, args=(run, sentences, send, sender, speak_errors), daemon=True)
+            speaker.start()
+            splitter = SentenceSplitter(self.graph.max_sentence_chars)
+            for delta in run.reply_deltas():
+                if sender.is_cancelled():
+                    run.cancel()
+                    break
+                send([string_tensor("TEXT_DELTA", delta)])
+                for sentence in splitter.feed(delta):
+                    sentences.put(sentence)
+            for sentence in splitter.flush():
+                sentences.put(sentence)
+            sentences.put(_DONE)
+            speaker.join()
+            if speak_errors:
+                raise speak_errors[0]
+            send([string_tensor("USER_TRANSCRIPT", run.transcript())], final=True)
+        except Exception as exc:  # noqa: BLE001 - the client gets the error; the model stays READY
+            if run is not None:
+                run.cancel()
+            with send_lock:
+                sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _speak(self, run, sentences, send, sender, errors):
+        try:
+            while (sentence := sentences.get()) is not _DONE:
+                if sender.is_cancelled():
+                    continue
+                for chunk in bls.Stream(self.graph.stream_tts_model, run.tts_inputs(sentence, batched=False), ["WAVEFORM", "SAMPLE_RATE"]):
+                    send([tensor("WAVEFORM", chunk["WAVEFORM"].astype(np.float32)), tensor("SAMPLE_RATE", chunk["SAMPLE_RATE"])])
+        except Exception as exc:  # noqa: BLE001 - reported by the turn thread
+            errors.append(exc)
