@@ -19,6 +19,7 @@ class TritonPythonModel:
         config = parse_config(args)
         self.graph = ChatGraph.from_config(config)
         self.pool = ThreadPoolExecutor(8)
+        self.asr_pool = ThreadPoolExecutor(8)  # separate: turns wait on transcriptions
 
     def execute(self, requests):
         futures = [self.pool.submit(self._turn, r) for r in requests]
@@ -31,7 +32,7 @@ class TritonPythonModel:
         return responses
 
     def _turn(self, request):
-        run = ChatRun(self.graph, ChatTurnInputs.from_request(request, self.graph), self.pool)
+        run = ChatRun(self.graph, ChatTurnInputs.from_request(request, self.graph), self.asr_pool)
         splitter = SentenceSplitter(self.graph.max_sentence_chars)
         reply, sentences = "", []
         for delta in run.reply_deltas():
