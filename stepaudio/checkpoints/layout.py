@@ -35,3 +35,7 @@ PARAFORMER_WEIGHTS = "model.pt"
 
 # Derived from the published files by export/tokenizer_onnx.py (not in the download): the vq02 encoder chunk step.
 VQ02_ENCODER_ONNX = "vq02_encoder_chunk.onnx"
+
+# Preset voices: the reference keeps them in its GitHub repository (``speakers/``), not on the hub; the trees the
+# project writes put a synthetic set next to the model folders.
+SPEAKERS_DIR = "speakers"

@@ -20,6 +20,7 @@ WRITER_MODULES = (
     "stepaudio.llm.checkpoint",
     "stepaudio.tokenizer.checkpoint",
     "stepaudio.decoder.checkpoint",
+    "stepaudio.tts.checkpoint",
 )
 
 _WRITERS: dict[str, Writer] = {}
