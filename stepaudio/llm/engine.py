@@ -17,8 +17,9 @@ Rules:
   ``max_seq_len`` (finish reason "length"), like HF's ``max_length``; it does not reject the request up front.
 - The stop id defaults to the config's ``eos_token_id`` (3, ``<|EOT|>``).
 - Continuous batching: one scheduler thread. Between two decode steps it drops cancelled/finished sequences,
-  admits waiting requests into free cache slots (their prompts are prefilled together, in chunks of
-  ``prefill_chunk`` positions, right-padded), then runs **one** forward for all active sequences. Each sequence
+  admits waiting requests into free cache slots (their prompts are prefilled together, right-padded, in
+  chunks of ``prefill_chunk`` positions — fewer when the chunk's attention bias would exceed
+  ``PREFILL_BIAS_BUDGET`` elements), then runs **one** forward for all active sequences. Each sequence
   has its own cache slot and absolute positions, so its logits do not depend on the batch beyond float
   rounding, and its own ``torch.Generator`` (``SamplingParams.seed``), so its samples never do.
 """
@@ -42,6 +43,7 @@ from stepaudio.llm.weights import load_step1
 
 FINISH_EOS, FINISH_LENGTH, FINISH_CANCELLED, FINISH_ERROR = "eos", "length", "cancelled", "error"
 _END = object()
+PREFILL_BIAS_BUDGET = 1 << 26  # bias elements per prefill forward: 128 MB in bf16
 
 
 @dataclass
@@ -301,9 +303,10 @@ class TorchStep1Engine:
     def _prefill(self, joining: list[_Sequence]) -> None:
         lengths = [len(s.context) for s in joining]
         last_hidden: list[torch.Tensor | None] = [None] * len(joining)
-        for start in range(0, max(lengths), self.prefill_chunk):
+        start = 0
+        while start < max(lengths):
             rows = [i for i, length in enumerate(lengths) if length > start]
-            width = min(self.prefill_chunk, max(lengths[i] for i in rows) - start)
+            width = min(self._prefill_width(len(rows), start), max(lengths[i] for i in rows) - start)
             ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
             for row, i in enumerate(rows):
                 piece = joining[i].context[start : start + width]
@@ -313,8 +316,18 @@ class TorchStep1Engine:
             for row, i in enumerate(rows):
                 if start <= lengths[i] - 1 < start + width:
                     last_hidden[i] = hidden[row, lengths[i] - 1 - start]
+            start += width
         logits = self.model.lm_head(torch.stack(last_hidden)).float()
         self._sample(joining, logits)
+
+    def _prefill_width(self, rows: int, start: int) -> int:
+        """Positions per prefill forward: ``prefill_chunk``, halved while the chunk's attention bias
+        (rows × heads × width × keys) would exceed ``PREFILL_BIAS_BUDGET`` elements (long prompts)."""
+        heads = self.model.config.num_attention_heads
+        width = self.prefill_chunk
+        while width > 1 and rows * heads * width * (start + width) > PREFILL_BIAS_BUDGET:
+            width //= 2
+        return width
 
     def _decode(self) -> None:
         active = sorted(self._active, key=lambda s: s.slot)

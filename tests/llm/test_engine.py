@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stepaudio.llm import engine as engine_module
 from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
 from stepaudio.llm.sampling import SamplingParams, apply_repetition_rule
 from tests.llm.helpers import random_prompt
@@ -49,6 +50,15 @@ def test_batched_equals_unbatched(engine, greedy):
     assert batched == solo
     assert all(len(tokens) == 12 for tokens in solo)
     assert len({tuple(tokens) for tokens in solo}) == len(solo)
+
+
+def test_bias_budget_shrinks_prefill_chunks_without_changing_results(engine, tts_model, monkeypatch):
+    expected = engine.generate(_requests(greedy=True))
+    # 8 heads: 4 rows × 8 heads × width × (start + width) keys must stay <= 2048.
+    monkeypatch.setattr(engine_module, "PREFILL_BIAS_BUDGET", 2048)
+    with TorchStep1Engine(tts_model, max_batch_size=4, prefill_chunk=8) as small_chunks:
+        assert [small_chunks._prefill_width(rows=4, start=s) for s in (0, 12, 40)] == [8, 4, 1]
+        assert small_chunks.generate(_requests(greedy=True)) == expected
 
 
 def test_requests_join_and_leave_the_running_batch(tts_model):
