@@ -53,7 +53,8 @@ class GenerationRequest:
     request_id: str = ""
 
     def validate(self, vocab_size: int, max_seq_len: int) -> None:
-        if isinstance(self.prompt_ids, (str, bytes)) or not isinstance(self.prompt_ids, Sequence):
+        # Lists, tuples and 1-D numpy arrays (what the Triton adapters hold) are accepted.
+        if isinstance(self.prompt_ids, (str, bytes)) or not hasattr(self.prompt_ids, "__len__"):
             raise ValueError(f"prompt_ids must be a sequence of token ids, got {type(self.prompt_ids).__name__}")
         if len(self.prompt_ids) == 0:
             raise ValueError("prompt_ids is empty")

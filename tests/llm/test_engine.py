@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,6 +106,12 @@ def test_stop_id_ends_the_stream_without_being_yielded(tts_model):
         stream = engine.submit(request)
         assert list(stream) == reference[:cut]
     assert stream.finish_reason == "eos"
+
+
+def test_numpy_prompts_are_accepted(engine):
+    request = _requests(greedy=True, max_new_tokens=4)[2]
+    as_array = GenerationRequest(np.array(request.prompt_ids, dtype=np.int64), request.sampling)
+    assert engine.generate([as_array]) == engine.generate([request])
 
 
 def test_length_limits(tts_model):
