@@ -77,13 +77,37 @@ def _decoder_exports(decoder_dir: Path) -> tuple[Callable[[Path], None], Callabl
     return flow, vocoder
 
 
+def _tokenizer_export(tokenizer_dir: Path) -> Callable[[Path], None]:
+    def vq02(version_dir: Path) -> None:
+        from export.tokenizer_onnx import export_vq02_encoder
+
+        export_vq02_encoder(tokenizer_dir, version_dir / layout.VQ02_ENCODER_ONNX)
+
+    return vq02
+
+
 def served_models(checkpoints: Path) -> list[ServedModel]:
+    """Every served model: its name, template folder, own values and build step."""
     tts_dir = checkpoints / layout.TTS_DIR
-    models: list[ServedModel] = []
-    for decoder_dir_name, suffix in ((layout.SPEECH_DECODER_DIR, ""), (layout.MUSIC_DECODER_DIR, "_music")):
+    models = [
+        ServedModel("tokenizer", "tokenizer", build=_tokenizer_export(checkpoints / layout.TOKENIZER_DIR)),
+        ServedModel("tts_frontend", "tts_frontend"),
+        ServedModel("tts_llm", "tts_llm"),
+        ServedModel("tts_stream", "tts_stream"),
+        ServedModel("chat_llm", "chat_llm"),
+        ServedModel("voice_chat", "voice_chat"),
+        ServedModel("voice_chat_stream", "voice_chat_stream"),
+    ]
+    for decoder_dir_name, decoder, suffix in ((layout.SPEECH_DECODER_DIR, "speech", ""), (layout.MUSIC_DECODER_DIR, "music", "_music")):
         flow, vocoder = _decoder_exports(tts_dir / decoder_dir_name)
-        models.append(ServedModel(f"flow_decoder{suffix}", "flow_decoder", build=flow))
-        models.append(ServedModel(f"vocoder{suffix}", "vocoder", build=vocoder))
+        names = {"tts_model": f"tts{suffix}", "flow_model": f"flow_decoder{suffix}", "vocoder_model": f"vocoder{suffix}"}
+        decoder_values = {"decoder": decoder, "decoder_dir": str((tts_dir / decoder_dir_name).resolve())} | names
+        models += [
+            ServedModel(f"tts{suffix}", "tts", decoder_values),
+            ServedModel(f"flow_decoder{suffix}", "flow_decoder", build=flow),
+            ServedModel(f"vocoder{suffix}", "vocoder", build=vocoder),
+            ServedModel(f"ensemble_tts{suffix}", "ensemble_tts", decoder_values),
+        ]
     return models
 
 

@@ -35,11 +35,27 @@ def write_smoke_onnx(path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def model_repository(tmp_path_factory) -> Path:
+def tiny_checkpoints(tmp_path_factory) -> Path:
+    """The whole tiny checkpoint tree in the published layout, written once per session."""
+    from stepaudio.checkpoints import write_tree
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    write_tree(root, "tiny", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
+    """Smoke models + every served Step-Audio model rendered from the tiny checkpoints (one server for all)."""
+    from export.render_repository import render
+    from stepaudio.checkpoints import layout
+
     repo = tmp_path_factory.mktemp("model_repository")
     shutil.copytree(SMOKE_REPOSITORY, repo, dirs_exist_ok=True)
     (repo / "README.md").unlink()
     write_smoke_onnx(repo / "smoke_onnx" / "1" / "model.onnx")
+    # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
+    render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR, {"batch_queue_delay_us": "100000"})
     return repo
 
 

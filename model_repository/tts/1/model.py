@@ -86,4 +86,5 @@ class TritonPythonModel:
             tensor("FLOW_NOISE", batch(noise.flow)),
             tensor("SOURCE_PHASE", batch(noise.source_phase)),
             tensor("SOURCE_NOISE", batch(noise.source_noise)),
+            tensor("SAMPLE_RATE", batch(np.array([self.decoder_config.hift.sampling_rate], np.int32))),
         ]
