@@ -117,7 +117,7 @@ class Step1Attention(nn.Module):
         x: torch.Tensor,
         bias: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
-        slot_index: torch.Tensor | slice | None,
+        slots: _Slots | None,
         positions: torch.Tensor,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -129,12 +129,9 @@ class Step1Attention(nn.Module):
             keys, values = k, v
         else:
             key_cache, value_cache = cache
-            key_length = bias.shape[-1]
-            rows = _slot_rows(slot_index, batch, x.device)
-            key_cache[rows[:, None], positions] = k
-            value_cache[rows[:, None], positions] = v
-            keys = _read_slots(key_cache, slot_index, key_length)
-            values = _read_slots(value_cache, slot_index, key_length)
+            key_cache[slots.rows[:, None], positions] = k
+            value_cache[slots.rows[:, None], positions] = v
+            keys, values = slots.read(key_cache, bias.shape[-1]), slots.read(value_cache, bias.shape[-1])
         # Query heads of one KV group become extra query rows of that group: no K/V copies per head.
         q = q.permute(0, 2, 3, 1, 4).reshape(batch, groups, per_group * length, head_dim)
         out = F.scaled_dot_product_attention(q, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=bias)
@@ -142,17 +139,20 @@ class Step1Attention(nn.Module):
         return self.o_proj(out.reshape(batch, length, self.num_heads * head_dim))
 
 
-def _slot_rows(slot_index: torch.Tensor | slice, batch: int, device: torch.device) -> torch.Tensor:
-    if isinstance(slot_index, slice):
-        return torch.arange(slot_index.start, slot_index.start + batch, device=device)
-    return slot_index
+class _Slots:
+    """Cache slots of the batch rows: ``rows`` indexes the writes; reads of a contiguous run of slots are views,
+    scattered slots are gathered (only the first ``key_length`` positions)."""
 
+    def __init__(self, slots: Sequence[int], device: torch.device):
+        self.rows = torch.tensor(list(slots), dtype=torch.long, device=device)
+        first = slots[0]
+        contiguous = list(slots) == list(range(first, first + len(slots)))
+        self._run = slice(first, first + len(slots)) if contiguous else None
 
-def _read_slots(cache: torch.Tensor, slot_index: torch.Tensor | slice, key_length: int) -> torch.Tensor:
-    # A contiguous run of slots is a view; scattered slots are gathered (only the first key_length positions).
-    if isinstance(slot_index, slice):
-        return cache[slot_index, :key_length]
-    return cache[:, :key_length].index_select(0, slot_index)
+    def read(self, cache: torch.Tensor, key_length: int) -> torch.Tensor:
+        if self._run is not None:
+            return cache[self._run, :key_length]
+        return cache[:, :key_length].index_select(0, self.rows)
 
 
 class Step1MLP(nn.Module):
@@ -174,8 +174,8 @@ class Step1DecoderLayer(nn.Module):
         self.post_attention_layernorm = Step1RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = Step1MLP(config)
 
-    def forward(self, x, bias, cache, slot_index, positions) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), bias, cache, slot_index, positions)
+    def forward(self, x, bias, cache, slots, positions) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), bias, cache, slots, positions)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -202,15 +202,16 @@ class Step1Model(nn.Module):
         batch, length = input_ids.shape
         device = input_ids.device
         if cache is None:
-            if positions is None:
-                positions = torch.arange(length, device=device).expand(batch, length)
-            key_length, slot_index = length, None
+            if positions is not None:
+                raise ValueError("positions are only meaningful with a KV cache; without one rows start at 0")
+            positions = torch.arange(length, device=device).expand(batch, length)
+            key_length, cache_slots = length, None
         else:
             if positions is None or slots is None or len(slots) != batch:
                 raise ValueError("a forward with a KV cache needs positions [B, L] and one slot per row")
             key_length = int(positions.max()) + 1
             cache.ensure_capacity(key_length)
-            slot_index = _slot_index(slots, device)
+            cache_slots = _Slots(slots, device)
         x = self.embed_tokens(input_ids)
         slopes = alibi_slopes(self.config.num_attention_heads, device=device)
         bias = alibi_sqrt_bias(slopes, positions, key_length, x.dtype)
@@ -218,15 +219,8 @@ class Step1Model(nn.Module):
         bias = bias.reshape(batch, groups, -1, key_length)  # heads of one group stacked as query rows
         for index, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[index], cache.values[index])
-            x = layer(x, bias, layer_cache, slot_index, positions)
+            x = layer(x, bias, layer_cache, cache_slots, positions)
         return self.norm(x)
-
-
-def _slot_index(slots: Sequence[int], device: torch.device) -> torch.Tensor | slice:
-    first = slots[0]
-    if list(slots) == list(range(first, first + len(slots))):
-        return slice(first, first + len(slots))
-    return torch.tensor(list(slots), dtype=torch.long, device=device)
 
 
 class Step1ForCausalLM(nn.Module):
