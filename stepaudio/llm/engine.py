@@ -271,7 +271,7 @@ class TorchStep1Engine:
                         self._prefill(joining)
                     if self._active:
                         self._decode()
-                except Exception as exc:  # noqa: BLE001 — the failure goes to every affected stream
+                except Exception as exc:  # the failure goes to every affected stream; the loop keeps serving
                     self._retire(list(self._active), FINISH_ERROR, exc)
             with self._wakeup:
                 leftover = list(self._waiting) + self._active
