@@ -3,12 +3,13 @@
 A writer is ``fn(root: Path, variant: str, seed: int) -> list[Path]``: it writes its files under ``root`` in the
 real published layout (see ``layout``) and returns what it wrote. ``variant`` is ``"tiny"`` (small dims, for tests
 and the demo) or ``"real"`` (published dims, random weights, for CPU benchmarks); a writer that has no real-size
-variant raises ``ValueError``.
+variant raises ``VariantUnavailable``.
 """
 
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,10 @@ WRITER_MODULES = (
 )
 
 _WRITERS: dict[str, Writer] = {}
+
+
+class VariantUnavailable(ValueError):
+    """A writer has no such variant (e.g. real-size LLM weights); a whole-tree write skips it with a warning."""
 
 
 def register_writer(name: str) -> Callable[[Writer], Writer]:
@@ -55,5 +60,10 @@ def write_tree(root: Path, variant: str = "tiny", seed: int = 0, only: list[str]
     root.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for name in names:
-        written += available[name](root, variant, seed)
+        try:
+            written += available[name](root, variant, seed)
+        except VariantUnavailable as exc:
+            if only:
+                raise
+            warnings.warn(f"skipped checkpoint component {name!r}: {exc}", stacklevel=2)
     return written

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from stepaudio.checkpoints import register_writer
+from stepaudio.checkpoints import VariantUnavailable, register_writer
 from stepaudio.checkpoints.layout import (
     CHAT_DIR,
     LLM_CONFIG,
@@ -196,7 +196,7 @@ def write_step1_folder(folder: Path, config: Step1Config, seed: int, tokenizer_c
 @register_writer("llm")
 def write_llm(root: Path, variant: str, seed: int) -> list[Path]:
     if variant != "tiny":
-        raise ValueError(
+        raise VariantUnavailable(
             f"the llm writer has no {variant!r} variant: real-size Step1 weights are 7 GB (TTS-3B) and 264 GB (Chat); "
             "build a model in memory from step1_config(folder, 'real') instead"
         )

@@ -42,6 +42,9 @@ class SamplingParams:
     seed: int | None = None
     repetition_window: int = 10
     repetition_threshold: float = 0.1
+    # Half-open id ranges the sampler may pick from (None = the whole vocabulary). Include the stop id's range to
+    # let generation end; TTS serving passes ((3, 4), (65536, 70656)): the stop id and the audio ids.
+    allowed_token_ranges: tuple[tuple[int, int], ...] | None = None
 
     def validate(self) -> None:
         if not _is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
@@ -58,6 +61,12 @@ class SamplingParams:
             raise ValueError(f"repetition_window must be an integer >= 1, got {self.repetition_window!r}")
         if not _is_number(self.repetition_threshold) or not (0 <= self.repetition_threshold < 1):
             raise ValueError(f"repetition_threshold must be in [0, 1) (0 disables it), got {self.repetition_threshold!r}")
+        if self.allowed_token_ranges is not None:
+            ranges = self.allowed_token_ranges
+            if not ranges or not all(
+                len(r) == 2 and _is_int(r[0]) and _is_int(r[1]) and 0 <= r[0] < r[1] for r in ranges
+            ):
+                raise ValueError(f"allowed_token_ranges must be non-empty (low, high) pairs with 0 <= low < high, got {ranges!r}")
 
     @property
     def greedy(self) -> bool:
@@ -73,6 +82,16 @@ def apply_repetition_rule(logits: torch.Tensor, context: Sequence[int], window: 
     if recent.count(last) / window > threshold:
         logits[last] = float("-inf")
     return logits
+
+
+def apply_allowed_ranges(logits: torch.Tensor, ranges: tuple[tuple[int, int], ...] | None) -> torch.Tensor:
+    """Set every id outside ``ranges`` to -inf (in place)."""
+    if ranges is None:
+        return logits
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    for low, high in ranges:
+        keep[low:high] = True
+    return logits.masked_fill_(~keep, float("-inf"))
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -112,6 +131,7 @@ def next_token(
 ) -> int:
     """One id from the ``[vocab]`` logits of the last position; ``context`` = prompt + ids generated so far."""
     logits = logits.float().clone()
+    apply_allowed_ranges(logits, params.allowed_token_ranges)
     apply_repetition_rule(logits, context, params.repetition_window, params.repetition_threshold)
     if params.greedy:
         return int(torch.argmax(logits))

@@ -39,3 +39,15 @@ def test_a_name_cannot_be_registered_twice(isolated_registry):
     isolated_registry.register_writer("alpha")(lambda root, variant, seed: [])
     with pytest.raises(ValueError, match="registered twice"):
         isolated_registry.register_writer("alpha")(lambda root, variant, seed: [1])
+
+
+def test_whole_tree_skips_an_unavailable_variant_but_a_named_one_fails(isolated_registry, tmp_path):
+    def refuse(root, variant, seed):
+        raise isolated_registry.VariantUnavailable("too big")
+
+    isolated_registry.register_writer("big")(refuse)
+    isolated_registry.register_writer("small")(lambda root, variant, seed: [root / "s"])
+    with pytest.warns(UserWarning, match="skipped checkpoint component 'big'"):
+        assert isolated_registry.write_tree(tmp_path, "real") == [tmp_path / "s"]
+    with pytest.raises(ValueError, match="too big"):
+        isolated_registry.write_tree(tmp_path, "real", only=["big"])

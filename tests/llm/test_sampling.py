@@ -149,3 +149,28 @@ def test_defaults_are_the_reference_tts_settings():
     params.validate()
     assert (params.temperature, params.top_k, params.top_p) == (0.7, 50, 1.0)
     assert (params.repetition_window, params.repetition_threshold) == (10, 0.1)
+
+
+def test_allowed_ranges_restrict_what_can_be_sampled():
+    import torch
+
+    from stepaudio.llm.sampling import SamplingParams, new_generator, next_token
+
+    logits = torch.zeros(100)
+    logits[7] = 50.0  # by far the most likely id, but outside the allowed ranges
+    params = SamplingParams(temperature=1.0, top_k=0, allowed_token_ranges=((3, 4), (60, 70)))
+    generator = new_generator(0, torch.device("cpu"))
+    picks = {next_token(logits, [1, 2], params, generator) for _ in range(200)}
+    assert picks <= {3, *range(60, 70)} and len(picks) > 3
+    greedy = SamplingParams(temperature=0.0, allowed_token_ranges=((60, 70),))
+    assert next_token(logits, [1], greedy, generator) == 60
+
+
+def test_allowed_ranges_are_validated():
+    import pytest
+
+    from stepaudio.llm.sampling import SamplingParams
+
+    for bad in ((), ((5, 5),), ((-1, 3),), ((1.5, 3),)):
+        with pytest.raises(ValueError, match="allowed_token_ranges"):
+            SamplingParams(allowed_token_ranges=bad).validate()
