@@ -95,8 +95,8 @@ class VoiceFeaturizer:
         return VoiceFeatures(tuple(code), mel, embedding)
 
 
-def _read_preset(path: Path) -> tuple[np.ndarray, int]:
-    wave, rate = load_audio(path)
+def _read_preset(file) -> tuple[np.ndarray, int]:
+    wave, rate = load_audio(file)
     return to_mono(np.asarray(wave, dtype=np.float32)), rate
 
 

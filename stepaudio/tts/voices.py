@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ class VoiceCache:
 class PresetVoices:
     """The preset speakers of a voices folder; their audio is read once at start-up."""
 
-    def __init__(self, folder: Path, cache: VoiceCache, read_audio: Callable[[Path], tuple[np.ndarray, int]]):
+    def __init__(self, folder: Path, cache: VoiceCache, read_audio: Callable[[object], tuple[np.ndarray, int]]):
         folder = Path(folder)
         info_path = folder / SPEAKERS_INFO
         if not info_path.is_file():
@@ -103,10 +104,13 @@ class PresetVoices:
         self.transcripts: dict[str, str] = json.loads(info_path.read_text(encoding="utf-8"))
         self._audio: dict[str, tuple[np.ndarray, int]] = {}
         for speaker in self.transcripts:
-            wav = folder / f"{speaker}_prompt.wav"
-            if not wav.is_file():
-                raise ValueError(f"voices folder {folder} lists {speaker!r} but has no {wav.name}")
-            self._audio[speaker] = read_audio(wav)
+            # Speaker ids are not ASCII (Tingting哼唱): build the path as UTF-8 bytes, so it opens whatever the
+            # filesystem encoding of the process (Triton's python stub may run with an ASCII one).
+            wav = os.path.join(os.fsencode(folder), f"{speaker}_prompt.wav".encode("utf-8"))
+            if not os.path.isfile(wav):
+                raise ValueError(f"voices folder {folder} lists {speaker!r} but has no {speaker}_prompt.wav")
+            with open(wav, "rb") as file:
+                self._audio[speaker] = read_audio(file)
         self._cache = cache
 
     @property

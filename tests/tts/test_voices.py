@@ -48,9 +48,9 @@ def test_decoder_tokens_drop_the_llm_offset():
 def test_preset_voices_resolve_music_variants_and_reject_unknown(tmp_path):
     (tmp_path / "speakers_info.json").write_text(json.dumps({"Anna": "hello", "AnnaRAP": "yo"}))
     for name in ("Anna", "AnnaRAP"):
-        (tmp_path / f"{name}_prompt.wav").write_bytes(b"")
+        (tmp_path / f"{name}_prompt.wav").write_bytes(name.encode())
     calls = []
-    voices = PresetVoices(tmp_path, VoiceCache(fake_featurizer(calls)), lambda p: (np.full(8, len(p.name), np.float32), 16000))
+    voices = PresetVoices(tmp_path, VoiceCache(fake_featurizer(calls)), lambda f: (np.full(8, len(f.read()), np.float32), 16000))
     assert voices.resolve("Anna", "RAP") == "AnnaRAP"
     assert voices.resolve("Anna", "哼唱") == "Anna"
     assert voices.voice("Anna", "RAP").prompt_text == "yo"
