@@ -47,6 +47,7 @@ class ChatTurnInputs:
     sample_rate: np.ndarray | None
     speaker: str
     sampling: dict
+    tts_max_new_tokens: np.ndarray | None
 
     @classmethod
     def from_request(cls, request, graph: ChatGraph) -> ChatTurnInputs:
@@ -65,6 +66,7 @@ class ChatTurnInputs:
             optional_input(request, "SAMPLE_RATE"),
             optional_string(request, "SPEAKER") or graph.default_speaker,
             sampling,
+            optional_input(request, "TTS_MAX_NEW_TOKENS"),
         )
 
 
@@ -111,6 +113,10 @@ class ChatRun:
         text, speaker = _string(sentence), _string(self.inputs.speaker)
         if batched:  # ensemble_tts takes a batch dimension of 1
             text, speaker = text[None], speaker[None]
-        seed = self.inputs.sampling.get("SEED")
-        extra = {} if seed is None else {"SEED": seed.reshape((1, 1) if batched else (1,)).astype(np.int64)}
+        shape = (1, 1) if batched else (1,)
+        extra = {}
+        if (seed := self.inputs.sampling.get("SEED")) is not None:
+            extra["SEED"] = seed.reshape(shape).astype(np.int64)
+        if self.inputs.tts_max_new_tokens is not None:
+            extra["MAX_NEW_TOKENS"] = self.inputs.tts_max_new_tokens.reshape(shape).astype(np.int32)
         return {"TEXT": text, "SPEAKER": speaker, **extra}
