@@ -55,7 +55,7 @@ def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
     (repo / "README.md").unlink()
     write_smoke_onnx(repo / "smoke_onnx" / "1" / "model.onnx")
     # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
-    render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR, {"batch_queue_delay_us": "100000"})
+    render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR, {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000"})
     return repo
 
 
