@@ -25,10 +25,19 @@ def _string(value: str) -> np.ndarray:
 
 
 class ChatSession:
-    def __init__(self, url: str, speaker: str | None, system_prompt: str | None, out_dir: Path, max_new_tokens: int | None):
+    def __init__(
+        self,
+        url: str,
+        speaker: str | None,
+        system_prompt: str | None,
+        out_dir: Path,
+        max_new_tokens: int | None = None,
+        tts_max_new_tokens: int | None = None,
+    ):
         self.conn = triton_io.client(url, "grpc")
         self.history: list[dict] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        self.speaker, self.out_dir, self.max_new_tokens = speaker, out_dir, max_new_tokens
+        self.speaker, self.out_dir = speaker, out_dir
+        self.max_new_tokens, self.tts_max_new_tokens = max_new_tokens, tts_max_new_tokens
         self.turns = 0
 
     def turn(self, text: str = "", audio_path: Path | None = None, echo=print) -> dict:
@@ -45,6 +54,8 @@ class ChatSession:
             tensors["SPEAKER"] = _string(self.speaker)
         if self.max_new_tokens:
             tensors["MAX_NEW_TOKENS"] = np.array([self.max_new_tokens], np.int32)
+        if self.tts_max_new_tokens:
+            tensors["TTS_MAX_NEW_TOKENS"] = np.array([self.tts_max_new_tokens], np.int32)
         reply, transcript, chunks, rate = "", "", [], 22050
         for event in triton_io.grpc_stream(self.conn, "voice_chat_stream", tensors,
                                            ["TEXT_DELTA", "USER_TRANSCRIPT", "WAVEFORM", "SAMPLE_RATE"]):
@@ -78,13 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", type=Path)
     parser.add_argument("--speaker")
     parser.add_argument("--system-prompt")
-    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--max-new-tokens", type=int, help="cap on reply text tokens")
+    parser.add_argument("--tts-max-new-tokens", type=int, help="cap on speech tokens per reply sentence")
     parser.add_argument("--out-dir", type=Path, default=Path("replies"))
     parser.add_argument("--interactive", action="store_true")
     args = parser.parse_args(argv)
     if not (args.text or args.audio or args.interactive):
         parser.error("give --text and/or --audio, or --interactive")
-    session = ChatSession(args.url, args.speaker, args.system_prompt, args.out_dir, args.max_new_tokens)
+    session = ChatSession(
+        args.url, args.speaker, args.system_prompt, args.out_dir, args.max_new_tokens, args.tts_max_new_tokens
+    )
     try:
         if args.text or args.audio:
             print("assistant> ", end="")

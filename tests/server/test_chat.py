@@ -70,7 +70,7 @@ def test_three_turn_session_keeps_text_history(triton_server, tmp_path):
 
     question = tmp_path / "question.wav"
     soundfile.write(question, speech(1.2)[0], 16000)
-    session = ChatSession(triton_server.grpc_url, None, "be brief", tmp_path / "replies", 8)
+    session = ChatSession(triton_server.grpc_url, None, "be brief", tmp_path / "replies", 8, 30)
     quiet = {"echo": lambda *args, **kwargs: None}
     first = session.turn("你好", **quiet)
     second = session.turn("", question, **quiet)
