@@ -21,6 +21,9 @@ lint: $(STAMP)
 checkpoints: $(STAMP)
 	$(PY) -m stepaudio.checkpoints make-tiny --out $(CHECKPOINTS)
 
+demo: $(STAMP)
+	$(PY) -m clients.demo --build build
+
 serve: $(STAMP)
 	$(PY) -m stepaudio.serve --model-repository $(if $(wildcard $(REPOSITORY)),$(REPOSITORY),model_repository)
 
