@@ -81,15 +81,23 @@ def error_response(exc: BaseException):
     )
 
 
-def respond_each(requests, handle: Callable[[Any], list]) -> list:
-    """Non-decoupled execute: one response per request; a failing request never fails its batch neighbours."""
-    responses = []
-    for request in requests:
-        try:
-            responses.append(pb_utils.InferenceResponse(output_tensors=handle(request)))
-        except Exception as exc:  # noqa: BLE001 - every failure becomes that request's error response
-            responses.append(error_response(exc))
-    return responses
+def respond_each(requests, handle: Callable[[Any], list], pool=None) -> list:
+    """Non-decoupled execute: one response per request; a failing request never fails its batch neighbours.
+    With a thread ``pool`` the requests of one batch run concurrently (BLS calls and ONNX Runtime release the GIL)."""
+    if pool is None:
+        outcomes = []
+        for request in requests:
+            try:
+                outcomes.append(handle(request))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes that request's error response
+                outcomes.append(exc)
+    else:
+        futures = [pool.submit(handle, request) for request in requests]
+        outcomes = [future.exception() or future.result() for future in futures]
+    return [
+        error_response(o) if isinstance(o, BaseException) else pb_utils.InferenceResponse(output_tensors=o)
+        for o in outcomes
+    ]
 
 
 def device_for(args: dict, config: dict) -> str:

@@ -13,12 +13,12 @@ import triton_python_backend_utils as pb_utils
 from stepaudio.tokenizer import AudioTokenizer, ids_to_audio_string
 from stepaudio_triton.adapter import (
     device_for,
-    error_response,
     optional_scalar,
     parameter,
     parse_config,
     repository_path,
     required_input,
+    respond_each,
     tensor,
 )
 
@@ -37,15 +37,7 @@ class TritonPythonModel:
         self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1))))
 
     def execute(self, requests):
-        # ONNX Runtime releases the GIL: the requests of one batch tokenize concurrently.
-        futures = [self.pool.submit(self._tokenize, r) for r in requests]
-        responses = []
-        for future in futures:
-            try:
-                responses.append(pb_utils.InferenceResponse(output_tensors=future.result()))
-            except Exception as exc:  # noqa: BLE001 - one bad clip fails only its own request
-                responses.append(error_response(exc))
-        return responses
+        return respond_each(requests, self._tokenize, self.pool)
 
     def _tokenize(self, request):
         audio = required_input(request, "AUDIO")

@@ -9,13 +9,12 @@ other decoder is refused with a pointer to the right endpoint.
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
 from stepaudio.decoder.checkpoint import load_config
 from stepaudio.decoder.token2wav import DecoderNoise
 from stepaudio.tts.frontend import decoder_tokens
 from stepaudio_triton import bls
-from stepaudio_triton.adapter import error_response, optional_input, parameter, parse_config, tensor
+from stepaudio_triton.adapter import optional_input, parameter, parse_config, respond_each, tensor
 from stepaudio_triton.generation import SAMPLING_INPUTS
 
 FRONTEND_INPUTS = ("TEXT", "SPEAKER", "PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")
@@ -46,15 +45,7 @@ class TritonPythonModel:
         self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1))))
 
     def execute(self, requests):
-        # One thread per request of the dynamic batch: their LLM streams then share the engine's decode steps.
-        futures = [self.pool.submit(self._one, r) for r in requests]
-        responses = []
-        for future in futures:
-            try:
-                responses.append(pb_utils.InferenceResponse(output_tensors=future.result()))
-            except Exception as exc:  # noqa: BLE001 - a failing request never fails its batch neighbours
-                responses.append(error_response(exc))
-        return responses
+        return respond_each(requests, self._one, self.pool)
 
     def _one(self, request):
         frontend_inputs = _unbatched(request, FRONTEND_INPUTS)

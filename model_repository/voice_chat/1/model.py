@@ -6,11 +6,10 @@ The graph needs a loop over reply sentences, so it is BLS: tokenizer → chat_ll
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
 from stepaudio.chat.speech import SentenceSplitter
 from stepaudio_triton import bls
-from stepaudio_triton.adapter import error_response, parse_config, string_tensor, tensor
+from stepaudio_triton.adapter import parse_config, respond_each, string_tensor, tensor
 from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
 
 
@@ -22,14 +21,7 @@ class TritonPythonModel:
         self.asr_pool = ThreadPoolExecutor(8)  # separate: turns wait on transcriptions
 
     def execute(self, requests):
-        futures = [self.pool.submit(self._turn, r) for r in requests]
-        responses = []
-        for future in futures:
-            try:
-                responses.append(pb_utils.InferenceResponse(output_tensors=future.result()))
-            except Exception as exc:  # noqa: BLE001
-                responses.append(error_response(exc))
-        return responses
+        return respond_each(requests, self._turn, self.pool)
 
     def _turn(self, request):
         run = ChatRun(self.graph, ChatTurnInputs.from_request(request, self.graph), self.asr_pool)
