@@ -211,22 +211,25 @@ class ConditionalDecoder(nn.Module):
         t = self.time_mlp(self.time_embeddings(t).to(t.dtype))
         x = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, x.shape[-1]), cond], dim=1)
 
+        # Masks at each resolution are gathered from the full mask (every 2nd frame) and upsampled outputs are
+        # cropped with index_select, so no shape needs a min() and the export stays dynamic in T.
         hiddens = []
         masks = [mask]
-        for resnet, blocks, downsample in self.down_blocks:
+        for i, (resnet, blocks, downsample) in enumerate(self.down_blocks):
             mask_down = masks[-1]
             x = self._transformers(blocks, resnet(x, mask_down, t), mask_down)
             hiddens.append(x)
             x = downsample(x * mask_down)
-            masks.append(mask_down[:, :, ::2])
-        masks = masks[:-1]
+            if i < len(self.down_blocks) - 1:
+                every_other = torch.arange(x.shape[-1], device=x.device) * 2
+                masks.append(mask_down.index_select(2, every_other))
         mask_mid = masks[-1]
         for resnet, blocks in self.mid_blocks:
             x = self._transformers(blocks, resnet(x, mask_mid, t), mask_mid)
         for resnet, blocks, upsample in self.up_blocks:
             mask_up = masks.pop()
             skip = hiddens.pop()
-            x = torch.cat([x[:, :, : skip.shape[-1]], skip], dim=1)
+            x = torch.cat([x.index_select(2, torch.arange(skip.shape[-1], device=x.device)), skip], dim=1)
             x = self._transformers(blocks, resnet(x, mask_up, t), mask_up)
             x = upsample(x * mask_up)
         x = self.final_block(x, mask_up)
