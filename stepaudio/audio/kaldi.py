@@ -23,6 +23,12 @@ DITHER_SEED = 0
 WINDOW_TYPES = ("hamming", "hanning", "povey", "rectangular", "blackman")
 
 
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """Cached tables are shared between callers and threads: make accidental writes fail."""
+    array.setflags(write=False)
+    return array
+
+
 def frame_count(num_samples: int, window_size: int, window_shift: int, snip_edges: bool = True) -> int:
     """Frames Kaldi produces: ``1 + (n − size) // shift`` with snip_edges (0 if shorter), else ``(n + shift/2) // shift``."""
     if snip_edges:
@@ -47,7 +53,7 @@ def kaldi_mel_banks(num_bins: int, fft_size: int, sample_rate: int, low_freq: fl
     center, right = left + delta, left + 2 * delta
     fft_mel = mel_scale(sample_rate / fft_size * np.arange(fft_size // 2))[None, :]
     banks = np.maximum(0.0, np.minimum((fft_mel - left) / (center - left), (right - fft_mel) / (right - center)))
-    return np.pad(banks, ((0, 0), (0, 1))).astype(np.float32)
+    return _frozen(np.pad(banks, ((0, 0), (0, 1))).astype(np.float32))
 
 
 @lru_cache(maxsize=8)
@@ -66,12 +72,12 @@ def feature_window(window_type: str, size: int) -> np.ndarray:
         window = 0.42 - 0.5 * cosine + 0.08 * np.cos(4 * np.pi * n / (size - 1))
     else:
         raise ValueError(f"unknown window type {window_type!r}; expected one of {WINDOW_TYPES}")
-    return window.astype(np.float32)
+    return _frozen(window.astype(np.float32))
 
 
 @lru_cache(maxsize=4)
 def dither_table(window_size: int) -> np.ndarray:
-    return np.random.default_rng(DITHER_SEED).standard_normal((DITHER_TABLE_FRAMES, window_size)).astype(np.float32)
+    return _frozen(np.random.default_rng(DITHER_SEED).standard_normal((DITHER_TABLE_FRAMES, window_size)).astype(np.float32))
 
 
 def _frames(wave: np.ndarray, size: int, shift: int, snip_edges: bool) -> np.ndarray:

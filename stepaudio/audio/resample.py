@@ -47,6 +47,8 @@ def _polyphase_kernel(src_rate: int, dst_rate: int) -> tuple[np.ndarray, np.ndar
     with np.errstate(invalid="ignore", divide="ignore"):
         sinc = np.where(t == 0, 1.0, np.sin(t) / t)
     kernel = (sinc * window * (base / orig)).astype(np.float32)
+    kernel.setflags(write=False)  # shared by every stream of this rate pair
+    offsets.setflags(write=False)
     return kernel, offsets, width, orig, new
 
 

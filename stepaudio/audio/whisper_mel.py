@@ -22,7 +22,9 @@ N_MELS = 128
 
 @lru_cache(maxsize=1)
 def _filters() -> np.ndarray:
-    return mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS)
+    filters = mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS)
+    filters.setflags(write=False)  # cached and shared
+    return filters
 
 
 def log_mel_spectrogram(wave: np.ndarray) -> np.ndarray:
