@@ -54,7 +54,8 @@ class AudioTokenizer:
         threads: int | None = None,
     ) -> "AudioTokenizer":
         """Load a ``Step-Audio-Tokenizer`` folder. ``backend`` runs the vq02 encoder in ``"onnx"`` (the exported
-        chunk step, by default ``<paraformer dir>/vq02_encoder_chunk.onnx``) or ``"torch"``; vq06 is always ONNX."""
+        chunk step, by default ``<paraformer dir>/vq02_encoder_chunk.onnx``) or ``"torch"``; vq06 is always ONNX.
+        ``threads`` sets ONNX Runtime's intra-op threads (torch follows the process-wide ``torch.set_num_threads``)."""
         tokenizer_dir = Path(tokenizer_dir)
         linguistic = LinguisticTokenizer.from_dir(tokenizer_dir, backend, vq02_onnx, threads)
         semantic = SemanticTokenizer(tokenizer_dir / layout.SEMANTIC_TOKENIZER_ONNX, vq06_segment_seconds, threads)
