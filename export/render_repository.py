@@ -146,9 +146,9 @@ def render_model(model: ServedModel, out: Path, values: dict[str, str]) -> Path:
     for config in [target / "config.pbtxt", *sorted((target / "configs").glob("*.pbtxt"))]:
         if config.exists():
             config.write_text(fill(config.read_text(), model_values, str(config.relative_to(out))))
+    version = target / "1"  # ensembles need an (empty) version folder too
+    version.mkdir(exist_ok=True)
     if model.build is not None:
-        version = target / "1"
-        version.mkdir(exist_ok=True)
         model.build(version)
     return target
 

@@ -9,8 +9,9 @@ Why a backend and not a python model per ONNX file: the model folder, file name 
 keys stay those of the native backend, so nothing in the repository is CPU-specific except ``cpu.pbtxt``.
 
 Behaviour matches the native backend where it matters: inputs/outputs by the names in the config, dynamic
-batching (requests arrive together; those with equal non-batch shapes run as one ORT call), the
-``intra_op_thread_count`` / ``inter_op_thread_count`` parameters, errors returned per request.
+batching (requests arrive together; those with equal non-batch shapes run as one ORT call), ``reshape`` (a
+``[1]`` tensor the graph takes as a per-row scalar), the ``intra_op_thread_count`` / ``inter_op_thread_count``
+parameters, errors returned per request.
 """
 
 import json
@@ -43,6 +44,9 @@ class TritonPythonModel:
         self.input_dtypes = {
             i["name"]: pb_utils.triton_string_to_numpy(i["data_type"]) for i in self.config["input"]
         }
+        # "reshape" maps the config dims to what the graph takes (inputs) or gives (outputs), batch dim excluded.
+        self.input_reshape = {i["name"]: i["reshape"].get("shape", []) for i in self.config["input"] if "reshape" in i}
+        self.output_dims = {o["name"]: [int(d) for d in o["dims"]] for o in self.config["output"] if "reshape" in o}
         self.outputs = [o["name"] for o in self.config["output"]]
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.config["output"]
@@ -60,7 +64,11 @@ class TritonPythonModel:
             for name in self.inputs:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is not None:
-                    feed[name] = tensor.as_numpy().astype(self.input_dtypes[name], copy=False)
+                    value = tensor.as_numpy().astype(self.input_dtypes[name], copy=False)
+                    if name in self.input_reshape:
+                        lead = [value.shape[0]] if self.max_batch_size else []
+                        value = value.reshape(lead + [int(d) for d in self.input_reshape[name]])
+                    feed[name] = value
             feeds.append(feed)
 
         # Requests with identical shapes run as one batch (the dynamic batcher only groups such requests,
@@ -89,6 +97,8 @@ class TritonPythonModel:
                 tensors = []
                 for name, value in zip(self.outputs, results):
                     part = value[offset : offset + rows] if rows is not None else value
+                    if name in self.output_dims:
+                        part = part.reshape(list(part.shape[:1] if rows is not None else []) + self.output_dims[name])
                     tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(part.astype(self.output_dtypes[name]))))
                 responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
                 offset += rows or 0
