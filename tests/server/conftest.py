@@ -18,20 +18,46 @@ SMOKE_REPOSITORY = Path(__file__).parent / "smoke_repository"
 
 
 def write_smoke_onnx(path: Path) -> None:
-    """y = 3x + 1 as a two-node ONNX graph with a dynamic batch dimension."""
+    """y = 3x·gain + 1 with a dynamic batch dimension; ``gain`` is a per-row scalar (shape [batch]) that the
+    config declares as dims [1] with ``reshape: { shape: [ ] }``, and ``total`` ([batch]) comes back the same way."""
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "three"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
+        [
+            helper.make_node("Unsqueeze", ["gain", "axis1"], ["gain_col"]),
+            helper.make_node("Mul", ["x", "three"], ["t"]),
+            helper.make_node("Mul", ["t", "gain_col"], ["u"]),
+            helper.make_node("Add", ["u", "one"], ["y"]),
+            helper.make_node("ReduceSum", ["y", "axis1"], ["total"], keepdims=0),
+        ],
         "smoke",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor("three", TensorProto.FLOAT, [], [3.0]), helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("gain", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor("three", TensorProto.FLOAT, [], [3.0]), helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+         helper.make_tensor("axis1", TensorProto.INT64, [1], [1])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
+
+
+@pytest.fixture(scope="session")
+def smoke_repository(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("smoke_repository")
+    shutil.copytree(SMOKE_REPOSITORY, repo, dirs_exist_ok=True)
+    (repo / "README.md").unlink()
+    write_smoke_onnx(repo / "smoke_onnx" / "1" / "model.onnx")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def smoke_server(smoke_repository, tmp_path_factory):
+    """The foundation's smoke models only: protocol and server-feature tests do not wait for the Step-Audio models."""
+    with TritonServer(smoke_repository, log_path=tmp_path_factory.mktemp("smoke_log") / "server.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -46,14 +72,11 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
-    """Smoke models + every served Step-Audio model rendered from the tiny checkpoints (one server for all)."""
+    """Every served Step-Audio model rendered from the tiny checkpoints (one server for all their tests)."""
     from export.render_repository import render
     from stepaudio.checkpoints import layout
 
     repo = tmp_path_factory.mktemp("model_repository")
-    shutil.copytree(SMOKE_REPOSITORY, repo, dirs_exist_ok=True)
-    (repo / "README.md").unlink()
-    write_smoke_onnx(repo / "smoke_onnx" / "1" / "model.onnx")
     # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
     render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR, {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000"})
     return repo
@@ -66,20 +89,42 @@ def triton_server(model_repository, tmp_path_factory):
         yield server
 
 
-@pytest.fixture
-def http_client(triton_server):
+def _http(server):
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(triton_server.http_url, concurrency=16, network_timeout=300)
+    return httpclient.InferenceServerClient(server.http_url, concurrency=16, network_timeout=300)
+
+
+def _grpc(server):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+@pytest.fixture
+def http_client(triton_server):
+    client = _http(triton_server)
     yield client
     client.close()
 
 
 @pytest.fixture
 def grpc_client(triton_server):
-    import tritonclient.grpc as grpcclient
+    client = _grpc(triton_server)
+    yield client
+    client.close()
 
-    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+
+@pytest.fixture
+def smoke_http(smoke_server):
+    client = _http(smoke_server)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def smoke_grpc(smoke_server):
+    client = _grpc(smoke_server)
     yield client
     client.close()
 

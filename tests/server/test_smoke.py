@@ -17,35 +17,35 @@ from tests.server.conftest import grpc_input, http_input
 pytestmark = pytest.mark.server
 
 
-def test_server_binds_loopback_and_reports_version(triton_server, http_client):
-    assert triton_server.host == "127.0.0.1"
-    assert http_client.is_server_ready()
-    assert http_client.get_server_metadata()["version"] == "2.51.0"
+def test_server_binds_loopback_and_reports_version(smoke_server, smoke_http):
+    assert smoke_server.host == "127.0.0.1"
+    assert smoke_http.is_server_ready()
+    assert smoke_http.get_server_metadata()["version"] == "2.51.0"
 
 
-def test_http_inference(http_client):
+def test_http_inference(smoke_http):
     x = np.arange(5, dtype=np.float32)[None]
-    result = http_client.infer("smoke_scale", [http_input("INPUT0", x)])
+    result = smoke_http.infer("smoke_scale", [http_input("INPUT0", x)])
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * x)
 
 
-def test_grpc_inference(grpc_client):
+def test_grpc_inference(smoke_grpc):
     x = np.linspace(-1, 1, 7, dtype=np.float32)[None]
-    result = grpc_client.infer("smoke_scale", [grpc_input("INPUT0", x)])
+    result = smoke_grpc.infer("smoke_scale", [grpc_input("INPUT0", x)])
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), 2 * x)
 
 
-def test_ensemble(http_client):
+def test_ensemble(smoke_http):
     x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
-    result = http_client.infer("smoke_ensemble", [http_input("X", x)])
+    result = smoke_http.infer("smoke_ensemble", [http_input("X", x)])
     np.testing.assert_array_equal(result.as_numpy("Y"), 2 * x + 1)
 
 
-def test_decoupled_stream_over_grpc(grpc_client):
+def test_decoupled_stream_over_grpc(smoke_grpc):
     responses: queue.Queue = queue.Queue()
-    grpc_client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    smoke_grpc.start_stream(callback=lambda result, error: responses.put((result, error)))
     try:
-        grpc_client.async_stream_infer(
+        smoke_grpc.async_stream_infer(
             "smoke_stream", [grpc_input("COUNT", np.array([5], dtype=np.int32))], enable_empty_final_response=True
         )
         indices = []
@@ -56,30 +56,30 @@ def test_decoupled_stream_over_grpc(grpc_client):
                 break
             indices.append(int(result.as_numpy("INDEX")[0]))
     finally:
-        grpc_client.stop_stream()
+        smoke_grpc.stop_stream()
     assert indices == [0, 1, 2, 3, 4]
 
 
-def test_decoupled_error_is_invalid_arg_and_server_stays_ready(grpc_client):
+def test_decoupled_error_is_invalid_arg_and_server_stays_ready(smoke_grpc):
     responses: queue.Queue = queue.Queue()
-    grpc_client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    smoke_grpc.start_stream(callback=lambda result, error: responses.put((result, error)))
     try:
-        grpc_client.async_stream_infer("smoke_stream", [grpc_input("COUNT", np.array([-1], dtype=np.int32))])
+        smoke_grpc.async_stream_infer("smoke_stream", [grpc_input("COUNT", np.array([-1], dtype=np.int32))])
         _, error = responses.get(timeout=30)
     finally:
-        grpc_client.stop_stream()
+        smoke_grpc.stop_stream()
     assert error is not None and "COUNT must be >= 0" in str(error)
-    assert grpc_client.is_server_ready()
+    assert smoke_grpc.is_server_ready()
 
 
-def test_dynamic_batching_in_statistics(triton_server):
+def test_dynamic_batching_in_statistics(smoke_server):
     import tritonclient.http as httpclient
 
     def before_after():
         stats = client.get_inference_statistics("smoke_scale")["model_stats"][0]
         return int(stats["inference_count"]), int(stats["execution_count"])
 
-    client = httpclient.InferenceServerClient(triton_server.http_url, concurrency=8)
+    client = httpclient.InferenceServerClient(smoke_server.http_url, concurrency=8)
     try:
         inferences0, executions0 = before_after()
         x = np.ones((1, 16), dtype=np.float32)
@@ -95,14 +95,16 @@ def test_dynamic_batching_in_statistics(triton_server):
     assert executions1 - executions0 < 8, "8 concurrent requests were not batched"
 
 
-def test_onnx_model_through_cpu_config(http_client):
+def test_onnx_model_through_cpu_config(smoke_http):
     # config.pbtxt (native ORT, KIND_GPU) sits next to configs/cpu.pbtxt: the CPU server must have loaded the latter.
-    config = http_client.get_model_config("smoke_onnx")
+    config = smoke_http.get_model_config("smoke_onnx")
     assert config["backend"] == "onnxruntime"
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
-    result = http_client.infer("smoke_onnx", [http_input("x", x)])
-    np.testing.assert_allclose(result.as_numpy("y"), 3 * x + 1)
+    gain = np.array([[1.0], [2.0]], dtype=np.float32)
+    result = smoke_http.infer("smoke_onnx", [http_input("x", x), http_input("gain", gain)])
+    np.testing.assert_allclose(result.as_numpy("y"), 3 * x * gain + 1)
+    np.testing.assert_allclose(result.as_numpy("total"), (3 * x * gain + 1).sum(axis=1, keepdims=True))
 
 
 def test_failed_model_load_is_reported_with_its_error(tmp_path):
