@@ -24,6 +24,9 @@ FLOW_WEIGHTS = "flow.pt"
 HIFT_WEIGHTS = "hift.pt"
 CAMPPLUS_ONNX = "campplus.onnx"
 DECODER_VERSION_MARKER = "VERSION_Vq0206Vocoder_1202"  # 0-byte file shipped in both decoder folders
+# Derived from the published files by export/flow_onnx.py and export/vocoder_onnx.py (not in the download).
+FLOW_DECODER_ONNX = "flow_decoder.onnx"
+VOCODER_ONNX = "vocoder.onnx"
 
 # Audio tokenizer.
 LINGUISTIC_CODEBOOK = "linguistic_tokenizer.npy"

@@ -54,28 +54,50 @@ class ConditionalCFM(nn.Module):
         self.cfm = cfm
         self.estimator = ConditionalDecoder(estimator)
 
-    def forward(
-        self, noise: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
-    ) -> torch.Tensor:
+    def time_steps(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(t, dt) of each Euler step. The reference builds the cosine grid in the flow's dtype (bf16 on GPU) and
+        accumulates t step by step; the same arithmetic here gives the same values."""
         steps = self.cfm.n_timesteps
-        # The reference builds the grid in the flow's dtype (bf16 on GPU) and accumulates t the same way.
-        t_span = torch.linspace(0, 1, steps + 1, device=mu.device, dtype=mu.dtype)
+        t_span = torch.linspace(0, 1, steps + 1, device=device, dtype=dtype)
         t_span = 1 - torch.cos(t_span * 0.5 * math.pi)
-        rate = self.cfm.inference_cfg_rate
-        batch = mu.shape[0]
-        x = noise
         t, dt = t_span[0], t_span[1] - t_span[0]
-        mask2 = torch.cat([mask, mask], dim=0)
-        mu2 = torch.cat([mu, torch.zeros_like(mu)], dim=0)
-        spks2 = torch.cat([spks, torch.zeros_like(spks)], dim=0)
-        cond2 = torch.cat([cond, torch.zeros_like(cond)], dim=0)
+        schedule = []
         for step in range(1, steps + 1):
-            velocity = self.estimator(torch.cat([x, x], dim=0), mask2, mu2, t.expand(2 * batch), spks2, cond2)
-            conditional, unconditional = velocity[:batch], velocity[batch:]
-            x = x + dt * ((1.0 + rate) * conditional - rate * unconditional)
+            schedule.append((t, dt))
             t = t + dt
             if step < steps:
                 dt = t_span[step + 1] - t
+        return schedule
+
+    def step(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        t: torch.Tensor,
+        dt: torch.Tensor,
+    ) -> torch.Tensor:
+        """One Euler step with classifier-free guidance: v = (1+r)·v(x, mu, spk, cond) − r·v(x, 0, 0, 0)."""
+        batch = x.shape[0]
+        rate = self.cfm.inference_cfg_rate
+        velocity = self.estimator(
+            torch.cat([x, x], dim=0),
+            torch.cat([mask, mask], dim=0),
+            torch.cat([mu, torch.zeros_like(mu)], dim=0),
+            t.expand(2 * batch),
+            torch.cat([spks, torch.zeros_like(spks)], dim=0),
+            torch.cat([cond, torch.zeros_like(cond)], dim=0),
+        )
+        return x + dt * ((1.0 + rate) * velocity[:batch] - rate * velocity[batch:])
+
+    def forward(
+        self, noise: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
+        x = noise
+        for t, dt in self.time_steps(mu.dtype, mu.device):
+            x = self.step(x, mask, mu, spks, cond, t, dt)
         return x
 
 
@@ -112,6 +134,27 @@ class MaskedDiffWithXvec(nn.Module):
         tokens (B, N) / prompt_tokens (B, P) int64 ids 0…vocab−1; prompt_mel (B, P_mel, 80); speaker_embedding
         (B, 192); noise (B, 80, P_mel + mel_frames(N)); the ``*_lens`` (B,) int64 give each row's real length.
         """
+        mask, mu, spks, cond, mp_len, mt_len = self.prepare(
+            tokens, token_lens, prompt_tokens, prompt_token_lens, prompt_mel, prompt_mel_lens, speaker_embedding, noise
+        )
+        x = self.decoder(noise.to(mu.dtype), mask, mu, spks, cond)
+        return self.select_target(x, prompt_mel, mp_len, mt_len), mt_len
+
+    def prepare(
+        self,
+        tokens: torch.Tensor,
+        token_lens: torch.Tensor,
+        prompt_tokens: torch.Tensor,
+        prompt_token_lens: torch.Tensor,
+        prompt_mel: torch.Tensor,
+        prompt_mel_lens: torch.Tensor,
+        speaker_embedding: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """Everything before the ODE: (mask, mu, spks, cond) for the solver and each row's prompt/target frames.
+
+        ``noise`` is read for its length only; it is the solver's starting point.
+        """
         dtype = self.spk_embed_affine_layer.weight.dtype
         device = tokens.device
         spks = self.spk_embed_affine_layer(F.normalize(speaker_embedding.to(dtype), dim=1))
@@ -130,7 +173,6 @@ class MaskedDiffWithXvec(nn.Module):
 
         # Length regulation: prompt and target parts interpolated separately (F.interpolate linear semantics).
         n_mel = noise.shape[2]
-        n_target_max = n_mel - prompt_mel.shape[1]
         frames = torch.arange(n_mel, device=device).unsqueeze(0)
         mp_len = prompt_mel_lens.unsqueeze(1)
         mt_len = self.mel_frames(token_lens).unsqueeze(1)
@@ -149,17 +191,21 @@ class MaskedDiffWithXvec(nn.Module):
         def pick(index: torch.Tensor) -> torch.Tensor:
             return torch.gather(h, 1, (base + index).clamp(0, n_all - 1).unsqueeze(-1).expand(-1, -1, width))
 
-        frame_valid = (frames < mp_len + mt_len).unsqueeze(1)  # (B, 1, M)
-        mask = frame_valid.to(dtype)
+        mask = (frames < mp_len + mt_len).unsqueeze(1).to(dtype)  # (B, 1, M)
         mu = ((1 - lam1) * pick(i0) + lam1 * pick(i1)).transpose(1, 2) * mask
         mu = self.length_regulator(mu, mask)
 
-        cond = F.pad(prompt_mel.to(dtype), (0, 0, 0, n_target_max)).transpose(1, 2)
+        cond = F.pad(prompt_mel.to(dtype), (0, 0, 0, n_mel - prompt_mel.shape[1])).transpose(1, 2)
         cond = cond * (frames < mp_len).unsqueeze(1).to(dtype)
-        mel = self.decoder(noise.to(dtype), mask, mu, spks, cond)
+        return mask, mu, spks, cond, mp_len.squeeze(1), mt_len.squeeze(1)
 
-        # Target frames of each row start after its own prompt frames.
-        out_frames = torch.arange(n_target_max, device=device).unsqueeze(0)
-        take = (mp_len + out_frames).clamp(max=n_mel - 1).unsqueeze(1).expand(-1, mel.shape[1], -1)
-        mel = torch.gather(mel, 2, take) * (out_frames < mt_len).unsqueeze(1).to(dtype)
-        return mel.to(torch.float32), mt_len.squeeze(1)
+    @staticmethod
+    def select_target(
+        x: torch.Tensor, prompt_mel: torch.Tensor, mp_len: torch.Tensor, mt_len: torch.Tensor
+    ) -> torch.Tensor:
+        """Each row's target frames (they start after its own prompt frames) → (B, 80, M − P_mel) float32."""
+        n_mel = x.shape[2]
+        out_frames = torch.arange(n_mel - prompt_mel.shape[1], device=x.device).unsqueeze(0)
+        take = (mp_len.unsqueeze(1) + out_frames).clamp(max=n_mel - 1).unsqueeze(1).expand(-1, x.shape[1], -1)
+        mel = torch.gather(x, 2, take) * (out_frames < mt_len.unsqueeze(1)).unsqueeze(1).to(x.dtype)
+        return mel.to(torch.float32)

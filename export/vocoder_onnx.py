@@ -1,0 +1,91 @@
+"""Export the HiFT vocoder (mel → 22.05 kHz wave) to ONNX.
+
+    python -m export.vocoder_onnx --decoder-dir <ckpt>/Step-Audio-TTS-3B/CosyVoice-300M-25Hz [--out PATH]
+
+I/O contract of ``vocoder.onnx`` (B = batch, T = mel frames, both dynamic; pad each row at the end):
+
+| name | dtype | shape | meaning |
+|---|---|---|---|
+| ``mel`` | float32 | (B, 80, T) | log-mel, e.g. ``flow_decoder``'s ``mel`` |
+| ``mel_lens`` | int64 | (B,) | real frames per row, 1…T |
+| ``source_phase`` | float32 | (B, 9) | sine-source harmonic phases, radians, U(−π, π); entry 0 is ignored (fundamental phase is 0) |
+| ``source_noise`` | float32 | (B, 9, 256·T) | N(0, 1) additive source noise; row i uses its first 256·mel_lens[i] samples |
+| → ``wave`` | float32 | (B, 256·T) | 22 050 Hz samples in [−0.99, 0.99], zero past wave_lens |
+| → ``wave_lens`` | int64 | (B,) | 256 · mel_lens |
+
+``stepaudio.decoder.source_phase(seed)`` / ``source_noise(seed, 256·T)`` draw the two random inputs as the library
+does (``source_noise_shape(T)`` gives the shape). The STFT/iSTFT are convolutions with the DFT basis × window, so
+the graph has no FFT or complex ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import onnx
+import torch
+
+from stepaudio.checkpoints import layout
+from stepaudio.decoder.checkpoint import load_config, load_hift
+from stepaudio.decoder.hift import HiFTGenerator
+
+INPUT_NAMES = ["mel", "mel_lens", "source_phase", "source_noise"]
+OUTPUT_NAMES = ["wave", "wave_lens"]
+MAX_BATCH = 256
+MAX_FRAMES = 32768
+
+
+def build_vocoder_onnx(hift: HiFTGenerator) -> onnx.ModelProto:
+    c = hift.config
+    batch, frames = 2, 13
+    inputs = (
+        torch.randn(batch, c.in_channels, frames),
+        torch.tensor([frames, frames - 3]),
+        torch.rand(batch, c.n_harmonic_channels),
+        torch.randn(batch, c.n_harmonic_channels, c.samples_per_frame * frames),
+    )
+    b = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    t = torch.export.Dim("n_frames", min=1, max=MAX_FRAMES)
+    program = torch.onnx.export(
+        hift.float().eval(),
+        inputs,
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes=({0: b, 2: t}, {0: b}, {0: b}, {0: b, 2: c.samples_per_frame * t}),
+        input_names=INPUT_NAMES,
+        output_names=OUTPUT_NAMES,
+        optimize=False,
+        verbose=False,
+    )
+    model = program.model_proto
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_vocoder_onnx(decoder_dir: str | Path, out_path: str | Path | None = None) -> Path:
+    """Load ``<decoder_dir>/hift.pt`` (strict) and write the ``vocoder`` ONNX graph; returns its path."""
+    decoder_dir = Path(decoder_dir)
+    hift = load_hift(decoder_dir, load_config(decoder_dir))
+    out_path = Path(out_path) if out_path else decoder_dir / layout.VOCODER_ONNX
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(build_vocoder_onnx(hift), out_path)
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.vocoder_onnx", description=__doc__.splitlines()[0])
+    parser.add_argument("--decoder-dir", type=Path, required=True, help="a CosyVoice-300M-25Hz[-Music] folder")
+    parser.add_argument("--out", type=Path, help=f"default: <decoder-dir>/{layout.VOCODER_ONNX}")
+    args = parser.parse_args(argv)
+    try:
+        print(export_vocoder_onnx(args.decoder_dir, args.out))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
