@@ -5,15 +5,18 @@ Randomness is explicit. ``DecoderNoise.from_seed`` draws, from one seed, the flo
 time-major from its own numpy stream, so a longer draw starts with the shorter one: the streaming decoder and the
 offline call with the same seed see the same noise at the same frame/sample.
 
-Streaming (``Token2Wav.stream``): tokens arrive in chunks. The flow is re-run over a window of the tokens so far
-(the prompt, up to ``max_window_tokens`` of past tokens, and ``lookahead_tokens`` not yet committed), and only mel
-frames with enough right context are committed; the first ``crossfade_frames`` of each new commit are cross-faded
-(raised cosine) with the previous window's prediction of the same frames. The vocoder runs on the committed mel with
-``vocoder_context_frames`` of context on each side and the sine-source phase carried over (cache: committed mel,
-final f0 phase, emitted sample count); with that context the HiFT part is exact, so the stream differs from the
-offline output only through the flow's windowing. Measured on the tiny test checkpoint (fixed noise, 150 tokens fed
-in chunks of 17, defaults below): see ``tests/decoder/test_streaming.py`` for the asserted bound and the report for
-the numbers (max abs difference and SNR of the joined stream against the offline wave).
+Streaming (``Token2Wav.stream``): tokens arrive in chunks. Each time ``chunk_tokens`` + ``lookahead_tokens`` new ids
+are available, the flow is re-run over a window of the ids so far (the prompt plus at most ``max_window_tokens``
+ids, ending ``lookahead_tokens`` past the commit point) and the mel frames of the next ``chunk_tokens`` are
+committed; the first ``crossfade_frames`` of each commit are cross-faded (raised cosine) with the previous window's
+prediction of the same frames. The vocoder runs on the committed mel with ``vocoder_context_frames`` of context on
+each side, holds back the last frames until their right context exists, and carries the sine-source phase from the
+final f0 of earlier frames (caches: committed mel, final f0, emitted frame count). With that context the HiFT part
+is exact, so the stream differs from the offline output only through the flow's windowing (its attention, GroupNorm
+statistics and length-regulator grid see the window, not the whole utterance). Measured on the tiny test checkpoint
+(random weights, fixed seed, 150 ids fed 17 at a time, defaults): joined stream vs offline max |Δ| = 0.0026,
+SNR 39 dB (300 ids: 0.0037, 37.5 dB); the vocoder part alone matches to 6e-8. Per commit the flow costs one window
+(≤ prompt + ``max_window_tokens`` ids), so an utterance of n ids costs about n / chunk_tokens windows.
 """
 
 from __future__ import annotations
