@@ -18,10 +18,14 @@ The same rendered repository loads in an NGC Triton GPU container (``config.pbtx
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
@@ -63,34 +67,29 @@ class ServedModel:
     build: Callable[[Path], None] | None = None
 
 
-def _decoder_exports(decoder_dir: Path) -> tuple[Callable[[Path], None], Callable[[Path], None]]:
-    def flow(version_dir: Path) -> None:
-        from export.flow_onnx import export_flow_onnx
+def _export_flow(decoder_dir: Path, version_dir: Path) -> None:
+    from export.flow_onnx import export_flow_onnx
 
-        export_flow_onnx(decoder_dir, version_dir / "model.onnx")
-
-    def vocoder(version_dir: Path) -> None:
-        from export.vocoder_onnx import export_vocoder_onnx
-
-        export_vocoder_onnx(decoder_dir, version_dir / "model.onnx")
-
-    return flow, vocoder
+    export_flow_onnx(decoder_dir, version_dir / "model.onnx")
 
 
-def _tokenizer_export(tokenizer_dir: Path) -> Callable[[Path], None]:
-    def vq02(version_dir: Path) -> None:
-        from export.tokenizer_onnx import export_vq02_encoder
+def _export_vocoder(decoder_dir: Path, version_dir: Path) -> None:
+    from export.vocoder_onnx import export_vocoder_onnx
 
-        export_vq02_encoder(tokenizer_dir, version_dir / layout.VQ02_ENCODER_ONNX)
+    export_vocoder_onnx(decoder_dir, version_dir / "model.onnx")
 
-    return vq02
+
+def _export_vq02(tokenizer_dir: Path, version_dir: Path) -> None:
+    from export.tokenizer_onnx import export_vq02_encoder
+
+    export_vq02_encoder(tokenizer_dir, version_dir / layout.VQ02_ENCODER_ONNX)
 
 
 def served_models(checkpoints: Path) -> list[ServedModel]:
     """Every served model: its name, template folder, own values and build step."""
     tts_dir = checkpoints / layout.TTS_DIR
     models = [
-        ServedModel("tokenizer", "tokenizer", build=_tokenizer_export(checkpoints / layout.TOKENIZER_DIR)),
+        ServedModel("tokenizer", "tokenizer", build=partial(_export_vq02, checkpoints / layout.TOKENIZER_DIR)),
         ServedModel("tts_frontend", "tts_frontend"),
         ServedModel("tts_llm", "tts_llm"),
         ServedModel("tts_stream", "tts_stream"),
@@ -99,13 +98,13 @@ def served_models(checkpoints: Path) -> list[ServedModel]:
         ServedModel("voice_chat_stream", "voice_chat_stream"),
     ]
     for decoder_dir_name, decoder, suffix in ((layout.SPEECH_DECODER_DIR, "speech", ""), (layout.MUSIC_DECODER_DIR, "music", "_music")):
-        flow, vocoder = _decoder_exports(tts_dir / decoder_dir_name)
+        decoder_dir = tts_dir / decoder_dir_name
         names = {"tts_model": f"tts{suffix}", "flow_model": f"flow_decoder{suffix}", "vocoder_model": f"vocoder{suffix}"}
-        decoder_values = {"decoder": decoder, "decoder_dir": str((tts_dir / decoder_dir_name).resolve())} | names
+        decoder_values = {"decoder": decoder, "decoder_dir": str(decoder_dir.resolve())} | names
         models += [
             ServedModel(f"tts{suffix}", "tts", decoder_values),
-            ServedModel(f"flow_decoder{suffix}", "flow_decoder", build=flow),
-            ServedModel(f"vocoder{suffix}", "vocoder", build=vocoder),
+            ServedModel(f"flow_decoder{suffix}", "flow_decoder", build=partial(_export_flow, decoder_dir)),
+            ServedModel(f"vocoder{suffix}", "vocoder", build=partial(_export_vocoder, decoder_dir)),
             ServedModel(f"ensemble_tts{suffix}", "ensemble_tts", decoder_values),
         ]
     return models
@@ -135,6 +134,7 @@ def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str
 
 
 def render_model(model: ServedModel, out: Path, values: dict[str, str]) -> Path:
+    """Copy and fill one model's folder; its build step (if any) is left to ``render``."""
     template = TEMPLATES / model.template
     if not template.is_dir():
         raise RenderError(f"no template folder {template}")
@@ -146,10 +146,7 @@ def render_model(model: ServedModel, out: Path, values: dict[str, str]) -> Path:
     for config in [target / "config.pbtxt", *sorted((target / "configs").glob("*.pbtxt"))]:
         if config.exists():
             config.write_text(fill(config.read_text(), model_values, str(config.relative_to(out))))
-    version = target / "1"  # ensembles need an (empty) version folder too
-    version.mkdir(exist_ok=True)
-    if model.build is not None:
-        model.build(version)
+    (target / "1").mkdir(exist_ok=True)  # ensembles need an (empty) version folder too
     return target
 
 
@@ -172,7 +169,13 @@ def render(
         models = [m for m in models if m.name in only]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return [render_model(m, out, values) for m in models]
+    targets = [render_model(m, out, values) for m in models]
+    # Exports are single-threaded tracing: run them side by side, in fresh processes (no forked torch state).
+    builds = [(m.build, target / "1") for m, target in zip(models, targets) if m.build is not None]
+    with ProcessPoolExecutor(max(1, min(len(builds), os.cpu_count() or 1)), mp_context=get_context("spawn")) as pool:
+        for future in [pool.submit(build, version) for build, version in builds]:
+            future.result()
+    return targets
 
 
 def _parse_set(items: list[str]) -> dict[str, str]:

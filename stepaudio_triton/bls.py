@@ -3,6 +3,8 @@ concurrent requests overlap), with a called model's errors turned into exception
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -15,13 +17,24 @@ def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str]
     )
 
 
-def raise_if_error(response, model: str) -> None:
-    """INVALID_ARG from the called model stays a ValueError (so it reaches the client as INVALID_ARG)."""
+# ``adapter.error_response`` writes internal failures as "TypeName: message" and bad input as the bare message.
+_INTERNAL_MESSAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Interrupt|Exit): ")
+
+
+def raise_if_error(response, model: str, decoupled: bool = False) -> None:
+    """INVALID_ARG from the called model stays a ValueError (so it reaches the client as INVALID_ARG).
+
+    Triton 2.51 reports every error of a *decoupled* BLS response as INTERNAL (measured), so there the message
+    decides: our models write internal failures as "TypeName: message" (``adapter.error_response``)."""
     if response.has_error():
         error = response.error()
-        if error.code() == pb_utils.TritonError.INVALID_ARG:
-            raise ValueError(error.message())
-        raise RuntimeError(f"{model}: {error.message()}")
+        message = error.message()
+        invalid = error.code() == pb_utils.TritonError.INVALID_ARG or (
+            decoupled and not _INTERNAL_MESSAGE.match(message)
+        )
+        if invalid:
+            raise ValueError(message)
+        raise RuntimeError(f"{model}: {message}")
 
 
 def outputs(response, names: list[str]) -> dict[str, np.ndarray]:
@@ -43,7 +56,7 @@ class Stream:
 
     def __iter__(self):
         for response in self._responses:
-            raise_if_error(response, self.model)
+            raise_if_error(response, self.model, decoupled=True)
             if response.output_tensors():
                 yield outputs(response, self.names)
 

@@ -24,6 +24,16 @@ SAMPLING_INPUTS = (
 )
 
 
+def token_ranges(text: str) -> tuple[tuple[int, int], ...] | None:
+    """A config's "lo:hi,lo:hi" → ((lo, hi), ...): the ids a model may generate (stop id included); "" = all."""
+    if not text:
+        return None
+    try:
+        return tuple((int(lo), int(hi)) for lo, hi in (part.split(":") for part in text.split(",")))
+    except ValueError as exc:
+        raise ValueError(f"allowed_token_ranges must look like 'lo:hi,lo:hi', got {text!r}") from exc
+
+
 def sampling_from_request(request, defaults: SamplingParams) -> SamplingParams:
     overrides = {}
     for tensor_name, field_name, cast in SAMPLING_INPUTS:

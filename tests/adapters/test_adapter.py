@@ -85,3 +85,29 @@ def test_a_failing_request_does_not_fail_its_batch(adapter, pool):
     assert ok.output_tensors == ["ok"]
     assert (bad.error.code, bad.error.message) == ("INVALID_ARG", "bad request")
     assert boom.error.code == "INTERNAL" and "RuntimeError: bug" in boom.error.message
+
+
+class FakeBlsResponse:
+    def __init__(self, code, message):
+        self._error = types.SimpleNamespace(code=lambda: code, message=lambda: message)
+
+    def has_error(self):
+        return True
+
+    def error(self):
+        return self._error
+
+
+def test_bls_errors_keep_bad_input_as_value_error(adapter, monkeypatch):
+    sys.modules.pop("stepaudio_triton.bls", None)
+    bls = importlib.import_module("stepaudio_triton.bls")
+    with pytest.raises(ValueError, match="text is empty"):
+        bls.raise_if_error(FakeBlsResponse("INVALID_ARG", "text is empty"), "m")
+    with pytest.raises(RuntimeError, match="m: boom"):
+        bls.raise_if_error(FakeBlsResponse("INTERNAL", "boom"), "m")
+    # Decoupled BLS responses arrive as INTERNAL whatever the model sent: the message format decides.
+    with pytest.raises(ValueError, match="text is empty"):
+        bls.raise_if_error(FakeBlsResponse("INTERNAL", "text is empty"), "m", decoupled=True)
+    with pytest.raises(RuntimeError, match="KeyError: 'x'"):
+        bls.raise_if_error(FakeBlsResponse("INTERNAL", "KeyError: 'x'"), "m", decoupled=True)
+    sys.modules.pop("stepaudio_triton.bls", None)

@@ -26,7 +26,7 @@ from stepaudio_triton.adapter import (
     parameter,
     parse_config,
 )
-from stepaudio_triton.generation import sampling_from_request, stream_tokens
+from stepaudio_triton.generation import sampling_from_request, stream_tokens, token_ranges
 
 
 def conversation(request) -> tuple[list[ChatTurn], bool]:
@@ -71,6 +71,7 @@ class TritonPythonModel:
             top_p=parameter(config, "top_p", 0.9, float),
             max_new_tokens=parameter(config, "max_new_tokens", 2048, int),
             repetition_threshold=0.0,
+            allowed_token_ranges=token_ranges(parameter(config, "allowed_token_ranges", "")),
         )
         self.defaults.validate()
         self.asr_defaults = dataclasses.replace(self.defaults, temperature=0.0)

@@ -10,14 +10,13 @@ import triton_python_backend_utils as pb_utils
 from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio_triton.adapter import device_for, error_response, parameter, parse_config
-from stepaudio_triton.generation import ids_tensor, prompt_ids, sampling_from_request, stream_tokens
-
-
-def _ranges(text):
-    """"lo:hi,lo:hi" → ((lo, hi), ...); ids a request may generate besides the stop id."""
-    if not text:
-        return None
-    return tuple(tuple(int(v) for v in part.split(":")) for part in text.split(","))
+from stepaudio_triton.generation import (
+    ids_tensor,
+    prompt_ids,
+    sampling_from_request,
+    stream_tokens,
+    token_ranges,
+)
 
 
 class TritonPythonModel:
@@ -38,7 +37,7 @@ class TritonPythonModel:
             max_new_tokens=parameter(config, "max_new_tokens", 4096, int),
             repetition_window=parameter(config, "repetition_window", 10, int),
             repetition_threshold=parameter(config, "repetition_threshold", 0.1, float),
-            allowed_token_ranges=_ranges(parameter(config, "allowed_token_ranges", "")),
+            allowed_token_ranges=token_ranges(parameter(config, "allowed_token_ranges", "")),
         )
         self.defaults.validate()
 
