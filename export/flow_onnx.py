@@ -39,6 +39,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from export import strip_node_metadata
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_flow
 from stepaudio.decoder.flow import MaskedDiffWithXvec
@@ -179,6 +180,7 @@ def stitch(
         copy.name = name
         outputs.append(copy)
     merged = helper.make_graph(nodes, "flow_decoder", list(prepare.graph.input), outputs, initializers)
+    strip_node_metadata(merged)
     model = helper.make_model(merged, opset_imports=list(prepare.opset_import))
     model.ir_version = prepare.ir_version
     onnx.checker.check_model(model)

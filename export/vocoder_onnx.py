@@ -27,6 +27,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from export import strip_node_metadata
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_hift
 from stepaudio.decoder.hift import HiFTGenerator
@@ -60,6 +61,7 @@ def build_vocoder_onnx(hift: HiFTGenerator) -> onnx.ModelProto:
         verbose=False,
     )
     model = program.model_proto
+    strip_node_metadata(model.graph)
     onnx.checker.check_model(model)
     return model
 

@@ -1,0 +1,147 @@
+"""Token2wav real-time factor at the published size: PyTorch eager vs ONNX Runtime, batch 1 and 4.
+
+    python bench/bench_token2wav.py [--decoder-dir DIR] [--threads 2] [--seconds 10] [--repeats 2]
+
+Without ``--decoder-dir`` a real-size random-weight decoder folder is written to ``build/bench/decoder`` (flow
+105.4 M, HiFT 20.5 M parameters, as the published files). Missing ``flow_decoder.onnx`` / ``vocoder.onnx`` are
+exported next to the weights first (several minutes at real size). Each request is ``--seconds`` of target speech
+(41.667 ids/s) with a 3 s voice prompt; RTF = wall time / seconds of audio produced (all rows of the batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.flow_onnx import export_flow_onnx  # noqa: E402
+from export.vocoder_onnx import export_vocoder_onnx  # noqa: E402
+from stepaudio.checkpoints import layout  # noqa: E402
+from stepaudio.decoder import DecoderNoise, Token2Wav, Token2WavRequest  # noqa: E402
+from stepaudio.decoder.checkpoint import write_decoder_dir  # noqa: E402
+from stepaudio.decoder.config import DecoderConfig  # noqa: E402
+
+PROMPT_SECONDS = 3.0
+
+
+def requests_for(batch: int, seconds: float, seed: int = 0) -> list[Token2WavRequest]:
+    rng = np.random.default_rng(seed)
+    n_tokens, n_prompt = round(seconds * 41.667), round(PROMPT_SECONDS * 41.667)
+    n_prompt_frames = int(PROMPT_SECONDS * 22050) // 256
+    return [
+        Token2WavRequest(
+            rng.integers(0, 5120, n_tokens),
+            rng.integers(0, 5120, n_prompt),
+            rng.standard_normal((n_prompt_frames, 80)).astype(np.float32) - 5,
+            rng.standard_normal(192).astype(np.float32),
+        )
+        for _ in range(batch)
+    ]
+
+
+def _pad(arrays, width, dtype, tail=()):
+    out = np.zeros((len(arrays), width) + tail, dtype)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+    return out
+
+
+def run_onnx(flow: ort.InferenceSession, vocoder: ort.InferenceSession, requests, noises) -> tuple[float, float]:
+    """Seconds spent in the flow graph and in the vocoder graph for one padded batch."""
+    n_tok = max(r.tokens.size for r in requests)
+    n_prompt = max(r.prompt_tokens.size for r in requests)
+    n_pmel = max(r.prompt_mel.shape[0] for r in requests)
+    feeds = {
+        "tokens": _pad([r.tokens for r in requests], n_tok, np.int64),
+        "token_lens": np.array([r.tokens.size for r in requests], np.int64),
+        "prompt_tokens": _pad([r.prompt_tokens for r in requests], n_prompt, np.int64),
+        "prompt_token_lens": np.array([r.prompt_tokens.size for r in requests], np.int64),
+        "prompt_mel": _pad([r.prompt_mel for r in requests], n_pmel, np.float32, (80,)),
+        "prompt_mel_lens": np.array([r.prompt_mel.shape[0] for r in requests], np.int64),
+        "speaker_embedding": np.stack([r.speaker_embedding for r in requests]),
+        "noise": np.stack([n.flow for n in noises]),  # equal-length requests: no padding needed
+    }
+    start = time.perf_counter()
+    mel, mel_lens = flow.run(None, feeds)
+    middle = time.perf_counter()
+    vocoder.run(
+        None,
+        {
+            "mel": mel,
+            "mel_lens": mel_lens,
+            "source_phase": np.stack([n.source_phase for n in noises]),
+            "source_noise": np.stack([n.source_noise for n in noises]),
+        },
+    )
+    return middle - start, time.perf_counter() - middle
+
+
+def run_torch(decoder: Token2Wav, requests, noises) -> tuple[float, float]:
+    start = time.perf_counter()
+    mels = decoder.token2mel(requests, [n.flow for n in noises])
+    middle = time.perf_counter()
+    decoder.mel2wav(mels, [n.source_phase for n in noises], [n.source_noise for n in noises])
+    return middle - start, time.perf_counter() - middle
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decoder-dir", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    decoder_dir = args.decoder_dir or Path("build/bench/decoder")
+    if not (decoder_dir / layout.FLOW_WEIGHTS).exists():
+        print(f"writing a real-size random decoder to {decoder_dir}", flush=True)
+        write_decoder_dir(decoder_dir, DecoderConfig(), seed=0)
+    for name, export in ((layout.FLOW_DECODER_ONNX, export_flow_onnx), (layout.VOCODER_ONNX, export_vocoder_onnx)):
+        if not (decoder_dir / name).exists():
+            start = time.perf_counter()
+            export(decoder_dir)
+            print(f"exported {name} in {time.perf_counter() - start:.0f} s", flush=True)
+
+    decoder = Token2Wav.from_checkpoint(decoder_dir)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    sessions = [
+        ort.InferenceSession(str(decoder_dir / name), options, providers=["CPUExecutionProvider"])
+        for name in (layout.FLOW_DECODER_ONNX, layout.VOCODER_ONNX)
+    ]
+
+    print(f"\nToken2wav, {args.seconds:g} s of speech per request (+{PROMPT_SECONDS:g} s prompt), {args.threads} threads")
+    print(f"{'backend':<14}{'batch':>6}{'flow s':>10}{'vocoder s':>11}{'total s':>10}{'RTF':>8}")
+    for batch in args.batches:
+        requests = requests_for(batch, args.seconds)
+        for r in requests:
+            r.validate(decoder.config)
+        noises = [
+            DecoderNoise.from_seed(i, r.prompt_mel.shape[0], r.tokens.size, decoder.config) for i, r in enumerate(requests)
+        ]
+        audio_seconds = batch * 256 * decoder.config.flow.mel_frames_for_tokens(requests[0].tokens.size) / 22050
+        runs = {
+            "pytorch eager": lambda requests=requests, noises=noises: run_torch(decoder, requests, noises),
+            "onnxruntime": lambda requests=requests, noises=noises: run_onnx(*sessions, requests, noises),
+        }
+        for backend, run in runs.items():
+            run()  # warm-up
+            timings = [run() for _ in range(args.repeats)]
+            flow_s, vocoder_s = (float(np.median([t[i] for t in timings])) for i in (0, 1))
+            total = flow_s + vocoder_s
+            print(f"{backend:<14}{batch:>6}{flow_s:>10.2f}{vocoder_s:>11.2f}{total:>10.2f}{total / audio_seconds:>8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
