@@ -55,6 +55,17 @@ class ModelLoadError(ServerError):
         super().__init__("\n".join(lines) + (f"\n--- server log tail ---\n{log_tail}" if log_tail else ""))
 
 
+def _die_with_parent() -> None:
+    """Runs in the server process before exec: SIGTERM it when the process that started it dies (Linux), so a
+    killed test run or launcher never leaves a server behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -203,6 +214,7 @@ class TritonServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() can reap the python stubs too
+            preexec_fn=_die_with_parent,
         )
         try:
             self._wait_ready(timeout)

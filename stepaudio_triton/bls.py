@@ -4,16 +4,18 @@ concurrent requests overlap), with a called model's errors turned into exception
 from __future__ import annotations
 
 import re
+import uuid
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str]):
+def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str], request_id: str = ""):
     return pb_utils.InferenceRequest(
         model_name=model,
         inputs=[pb_utils.Tensor(name, value) for name, value in tensors.items() if value is not None],
         requested_output_names=output_names,
+        request_id=request_id,
     )
 
 
@@ -48,11 +50,15 @@ def call(model: str, tensors: dict[str, np.ndarray], output_names: list[str]) ->
 
 
 class Stream:
-    """A decoupled model's responses as dicts of outputs (its empty final response is skipped)."""
+    """A decoupled model's responses as dicts of outputs (its empty final response is skipped).
+
+    ``cancel()`` sends CANCEL = this stream's request id to the same model (see ``generation.LiveStreams``: the
+    2.51 python backend has no BLS cancellation); only models that accept CANCEL can be cancelled."""
 
     def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str]):
         self.model, self.names = model, output_names
-        self._responses = _request(model, tensors, output_names).exec(decoupled=True)
+        self.request_id = uuid.uuid4().hex
+        self._responses = _request(model, tensors, output_names, self.request_id).exec(decoupled=True)
 
     def __iter__(self):
         for response in self._responses:
@@ -61,4 +67,6 @@ class Stream:
                 yield outputs(response, self.names)
 
     def cancel(self) -> None:
-        self._responses.cancel()
+        cancel = np.array([self.request_id.encode()], dtype=np.object_)
+        for _ in _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True):
+            pass

@@ -52,11 +52,52 @@ def prompt_ids(request, name: str = "INPUT_IDS") -> list[int]:
     return [int(i) for i in ids.reshape(-1)]
 
 
+class LiveStreams:
+    """Running generations by request id, so a caller can cancel one with a second request.
+
+    Triton 2.51's python backend cannot cancel a BLS request (its ``ResponseIterator`` has no ``cancel``), so a
+    model that consumes an LLM stream through BLS (``tts_stream``, ``voice_chat_stream``) stops it by sending
+    ``CANCEL`` = the stream's request id to the LLM model; ``bls.Stream.cancel`` does that."""
+
+    def __init__(self):
+        self._streams: dict[str, TokenStream] = {}
+        self._lock = threading.Lock()
+
+    def add(self, request_id: str, stream: TokenStream) -> None:
+        if request_id:
+            with self._lock:
+                self._streams[request_id] = stream
+
+    def discard(self, request_id: str) -> None:
+        with self._lock:
+            self._streams.pop(request_id, None)
+
+    def cancel(self, request_id: str) -> bool:
+        with self._lock:
+            stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            stream.cancel()
+        return stream is not None
+
+
+def answer_cancel(request, live: LiveStreams) -> bool:
+    """If ``request`` is a cancel request (input CANCEL), cancel that stream, send the final flag, return True."""
+    from stepaudio_triton.adapter import optional_string
+
+    target = optional_string(request, "CANCEL")
+    if target is None:
+        return False
+    live.cancel(target)
+    request.get_response_sender().send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    return True
+
+
 def stream_tokens(
     stream: TokenStream,
     sender,
     respond: Callable[[list[int]], list],
     on_finish: Callable[[TokenStream], list] | None = None,
+    live: LiveStreams | None = None,
 ) -> threading.Thread:
     """Send each id as it arrives (``respond(ids) → output tensors``, or None to send nothing for it), then the
     final flag. Runs on its own thread
@@ -83,6 +124,9 @@ def stream_tokens(
         except Exception as exc:  # noqa: BLE001 - the client gets the error, the model stays up
             stream.cancel()
             sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        finally:
+            if live is not None:
+                live.discard(stream.request_id)
 
     thread = threading.Thread(target=run, name=f"stream-{stream.request_id}", daemon=True)
     thread.start()

@@ -107,7 +107,11 @@ class ChatRun:
         return self._transcript.result() if self._transcript is not None else ""
 
     def cancel(self) -> None:
-        self.reply.cancel()
+        """Stop the reply stream; best effort (the turn is already ending)."""
+        try:
+            self.reply.cancel()
+        except Exception:  # noqa: BLE001 - a failed cancel must not hide the error being reported
+            pass
 
     def tts_inputs(self, sentence: str, batched: bool) -> dict:
         text, speaker = _string(sentence), _string(self.inputs.speaker)

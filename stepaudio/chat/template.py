@@ -92,3 +92,9 @@ def render_chat(turns: Sequence[ChatTurn]) -> str:
 def asr_turns(audio_ids: Sequence[int]) -> list[ChatTurn]:
     """The chat model's ASR mode: transcribe one user audio turn (for text-based history)."""
     return [ChatTurn("system", contract_data()["asr_system_prompt"]), ChatTurn("user", audio_ids=tuple(audio_ids))]
+
+
+def asr_max_new_tokens(n_audio_ids: int) -> int:
+    """A transcript's token budget: speech carries ≈41.7 audio ids/s and well under 10 text tokens/s, so a quarter
+    of the audio ids (+16) never cuts a real transcript and stops a degenerate one early."""
+    return n_audio_ids // 4 + 16

@@ -41,8 +41,8 @@ class InterpolateRegulator(nn.Module):
         """x (B, C, T) already interpolated and zero past each row's length; mask (B, 1, T)."""
         layers = list(self.model)
         for i in range(0, len(layers) - 1, 3):
-            conv, norm = layers[i], layers[i + 1]
-            x = F.mish(masked_group_norm(conv(x), mask, norm)) * mask
+            conv, norm, activation = layers[i : i + 3]
+            x = activation(masked_group_norm(conv(x), mask, norm)) * mask
         return layers[-1](x)
 
 

@@ -100,7 +100,8 @@ class ConvRNNF0Predictor(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """mel (B, 80, T), mask (B, 1, T) → f0 (B, T) ≥ 0."""
         for i in range(0, len(self.condnet), 2):
-            x = F.elu(self.condnet[i](x)) * mask
+            conv, activation = self.condnet[i], self.condnet[i + 1]
+            x = activation(conv(x)) * mask
         return torch.abs(self.classifier(x.transpose(1, 2)).squeeze(-1))
 
 

@@ -46,3 +46,11 @@ def test_history_json():
     for bad, message in [("{", "not valid JSON"), ('{"role": "user"}', "JSON list"), ('[{"role": 1, "content": "x"}]', "item 0")]:
         with pytest.raises(ValueError, match=message):
             turns_from_json(bad)
+
+
+def test_asr_budget_grows_with_the_audio():
+    from stepaudio.chat.template import asr_max_new_tokens
+
+    assert asr_max_new_tokens(0) == 16
+    ten_seconds = 417  # audio ids
+    assert 100 <= asr_max_new_tokens(ten_seconds) <= 140  # far above ~30-60 text tokens of 10 s of speech

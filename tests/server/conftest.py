@@ -7,6 +7,7 @@ talks to it goes through ``triton_server``.
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,13 @@ import pytest
 from stepaudio.serve import TritonServer
 
 SMOKE_REPOSITORY = Path(__file__).parent / "smoke_repository"
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # pytest then runs fixture teardown, which stops the servers
+
+
+signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
 def write_smoke_onnx(path: Path) -> None:

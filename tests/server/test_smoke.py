@@ -147,3 +147,28 @@ def test_cli_starts_prints_urls_and_stops_cleanly_on_sigterm(tmp_path):
     assert stubs.returncode == 1, stubs.stdout
     leaked = [n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("triton_python_backend")]
     assert leaked == []
+
+
+def test_server_dies_with_a_killed_launcher(tmp_path):
+    import shutil
+    import signal
+    import time
+
+    model_repository = tmp_path / "orphan_repository"
+    shutil.copytree(Path(__file__).parent / "smoke_repository" / "smoke_offset", model_repository / "smoke_offset")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stepaudio.serve", "--model-repository", str(model_repository),
+         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("Ctrl-C"):
+            break
+    pattern = "tritonserver.*" + str(model_repository)
+    assert subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+    proc.send_signal(signal.SIGKILL)  # no clean-up code of the launcher runs
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "tritonserver outlived its killed launcher"
+        time.sleep(0.5)

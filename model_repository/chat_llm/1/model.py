@@ -14,7 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.chat.session import TextDeltas, chat_prompt_ids
-from stepaudio.chat.template import ChatTurn, asr_turns, turns_from_json
+from stepaudio.chat.template import ChatTurn, asr_max_new_tokens, asr_turns, turns_from_json
 from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio.llm.tokenizer import Step1Tokenizer
@@ -26,7 +26,13 @@ from stepaudio_triton.adapter import (
     parameter,
     parse_config,
 )
-from stepaudio_triton.generation import sampling_from_request, stream_tokens, token_ranges
+from stepaudio_triton.generation import (
+    LiveStreams,
+    answer_cancel,
+    sampling_from_request,
+    stream_tokens,
+    token_ranges,
+)
 
 
 def conversation(request) -> tuple[list[ChatTurn], bool]:
@@ -75,15 +81,22 @@ class TritonPythonModel:
         )
         self.defaults.validate()
         self.asr_defaults = dataclasses.replace(self.defaults, temperature=0.0)
+        self.live = LiveStreams()
 
     def execute(self, requests):
         for request in requests:
+            if answer_cancel(request, self.live):
+                continue
             sender = request.get_response_sender()
             try:
                 turns, asr = conversation(request)
                 ids = chat_prompt_ids(self.tokenizer, turns, self.max_context_tokens)
-                sampling = sampling_from_request(request, self.asr_defaults if asr else self.defaults)
+                defaults = self.defaults
+                if asr:
+                    defaults = dataclasses.replace(self.asr_defaults, max_new_tokens=asr_max_new_tokens(len(turns[-1].audio_ids)))
+                sampling = sampling_from_request(request, defaults)
                 stream = self.engine.submit(GenerationRequest(ids, sampling, request.request_id()))
+                self.live.add(request.request_id(), stream)
             except Exception as exc:  # noqa: BLE001 - bad input answers this request only
                 sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
@@ -93,7 +106,7 @@ class TritonPythonModel:
                 text = "".join(deltas.feed(t) for t in token_ids)
                 return [pb_utils.Tensor("TEXT_DELTA", np.array([text.encode()], dtype=np.object_))] if text else None
 
-            stream_tokens(stream, sender, respond)
+            stream_tokens(stream, sender, respond, live=self.live)
         return None
 
     def finalize(self):

@@ -11,6 +11,8 @@ from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio_triton.adapter import device_for, error_response, parameter, parse_config
 from stepaudio_triton.generation import (
+    LiveStreams,
+    answer_cancel,
     ids_tensor,
     prompt_ids,
     sampling_from_request,
@@ -40,19 +42,23 @@ class TritonPythonModel:
             allowed_token_ranges=token_ranges(parameter(config, "allowed_token_ranges", "")),
         )
         self.defaults.validate()
+        self.live = LiveStreams()
 
     def execute(self, requests):
         for request in requests:
+            if answer_cancel(request, self.live):
+                continue
             sender = request.get_response_sender()
             try:
                 generation = GenerationRequest(
                     prompt_ids(request), sampling_from_request(request, self.defaults), request.request_id()
                 )
                 stream = self.engine.submit(generation)
+                self.live.add(generation.request_id, stream)
             except Exception as exc:  # noqa: BLE001 - bad input answers this request only
                 sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
-            stream_tokens(stream, sender, lambda ids: [ids_tensor("OUTPUT_IDS", ids)])
+            stream_tokens(stream, sender, lambda ids: [ids_tensor("OUTPUT_IDS", ids)], live=self.live)
         return None
 
     def finalize(self):
