@@ -186,6 +186,9 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             # Keep serving the models that loaded, so we can ask which ones failed and why.
             "--exit-on-error=false",
+            # A busy 2-core box can keep a python stub from answering the default 30 s health check in time,
+            # after which Triton marks the instance unhealthy for good.
+            "--backend-config=python,stub-timeout-seconds=120",
             f"--log-verbose={self.log_verbose}",
         ]
         if config_name:

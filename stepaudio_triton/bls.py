@@ -23,17 +23,16 @@ def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str]
 _INTERNAL_MESSAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Interrupt|Exit): ")
 
 
-def raise_if_error(response, model: str, decoupled: bool = False) -> None:
+def raise_if_error(response, model: str) -> None:
     """INVALID_ARG from the called model stays a ValueError (so it reaches the client as INVALID_ARG).
 
-    Triton 2.51 reports every error of a *decoupled* BLS response as INTERNAL (measured), so there the message
-    decides: our models write internal failures as "TypeName: message" (``adapter.error_response``)."""
+    Triton 2.51 hands every BLS error back as INTERNAL, whatever code the called model sent (measured, decoupled
+    or not), so the message decides: our models write internal failures as "TypeName: message"
+    (``adapter.error_response``) and bad input as the bare message."""
     if response.has_error():
         error = response.error()
         message = error.message()
-        invalid = error.code() == pb_utils.TritonError.INVALID_ARG or (
-            decoupled and not _INTERNAL_MESSAGE.match(message)
-        )
+        invalid = error.code() == pb_utils.TritonError.INVALID_ARG or not _INTERNAL_MESSAGE.match(message)
         if invalid:
             raise ValueError(message)
         raise RuntimeError(f"{model}: {message}")
@@ -62,7 +61,7 @@ class Stream:
 
     def __iter__(self):
         for response in self._responses:
-            raise_if_error(response, self.model, decoupled=True)
+            raise_if_error(response, self.model)
             if response.output_tensors():
                 yield outputs(response, self.names)
 

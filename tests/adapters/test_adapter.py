@@ -103,11 +103,9 @@ def test_bls_errors_keep_bad_input_as_value_error(adapter, monkeypatch):
     bls = importlib.import_module("stepaudio_triton.bls")
     with pytest.raises(ValueError, match="text is empty"):
         bls.raise_if_error(FakeBlsResponse("INVALID_ARG", "text is empty"), "m")
-    with pytest.raises(RuntimeError, match="m: boom"):
-        bls.raise_if_error(FakeBlsResponse("INTERNAL", "boom"), "m")
-    # Decoupled BLS responses arrive as INTERNAL whatever the model sent: the message format decides.
+    # BLS responses arrive as INTERNAL whatever the model sent: the message format decides.
     with pytest.raises(ValueError, match="text is empty"):
-        bls.raise_if_error(FakeBlsResponse("INTERNAL", "text is empty"), "m", decoupled=True)
-    with pytest.raises(RuntimeError, match="KeyError: 'x'"):
-        bls.raise_if_error(FakeBlsResponse("INTERNAL", "KeyError: 'x'"), "m", decoupled=True)
+        bls.raise_if_error(FakeBlsResponse("INTERNAL", "text is empty"), "m")
+    with pytest.raises(RuntimeError, match="m: KeyError: 'x'"):
+        bls.raise_if_error(FakeBlsResponse("INTERNAL", "KeyError: 'x'"), "m")
     sys.modules.pop("stepaudio_triton.bls", None)
