@@ -53,8 +53,8 @@ def _pad(arrays, width, dtype, tail=()):
     return out
 
 
-def run_onnx(flow: ort.InferenceSession, vocoder: ort.InferenceSession, requests, noises) -> tuple[float, float]:
-    """Seconds spent in the flow graph and in the vocoder graph for one padded batch."""
+def run_onnx(flow: ort.InferenceSession, vocoder: ort.InferenceSession, requests, noises):
+    """(seconds in the flow graph, seconds in the vocoder graph, waves) for one padded batch."""
     n_tok = max(r.tokens.size for r in requests)
     n_prompt = max(r.prompt_tokens.size for r in requests)
     n_pmel = max(r.prompt_mel.shape[0] for r in requests)
@@ -71,7 +71,7 @@ def run_onnx(flow: ort.InferenceSession, vocoder: ort.InferenceSession, requests
     start = time.perf_counter()
     mel, mel_lens = flow.run(None, feeds)
     middle = time.perf_counter()
-    vocoder.run(
+    wave, wave_lens = vocoder.run(
         None,
         {
             "mel": mel,
@@ -80,15 +80,16 @@ def run_onnx(flow: ort.InferenceSession, vocoder: ort.InferenceSession, requests
             "source_noise": np.stack([n.source_noise for n in noises]),
         },
     )
-    return middle - start, time.perf_counter() - middle
+    end = time.perf_counter()
+    return middle - start, end - middle, [w[:n] for w, n in zip(wave, wave_lens)]
 
 
-def run_torch(decoder: Token2Wav, requests, noises) -> tuple[float, float]:
+def run_torch(decoder: Token2Wav, requests, noises):
     start = time.perf_counter()
     mels = decoder.token2mel(requests, [n.flow for n in noises])
     middle = time.perf_counter()
-    decoder.mel2wav(mels, [n.source_phase for n in noises], [n.source_noise for n in noises])
-    return middle - start, time.perf_counter() - middle
+    waves = decoder.mel2wav(mels, [n.source_phase for n in noises], [n.source_noise for n in noises])
+    return middle - start, time.perf_counter() - middle, waves
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,12 +135,16 @@ def main(argv: list[str] | None = None) -> int:
             "pytorch eager": lambda requests=requests, noises=noises: run_torch(decoder, requests, noises),
             "onnxruntime": lambda requests=requests, noises=noises: run_onnx(*sessions, requests, noises),
         }
+        waves = {}
         for backend, run in runs.items():
             run()  # warm-up
             timings = [run() for _ in range(args.repeats)]
             flow_s, vocoder_s = (float(np.median([t[i] for t in timings])) for i in (0, 1))
+            waves[backend] = timings[-1][2]
             total = flow_s + vocoder_s
             print(f"{backend:<14}{batch:>6}{flow_s:>10.2f}{vocoder_s:>11.2f}{total:>10.2f}{total / audio_seconds:>8.3f}")
+        gap = max(float(np.abs(a - b).max()) for a, b in zip(*waves.values()))
+        print(f"{'':<14}{batch:>6}  max |wave(pytorch) − wave(onnxruntime)| = {gap:.2e}")
     return 0
 
 

@@ -39,7 +39,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from export import strip_node_metadata
+from export import fold_weight_transposes, strip_node_metadata
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_flow
 from stepaudio.decoder.flow import MaskedDiffWithXvec
@@ -140,6 +140,8 @@ def stitch(
     """One graph: prepare → step × len(schedule) (constants t, dt; weights shared) → select."""
     if any(part.functions for part in (prepare, step, select)):
         raise ValueError("the exported parts define ONNX local functions; stitching does not merge them")
+    for part in (prepare, step, select):
+        fold_weight_transposes(part.graph)
     nodes, initializers = [], []
 
     # prepare: graph inputs keep their names; its target_frames output is the graph's mel_lens.

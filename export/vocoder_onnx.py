@@ -27,7 +27,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from export import strip_node_metadata
+from export import fold_weight_transposes, strip_node_metadata
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_hift
 from stepaudio.decoder.hift import HiFTGenerator
@@ -62,6 +62,7 @@ def build_vocoder_onnx(hift: HiFTGenerator) -> onnx.ModelProto:
     )
     model = program.model_proto
     strip_node_metadata(model.graph)
+    fold_weight_transposes(model.graph)
     onnx.checker.check_model(model)
     return model
 

@@ -30,11 +30,13 @@ def relative_position_encoding(length: int | torch.SymInt, d_model: int, dtype: 
     return table.to(dtype)
 
 
-def masked_softmax_scores(scores: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over keys with padded keys (``key_mask`` False) excluded; key_mask is (B, T_key)."""
-    fill = torch.finfo(scores.dtype).min
-    scores = scores.masked_fill(~key_mask[:, None, None, :], fill)
-    return torch.softmax(scores, dim=-1)
+def key_padding_bias(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, 1, T_key) additive attention bias: 0 for real keys, the dtype's lowest value for padded ones.
+
+    Adding 0 leaves real scores bit-exact; an additive bias (instead of masking the B×h×T×T scores) is also what
+    keeps exported attention to one Add before the Softmax.
+    """
+    return (~key_mask).to(dtype)[:, None, None, :] * torch.finfo(dtype).min
 
 
 class RelPositionMultiHeadedAttention(nn.Module):
@@ -50,7 +52,7 @@ class RelPositionMultiHeadedAttention(nn.Module):
         self.pos_bias_u = nn.Parameter(torch.zeros(self.h, self.d_k))
         self.pos_bias_v = nn.Parameter(torch.zeros(self.h, self.d_k))
 
-    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         q = self.linear_q(x).view(batch, length, self.h, self.d_k)
         k = self.linear_k(x).view(batch, length, self.h, self.d_k).transpose(1, 2)
@@ -62,7 +64,7 @@ class RelPositionMultiHeadedAttention(nn.Module):
         steps = torch.arange(length, device=x.device)
         shift = (length - 1) - steps.unsqueeze(1) + steps.unsqueeze(0)
         position = torch.gather(position, -1, shift.expand(batch, self.h, length, length))
-        attn = masked_softmax_scores((content + position) / math.sqrt(self.d_k), key_mask)
+        attn = torch.softmax((content + position) / math.sqrt(self.d_k) + key_bias, dim=-1)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(batch, length, self.h * self.d_k)
         return self.linear_out(out)
 
@@ -86,8 +88,8 @@ class ConformerEncoderLayer(nn.Module):
         self.norm_ff = nn.LayerNorm(size, eps=1e-5)
         self.norm_mha = nn.LayerNorm(size, eps=1e-5)
 
-    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.norm_mha(x), pos_emb, key_mask)
+    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.norm_mha(x), pos_emb, key_bias)
         return x + self.feed_forward(self.norm_ff(x))
 
 
@@ -118,6 +120,7 @@ class ConformerEncoder(nn.Module):
         """x (B, T, input_size), key_mask (B, T) bool (True = real token) → (B, T, output_size)."""
         x = self.embed(x)
         pos_emb = relative_position_encoding(x.shape[1], self.config.output_size, x.dtype, x.device)
+        key_bias = key_padding_bias(key_mask, x.dtype)
         for layer in self.encoders:
-            x = layer(x, pos_emb, key_mask)
+            x = layer(x, pos_emb, key_bias)
         return self.after_norm(x)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stepaudio.decoder.config import EstimatorConfig
+from stepaudio.decoder.encoder import key_padding_bias
 
 
 def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
@@ -111,14 +112,14 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, length, self.heads, -1).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(
-            heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x)), attn_mask=key_mask[:, None, None, :]
+            heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x)), attn_mask=key_bias
         )
         return self.to_out[0](out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -149,8 +150,8 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x), key_mask)
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), key_bias)
         return x + self.ff(self.norm3(x))
 
 
@@ -192,10 +193,10 @@ class ConditionalDecoder(nn.Module):
 
     @staticmethod
     def _transformers(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        key_mask = mask[:, 0, :] > 0
+        key_bias = key_padding_bias(mask[:, 0, :] > 0, x.dtype)
         h = x.transpose(1, 2)
         for block in blocks:
-            h = block(h, key_mask)
+            h = block(h, key_bias)
         return h.transpose(1, 2)
 
     def forward(
