@@ -1,12 +1,10 @@
 """tts: text + voice → decoder inputs (the first step of ``ensemble_tts``).
 
 BLS: ``tts_frontend`` (prompt + voice conditioning) → ``tts_llm`` (streamed ids, collected) → validated decoder ids
-and seeded noise. Requests of one dynamic batch run concurrently, so the LLM engine decodes them in one batch.
-The ``decoder`` parameter says which decoder the ensemble behind this model feeds; a text whose tags route to the
+and seeded noise. Each instance handles one request at a time (its BLS calls stay on the stub's main thread); concurrency comes from
+several instances, whose LLM streams share the engine's decode steps. The ``decoder`` parameter says which decoder the ensemble behind this model feeds; a text whose tags route to the
 other decoder is refused with a pointer to the right endpoint.
 """
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -42,10 +40,9 @@ class TritonPythonModel:
         self.endpoint_for = {"speech": parameter(config, "speech_endpoint", "ensemble_tts"),
                              "music": parameter(config, "music_endpoint", "ensemble_tts_music")}
         self.decoder_config = load_config(parameter(config, "decoder_dir"))
-        self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1))))
 
     def execute(self, requests):
-        return respond_each(requests, self._one, self.pool)
+        return respond_each(requests, self._one)
 
     def _one(self, request):
         frontend_inputs = _unbatched(request, FRONTEND_INPUTS)
