@@ -25,8 +25,13 @@ How the graph is built: the dynamo exporter's cost grows steeply with graph size
 the loop unrolled in PyTorch took >10 min; the real one would take hours), so three parts are exported once each —
 ``prepare`` (speaker affine, Conformer, length regulator, cond), one guided Euler ``step`` (the U-Net, run on the
 2B-row CFG batch) and ``select_target`` — and stitched into one graph here: the step's nodes are repeated 10 times
-with that step's (t, dt) as constants, all copies sharing one set of weights. ``MaskedDiffWithXvec.forward`` runs the
-same three parts, so the graph computes exactly what the library does.
+with that step's (t, dt) as constants, all copies sharing one set of weights (weight transposes are folded first,
+so ONNX Runtime does not fold one copy per step). ``MaskedDiffWithXvec.forward`` runs the same three parts, so the
+graph computes exactly what the library does. Real size: export ≈150 s here, 428 MB file, 68k nodes.
+
+Why one graph rather than the estimator alone with the Euler loop in the caller: the compute is identical (the loop
+adds 10 session calls per request, milliseconds against seconds), and one graph makes ``flow_decoder`` a plain
+Triton ONNX Runtime / TensorRT model — inputs in, mel out — with no Python in the loop.
 """
 
 from __future__ import annotations
@@ -137,7 +142,10 @@ def _renamed(model: onnx.ModelProto, prefix: str, mapping: dict[str, str]) -> on
 def stitch(
     prepare: onnx.ModelProto, step: onnx.ModelProto, select: onnx.ModelProto, schedule: list[tuple[float, float]]
 ) -> onnx.ModelProto:
-    """One graph: prepare → step × len(schedule) (constants t, dt; weights shared) → select."""
+    """One graph: prepare → step × len(schedule) (constants t, dt; weights shared) → select.
+
+    The parts' graphs are modified in place (weight transposes folded).
+    """
     if any(part.functions for part in (prepare, step, select)):
         raise ValueError("the exported parts define ONNX local functions; stitching does not merge them")
     for part in (prepare, step, select):
