@@ -49,6 +49,8 @@ def write_smoke_onnx(path: Path) -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    # git does not keep the empty version folder, so a clean clone lacks it.
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
 
 
