@@ -36,7 +36,6 @@ Triton ONNX Runtime / TensorRT model — inputs in, mel out — with no Python i
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from export import fold_weight_transposes, strip_node_metadata
+from export.cli import export_main
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_flow
 from stepaudio.decoder.flow import MaskedDiffWithXvec
@@ -263,16 +263,15 @@ def export_flow_onnx(decoder_dir: str | Path, out_path: str | Path | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.flow_onnx", description=__doc__.splitlines()[0])
-    parser.add_argument("--decoder-dir", type=Path, required=True, help="a CosyVoice-300M-25Hz[-Music] folder")
-    parser.add_argument("--out", type=Path, help=f"default: <decoder-dir>/{layout.FLOW_DECODER_ONNX}")
-    args = parser.parse_args(argv)
-    try:
-        print(export_flow_onnx(args.decoder_dir, args.out))
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return export_main(
+        export_flow_onnx,
+        prog="python -m export.flow_onnx",
+        description=__doc__.splitlines()[0],
+        source_flag="--decoder-dir",
+        source_help="a CosyVoice-300M-25Hz[-Music] folder",
+        out_default=f"<decoder-dir>/{layout.FLOW_DECODER_ONNX}",
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ dynamic. The default output path is where ``AudioTokenizer.from_checkpoint(..., 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
+from export.cli import export_main
 from stepaudio.checkpoints import layout
 from stepaudio.tokenizer.funasr_files import load_paraformer_config
 from stepaudio.tokenizer.onnx_export import export_onnx
@@ -37,16 +37,15 @@ def export_vq02_encoder(tokenizer_dir: Path, out_path: Path | None = None) -> Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.tokenizer_onnx", description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer-dir", type=Path, required=True, help="the Step-Audio-Tokenizer folder")
-    parser.add_argument("--out", type=Path, help=f"default: <tokenizer-dir>/<paraformer dir>/{layout.VQ02_ENCODER_ONNX}")
-    args = parser.parse_args(argv)
-    try:
-        print(export_vq02_encoder(args.tokenizer_dir, args.out))
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return export_main(
+        export_vq02_encoder,
+        prog="python -m export.tokenizer_onnx",
+        description=__doc__.splitlines()[0],
+        source_flag="--tokenizer-dir",
+        source_help="the Step-Audio-Tokenizer folder",
+        out_default=f"<tokenizer-dir>/<paraformer dir>/{layout.VQ02_ENCODER_ONNX}",
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ the graph has no FFT or complex ops.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import onnx
 import torch
 
 from export import fold_weight_transposes, strip_node_metadata
+from export.cli import export_main
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_hift
 from stepaudio.decoder.hift import HiFTGenerator
@@ -78,16 +78,15 @@ def export_vocoder_onnx(decoder_dir: str | Path, out_path: str | Path | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.vocoder_onnx", description=__doc__.splitlines()[0])
-    parser.add_argument("--decoder-dir", type=Path, required=True, help="a CosyVoice-300M-25Hz[-Music] folder")
-    parser.add_argument("--out", type=Path, help=f"default: <decoder-dir>/{layout.VOCODER_ONNX}")
-    args = parser.parse_args(argv)
-    try:
-        print(export_vocoder_onnx(args.decoder_dir, args.out))
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return export_main(
+        export_vocoder_onnx,
+        prog="python -m export.vocoder_onnx",
+        description=__doc__.splitlines()[0],
+        source_flag="--decoder-dir",
+        source_help="a CosyVoice-300M-25Hz[-Music] folder",
+        out_default=f"<decoder-dir>/{layout.VOCODER_ONNX}",
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

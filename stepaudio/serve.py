@@ -240,19 +240,27 @@ class TritonServer:
         return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
 
     def model_failures(self) -> dict[str, str]:
-        """Models whose state is UNAVAILABLE, with the reason Triton gives."""
+        """Models that did not load, with the reason Triton gives.
+
+        A model folder without a version folder (git drops an ensemble's empty ``1/``) is not even listed in the
+        repository index, so folders with a config but no index entry count as failures too."""
         status, body = self._get("/v2/repository/index", method="POST", body=b"{}")
         if status != 200:
             return {}
-        return {
+        index = json.loads(body)
+        failures = {
             entry["name"]: entry.get("reason", "")
-            for entry in json.loads(body)
+            for entry in index
             if entry.get("state") == "UNAVAILABLE" and entry.get("reason")
         }
+        listed = {entry["name"] for entry in index}
+        for config in sorted(Path(self.model_repository).glob("*/config.pbtxt")):
+            if config.parent.name not in listed:
+                failures[config.parent.name] = "not loaded: no model version folder was found (add <model>/1/)"
+        return failures
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        live_since = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode}\n{self.log_tail()}")
@@ -269,7 +277,6 @@ class TritonServer:
                 failures = self.model_failures()
                 if failures:
                     raise ModelLoadError(failures, self.log_tail())
-                live_since = live_since or time.monotonic()
             time.sleep(0.2)
         raise ServerError(f"tritonserver not ready after {timeout:.0f} s\n{self.log_tail()}")
 

@@ -172,3 +172,19 @@ def test_server_dies_with_a_killed_launcher(tmp_path):
     while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "tritonserver outlived its killed launcher"
         time.sleep(0.5)
+
+
+def test_model_folder_without_version_is_reported_not_waited_on(tmp_path):
+    import shutil
+
+    # git keeps no empty folders, so an ensemble committed without a placeholder in 1/ arrives without it.
+    repository = tmp_path / "no_version"
+    shutil.copytree(Path(__file__).parent / "smoke_repository" / "smoke_offset", repository / "smoke_offset")
+    (repository / "smoke_orphan").mkdir()
+    shutil.copy(repository / "smoke_offset" / "config.pbtxt", repository / "smoke_orphan" / "config.pbtxt")
+    config = repository / "smoke_orphan" / "config.pbtxt"
+    config.write_text(config.read_text().replace('"smoke_offset"', '"smoke_orphan"'))
+    with pytest.raises(ModelLoadError) as info:
+        TritonServer(repository, log_path=tmp_path / "log").start(timeout=60)
+    assert list(info.value.failures) == ["smoke_orphan"]
+    assert "version folder" in info.value.failures["smoke_orphan"]
