@@ -58,6 +58,7 @@ class Stream:
         self.model, self.names = model, output_names
         self.request_id = uuid.uuid4().hex
         self._responses = _request(model, tensors, output_names, self.request_id).exec(decoupled=True)
+        self._cancelled = False
 
     def __iter__(self):
         for response in self._responses:
@@ -66,6 +67,14 @@ class Stream:
                 yield outputs(response, self.names)
 
     def cancel(self) -> None:
+        """Stop the stream and wait for its final response, so that the called model has freed the stream's
+        engine slot when this returns and no response is left in flight for an abandoned iterator. The called
+        model ends a cancelled stream within one decode step."""
+        if self._cancelled:
+            return
+        self._cancelled = True
         cancel = np.array([self.request_id.encode()], dtype=np.object_)
         for _ in _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True):
+            pass
+        for _ in self._responses:  # drain to the final response; errors of a cancelled stream do not matter
             pass

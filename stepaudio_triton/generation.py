@@ -3,6 +3,7 @@ token stream → responses, client cancellation → ``TokenStream.cancel()``."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 from typing import Callable
@@ -57,24 +58,38 @@ class LiveStreams:
 
     Triton 2.51's python backend cannot cancel a BLS request (its ``ResponseIterator`` has no ``cancel``), so a
     model that consumes an LLM stream through BLS (``tts_stream``, ``voice_chat_stream``) stops it by sending
-    ``CANCEL`` = the stream's request id to the LLM model; ``bls.Stream.cancel`` does that."""
+    ``CANCEL`` = the stream's request id to the LLM model; ``bls.Stream.cancel`` does that. A cancel may overtake
+    its stream (both are requests to the same model), so an id cancelled before it was added is remembered and
+    the stream is cancelled the moment it is added."""
 
-    def __init__(self):
+    def __init__(self, remembered_cancels: int = 1024):
         self._streams: dict[str, TokenStream] = {}
+        self._early_cancels: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._remembered_cancels = remembered_cancels
         self._lock = threading.Lock()
 
     def add(self, request_id: str, stream: TokenStream) -> None:
-        if request_id:
-            with self._lock:
+        if not request_id:
+            return
+        with self._lock:
+            cancelled_early = self._early_cancels.pop(request_id, 0) is None
+            if not cancelled_early:
                 self._streams[request_id] = stream
+        if cancelled_early:
+            stream.cancel()
 
     def discard(self, request_id: str) -> None:
         with self._lock:
             self._streams.pop(request_id, None)
 
     def cancel(self, request_id: str) -> bool:
+        """Cancel the stream; True if it was running. An unknown id is remembered (bounded) for a later add."""
         with self._lock:
             stream = self._streams.pop(request_id, None)
+            if stream is None:
+                self._early_cancels[request_id] = None
+                while len(self._early_cancels) > self._remembered_cancels:
+                    self._early_cancels.popitem(last=False)
         if stream is not None:
             stream.cancel()
         return stream is not None

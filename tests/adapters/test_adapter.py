@@ -109,3 +109,49 @@ def test_bls_errors_keep_bad_input_as_value_error(adapter, monkeypatch):
     with pytest.raises(RuntimeError, match="m: KeyError: 'x'"):
         bls.raise_if_error(FakeBlsResponse("INTERNAL", "KeyError: 'x'"), "m")
     sys.modules.pop("stepaudio_triton.bls", None)
+
+
+def test_a_cancel_that_overtakes_its_stream_still_cancels_it(adapter):
+    from stepaudio.llm.engine import TokenStream
+
+    sys.modules.pop("stepaudio_triton.generation", None)
+    generation = importlib.import_module("stepaudio_triton.generation")
+    live = generation.LiveStreams(remembered_cancels=2)
+    running = TokenStream("a")
+    live.add("a", running)
+    assert live.cancel("a") and running.cancel_requested
+    assert not live.cancel("b")  # CANCEL arrived before its stream
+    late = TokenStream("b")
+    live.add("b", late)
+    assert late.cancel_requested
+    for stale in ("x", "y", "z"):  # the memory of early cancels is bounded: "x" is forgotten
+        live.cancel(stale)
+    fresh = TokenStream("x")
+    live.add("x", fresh)
+    assert not fresh.cancel_requested
+    sys.modules.pop("stepaudio_triton.generation", None)
+
+
+def test_cancelling_a_bls_stream_waits_for_its_final_response(adapter, monkeypatch):
+    sys.modules.pop("stepaudio_triton.bls", None)
+    bls = importlib.import_module("stepaudio_triton.bls")
+    sent, consumed = [], []
+
+    class Request:
+        def __init__(self, model_name, inputs, requested_output_names, request_id):
+            self.inputs = {t.name: t.value for t in inputs}
+            sent.append(self.inputs)
+
+        def exec(self, decoupled):
+            if "CANCEL" in self.inputs:
+                return iter([])
+            return (consumed.append(i) or types.SimpleNamespace(has_error=lambda: False) for i in range(3))
+
+    monkeypatch.setattr(bls.pb_utils, "InferenceRequest", Request, raising=False)
+    stream = bls.Stream("tts_llm", {"INPUT_IDS": np.array([1, 2])}, ["OUTPUT_IDS"])
+    stream.cancel()
+    stream.cancel()  # a second cancel sends nothing
+    assert [list(s) for s in sent] == [["INPUT_IDS"], ["CANCEL"]]
+    assert sent[1]["CANCEL"][0].decode() == stream.request_id
+    assert consumed == [0, 1, 2], "every response up to the final one must be consumed"
+    sys.modules.pop("stepaudio_triton.bls", None)
