@@ -155,3 +155,15 @@ def grpc_input(name: str, array: np.ndarray):
     tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
     tensor.set_data_from_numpy(array)
     return tensor
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed live-server test carries the server log's tail in its report (CI keeps no temp folders)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for name in ("triton_server", "smoke_server"):
+            server = item.funcargs.get(name) if hasattr(item, "funcargs") else None
+            if server is not None:
+                report.sections.append((f"{name} log (last 60 lines)", server.log_tail(60)))
