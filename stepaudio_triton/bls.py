@@ -69,12 +69,17 @@ class Stream:
     def cancel(self) -> None:
         """Stop the stream and wait for its final response, so that the called model has freed the stream's
         engine slot when this returns and no response is left in flight for an abandoned iterator. The called
-        model ends a cancelled stream within one decode step."""
+        model ends a cancelled stream within one decode step.
+
+        Best effort, never raises: callers cancel while ending a request, often while reporting another error."""
         if self._cancelled:
             return
         self._cancelled = True
         cancel = np.array([self.request_id.encode()], dtype=np.object_)
-        for _ in _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True):
-            pass
-        for _ in self._responses:  # drain to the final response; errors of a cancelled stream do not matter
+        try:
+            for _ in _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True):
+                pass
+            for _ in self._responses:  # drain to the final response; a cancelled stream's errors do not matter
+                pass
+        except Exception:  # noqa: BLE001 - see the docstring
             pass

@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from stepaudio.llm.engine import FINISH_CANCELLED, GenerationRequest, TokenStream
 from stepaudio.llm.sampling import SamplingParams
-from stepaudio_triton.adapter import error_response, optional_scalar, required_input
+from stepaudio_triton.adapter import error_response, optional_scalar, optional_string, required_input
 
 # Optional per-request sampling inputs shared by every LLM-backed model: (tensor name, field, cast).
 SAMPLING_INPUTS = (
@@ -72,8 +72,10 @@ class LiveStreams:
         if not request_id:
             return
         with self._lock:
-            cancelled_early = self._early_cancels.pop(request_id, 0) is None
-            if not cancelled_early:
+            cancelled_early = request_id in self._early_cancels
+            if cancelled_early:
+                del self._early_cancels[request_id]
+            else:
                 self._streams[request_id] = stream
         if cancelled_early:
             stream.cancel()
@@ -97,8 +99,6 @@ class LiveStreams:
 
 def answer_cancel(request, live: LiveStreams) -> bool:
     """If ``request`` is a cancel request (input CANCEL), cancel that stream, send the final flag, return True."""
-    from stepaudio_triton.adapter import optional_string
-
     target = optional_string(request, "CANCEL")
     if target is None:
         return False
@@ -115,9 +115,11 @@ def stream_tokens(
     live: LiveStreams | None = None,
 ) -> threading.Thread:
     """Send each id as it arrives (``respond(ids) → output tensors``, or None to send nothing for it), then the
-    final flag. Runs on its own thread
-    so ``execute`` returns at once; blocks on the stream's queue (no polling). Cancellation by the client is
-    checked before every send and stops generation at the engine's next step."""
+    final flag. Runs on its own thread so ``execute`` returns at once; blocks on the stream's queue (no polling).
+    Cancellation by the client is checked before every send and stops generation at the engine's next step; with
+    ``live``, the stream is also cancellable by id (a CANCEL request) until it ends."""
+    if live is not None:
+        live.add(stream.request_id, stream)
 
     def run():
         try:

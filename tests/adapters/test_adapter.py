@@ -155,3 +155,21 @@ def test_cancelling_a_bls_stream_waits_for_its_final_response(adapter, monkeypat
     assert sent[1]["CANCEL"][0].decode() == stream.request_id
     assert consumed == [0, 1, 2], "every response up to the final one must be consumed"
     sys.modules.pop("stepaudio_triton.bls", None)
+
+
+def test_a_failing_bls_cancel_does_not_raise(adapter, monkeypatch):
+    sys.modules.pop("stepaudio_triton.bls", None)
+    bls = importlib.import_module("stepaudio_triton.bls")
+
+    class Request:
+        def __init__(self, model_name, inputs, requested_output_names, request_id):
+            self.cancel = any(t.name == "CANCEL" for t in inputs)
+
+        def exec(self, decoupled):
+            if self.cancel:
+                raise RuntimeError("tts_llm is gone")
+            return iter([])
+
+    monkeypatch.setattr(bls.pb_utils, "InferenceRequest", Request, raising=False)
+    bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"]).cancel()  # callers are ending a request
+    sys.modules.pop("stepaudio_triton.bls", None)

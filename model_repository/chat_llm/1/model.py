@@ -96,7 +96,6 @@ class TritonPythonModel:
                     defaults = dataclasses.replace(self.asr_defaults, max_new_tokens=asr_max_new_tokens(len(turns[-1].audio_ids)))
                 sampling = sampling_from_request(request, defaults)
                 stream = self.engine.submit(GenerationRequest(ids, sampling, request.request_id()))
-                self.live.add(request.request_id(), stream)
             except Exception as exc:  # noqa: BLE001 - bad input answers this request only
                 sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue

@@ -1,9 +1,10 @@
 """tts: text + voice → decoder inputs (the first step of ``ensemble_tts``).
 
 BLS: ``tts_frontend`` (prompt + voice conditioning) → ``tts_llm`` (streamed ids, collected) → validated decoder ids
-and seeded noise. Each instance handles one request at a time (its BLS calls stay on the stub's main thread); concurrency comes from
-several instances, whose LLM streams share the engine's decode steps. The ``decoder`` parameter says which decoder the ensemble behind this model feeds; a text whose tags route to the
-other decoder is refused with a pointer to the right endpoint.
+and seeded noise. Each instance handles one request at a time (its BLS calls stay on the stub's main thread);
+concurrency comes from several instances, whose LLM streams share the engine's decode steps. The ``decoder``
+parameter says which decoder the ensemble behind this model feeds; a text whose tags route to the other decoder is
+refused with a pointer to the right endpoint.
 """
 
 import numpy as np

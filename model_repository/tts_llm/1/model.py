@@ -54,7 +54,6 @@ class TritonPythonModel:
                     prompt_ids(request), sampling_from_request(request, self.defaults), request.request_id()
                 )
                 stream = self.engine.submit(generation)
-                self.live.add(generation.request_id, stream)
             except Exception as exc:  # noqa: BLE001 - bad input answers this request only
                 sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue

@@ -89,8 +89,5 @@ class TritonPythonModel:
             )
         except Exception as exc:  # noqa: BLE001 - the client gets the error; the model stays READY
             if llm_responses is not None:
-                try:
-                    llm_responses.cancel()
-                except Exception:  # noqa: BLE001 - best effort; the error below is what the client needs
-                    pass
+                llm_responses.cancel()
             sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
