@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,38 @@ def grpc_input(name: str, array: np.ndarray):
     tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
     tensor.set_data_from_numpy(array)
     return tensor
+
+
+class BatchCounts:
+    """A model's (inference_count, execution_count) before and after some requests.
+
+    Triton records a request's statistics after its response has gone out (the python backend reports them when
+    ``execute`` returns), so a client can hold every response before the counts include them: ``settle`` polls
+    until ``expected`` more inferences are recorded instead of reading once.
+    """
+
+    def __init__(self, server: TritonServer, model: str):
+        self.server, self.model = server, model
+        self.before = self._read()
+
+    def _read(self) -> tuple[int, int]:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.server.http_url)
+        try:
+            stats = client.get_inference_statistics(self.model)["model_stats"][0]
+        finally:
+            client.close()
+        return int(stats["inference_count"]), int(stats["execution_count"])
+
+    def settle(self, expected: int, timeout_s: float = 10.0) -> tuple[int, int]:
+        """(new inferences, new executions), once at least ``expected`` new inferences show or the time is up."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            inferences, executions = self._read()
+            if inferences - self.before[0] >= expected or time.monotonic() > deadline:
+                return inferences - self.before[0], executions - self.before[1]
+            time.sleep(0.05)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -10,7 +10,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from stepaudio.tts.checkpoint import synthetic_voice
-from tests.server.conftest import grpc_input, http_input
+from tests.server.conftest import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
 GREEDY = {"TEMPERATURE": np.array([0.0], np.float32)}
@@ -92,22 +92,18 @@ def test_mixed_text_and_audio_turn(http_client):
 def test_concurrent_requests_batch_in_tokenizer(triton_server):
     import tritonclient.http as httpclient
 
+    counts = BatchCounts(triton_server, "tokenizer")
     client = httpclient.InferenceServerClient(triton_server.http_url, concurrency=8)
     try:
-        def counts():
-            stats = client.get_inference_statistics("tokenizer")["model_stats"][0]
-            return int(stats["inference_count"]), int(stats["execution_count"])
-
-        before = counts()
         pending = [client.async_infer("tokenizer", [http_input("AUDIO", speech(1.0 + 0.1 * i)[None]),
                                                     http_input("SAMPLE_RATE", np.array([[16000]], np.int32))])
                    for i in range(8)]  # eight different lengths: batched only thanks to ragged inputs
         sizes = [p.get_result().as_numpy("AUDIO_IDS").size for p in pending]
-        after = counts()
     finally:
         client.close()
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
-    assert after[0] - before[0] == 8 and after[1] - before[1] < 8
+    inferences, executions = counts.settle(8)
+    assert inferences == 8 and executions < 8, "8 concurrent requests were not batched"
 
 
 def test_streaming_chat_text_before_audio_then_final(grpc_client):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stepaudio.serve import ModelLoadError, TritonServer
-from tests.server.conftest import grpc_input, http_input
+from tests.server.conftest import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
 
@@ -75,24 +75,20 @@ def test_decoupled_error_is_invalid_arg_and_server_stays_ready(smoke_grpc):
 def test_dynamic_batching_in_statistics(smoke_server):
     import tritonclient.http as httpclient
 
-    def before_after():
-        stats = client.get_inference_statistics("smoke_scale")["model_stats"][0]
-        return int(stats["inference_count"]), int(stats["execution_count"])
-
+    counts = BatchCounts(smoke_server, "smoke_scale")
     client = httpclient.InferenceServerClient(smoke_server.http_url, concurrency=8)
     try:
-        inferences0, executions0 = before_after()
         x = np.ones((1, 16), dtype=np.float32)
         # tritonclient.http is gevent-based: concurrency comes from async_infer, not from threads.
         pending = [client.async_infer("smoke_scale", [http_input("INPUT0", x * i)]) for i in range(8)]
         outputs = [p.get_result() for p in pending]
-        inferences1, executions1 = before_after()
     finally:
         client.close()
     for i, out in enumerate(outputs):
         np.testing.assert_array_equal(out.as_numpy("OUTPUT0"), 2 * i * x)
-    assert inferences1 - inferences0 == 8
-    assert executions1 - executions0 < 8, "8 concurrent requests were not batched"
+    inferences, executions = counts.settle(8)
+    assert inferences == 8
+    assert executions < 8, "8 concurrent requests were not batched"
 
 
 def test_onnx_model_through_cpu_config(smoke_http):

@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from stepaudio.decoder.token2wav import mel_frames_for_tokens
 from stepaudio.tts.checkpoint import synthetic_voice
-from tests.server.conftest import grpc_input, http_input
+from tests.server.conftest import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
 TOKENS = 40  # generated audio ids per test request (tiny random weights rarely sample the stop id)
@@ -185,13 +185,7 @@ def test_eight_concurrent_streams(triton_server):
 def test_concurrent_requests_batch_in_flow_decoder_and_vocoder(triton_server):
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-
-    def counts(model):
-        stats = client.get_inference_statistics(model).model_stats[0]
-        return stats.inference_count, stats.execution_count
-
-    before = {m: counts(m) for m in ("flow_decoder", "vocoder")}
+    counts = {m: BatchCounts(triton_server, m) for m in ("flow_decoder", "vocoder")}
     barrier = threading.Barrier(8)
 
     def one(_):
@@ -206,8 +200,7 @@ def test_concurrent_requests_batch_in_flow_decoder_and_vocoder(triton_server):
         waves = list(pool.map(one, range(8)))
     for wave in waves[1:]:
         np.testing.assert_allclose(wave, waves[0], atol=1e-4)  # batching must not change a request's result
-    for model, (inferences0, executions0) in before.items():
-        inferences1, executions1 = counts(model)
-        assert inferences1 - inferences0 == 8
-        assert executions1 - executions0 < 8, f"{model} did not batch concurrent requests"
-    client.close()
+    for model, model_counts in counts.items():
+        inferences, executions = model_counts.settle(8)
+        assert inferences == 8
+        assert executions < 8, f"{model} did not batch concurrent requests"
