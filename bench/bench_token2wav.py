@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export.flow_onnx import export_flow_onnx  # noqa: E402
 from export.vocoder_onnx import export_vocoder_onnx  # noqa: E402
 from stepaudio.checkpoints import layout  # noqa: E402
-from stepaudio.decoder import DecoderNoise, Token2Wav, Token2WavRequest  # noqa: E402
+from stepaudio.decoder import DecoderNoise, OnnxToken2Wav, Token2Wav, Token2WavBase, Token2WavRequest  # noqa: E402
 from stepaudio.decoder.checkpoint import write_decoder_dir  # noqa: E402
 from stepaudio.decoder.config import DecoderConfig  # noqa: E402
 
@@ -46,45 +45,8 @@ def requests_for(batch: int, seconds: float, seed: int = 0) -> list[Token2WavReq
     ]
 
 
-def _pad(arrays, width, dtype, tail=()):
-    out = np.zeros((len(arrays), width) + tail, dtype)
-    for i, a in enumerate(arrays):
-        out[i, : a.shape[0]] = a
-    return out
-
-
-def run_onnx(flow: ort.InferenceSession, vocoder: ort.InferenceSession, requests, noises):
-    """(seconds in the flow graph, seconds in the vocoder graph, waves) for one padded batch."""
-    n_tok = max(r.tokens.size for r in requests)
-    n_prompt = max(r.prompt_tokens.size for r in requests)
-    n_pmel = max(r.prompt_mel.shape[0] for r in requests)
-    feeds = {
-        "tokens": _pad([r.tokens for r in requests], n_tok, np.int64),
-        "token_lens": np.array([r.tokens.size for r in requests], np.int64),
-        "prompt_tokens": _pad([r.prompt_tokens for r in requests], n_prompt, np.int64),
-        "prompt_token_lens": np.array([r.prompt_tokens.size for r in requests], np.int64),
-        "prompt_mel": _pad([r.prompt_mel for r in requests], n_pmel, np.float32, (80,)),
-        "prompt_mel_lens": np.array([r.prompt_mel.shape[0] for r in requests], np.int64),
-        "speaker_embedding": np.stack([r.speaker_embedding for r in requests]),
-        "noise": np.stack([n.flow for n in noises]),  # equal-length requests: no padding needed
-    }
-    start = time.perf_counter()
-    mel, mel_lens = flow.run(None, feeds)
-    middle = time.perf_counter()
-    wave, wave_lens = vocoder.run(
-        None,
-        {
-            "mel": mel,
-            "mel_lens": mel_lens,
-            "source_phase": np.stack([n.source_phase for n in noises]),
-            "source_noise": np.stack([n.source_noise for n in noises]),
-        },
-    )
-    end = time.perf_counter()
-    return middle - start, end - middle, [w[:n] for w, n in zip(wave, wave_lens)]
-
-
-def run_torch(decoder: Token2Wav, requests, noises):
+def run(decoder: Token2WavBase, requests, noises):
+    """(seconds in the flow, seconds in the vocoder, waves) for one padded batch."""
     start = time.perf_counter()
     mels = decoder.token2mel(requests, [n.flow for n in noises])
     middle = time.perf_counter()
@@ -112,33 +74,24 @@ def main(argv: list[str] | None = None) -> int:
             export(decoder_dir)
             print(f"exported {name} in {time.perf_counter() - start:.0f} s", flush=True)
 
-    decoder = Token2Wav.from_checkpoint(decoder_dir)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    sessions = [
-        ort.InferenceSession(str(decoder_dir / name), options, providers=["CPUExecutionProvider"])
-        for name in (layout.FLOW_DECODER_ONNX, layout.VOCODER_ONNX)
-    ]
+    decoders = {
+        "pytorch eager": Token2Wav.from_checkpoint(decoder_dir),
+        "onnxruntime": OnnxToken2Wav.from_checkpoint(decoder_dir, threads=args.threads),
+    }
+    config = decoders["pytorch eager"].config
 
     print(f"\nToken2wav, {args.seconds:g} s of speech per request (+{PROMPT_SECONDS:g} s prompt), {args.threads} threads")
     print(f"{'backend':<14}{'batch':>6}{'flow s':>10}{'vocoder s':>11}{'total s':>10}{'RTF':>8}")
     for batch in args.batches:
         requests = requests_for(batch, args.seconds)
         for r in requests:
-            r.validate(decoder.config)
-        noises = [
-            DecoderNoise.from_seed(i, r.prompt_mel.shape[0], r.tokens.size, decoder.config) for i, r in enumerate(requests)
-        ]
-        audio_seconds = batch * 256 * decoder.config.flow.mel_frames_for_tokens(requests[0].tokens.size) / 22050
-        runs = {
-            "pytorch eager": lambda requests=requests, noises=noises: run_torch(decoder, requests, noises),
-            "onnxruntime": lambda requests=requests, noises=noises: run_onnx(*sessions, requests, noises),
-        }
+            r.validate(config)
+        noises = [DecoderNoise.from_seed(i, r.prompt_mel.shape[0], r.tokens.size, config) for i, r in enumerate(requests)]
+        audio_seconds = batch * 256 * config.flow.mel_frames_for_tokens(requests[0].tokens.size) / 22050
         waves = {}
-        for backend, run in runs.items():
-            run()  # warm-up
-            timings = [run() for _ in range(args.repeats)]
+        for backend, decoder in decoders.items():
+            run(decoder, requests, noises)  # warm-up
+            timings = [run(decoder, requests, noises) for _ in range(args.repeats)]
             flow_s, vocoder_s = (float(np.median([t[i] for t in timings])) for i in (0, 1))
             waves[backend] = timings[-1][2]
             total = flow_s + vocoder_s

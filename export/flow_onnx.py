@@ -49,18 +49,8 @@ from export.cli import export_main
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_flow
 from stepaudio.decoder.flow import MaskedDiffWithXvec
+from stepaudio.decoder.token2wav import FLOW_INPUTS
 
-INPUT_NAMES = [
-    "tokens",
-    "token_lens",
-    "prompt_tokens",
-    "prompt_token_lens",
-    "prompt_mel",
-    "prompt_mel_lens",
-    "speaker_embedding",
-    "noise",
-]
-OUTPUT_NAMES = ["mel", "mel_lens"]
 _STATE = ["mask", "mu", "spks", "cond", "prompt_frames", "target_frames"]
 MAX_BATCH = 256
 MAX_TOKENS = 8192
@@ -156,7 +146,7 @@ def stitch(
     # prepare: graph inputs keep their names; its target_frames output is the graph's mel_lens.
     state = {name: f"prepare/{name}" for name in _STATE}
     state["target_frames"] = "mel_lens"
-    mapping = {n: n for n in INPUT_NAMES}
+    mapping = {n: n for n in FLOW_INPUTS}
     mapping.update(zip([o.name for o in prepare.graph.output], state.values()))
     graph = _renamed(prepare, "prepare/", mapping)
     nodes += graph.node
@@ -231,7 +221,7 @@ def build_flow_onnx(flow: MaskedDiffWithXvec) -> onnx.ModelProto:
         _Prepare(flow),
         inputs,
         ({0: b, 1: n}, {0: b}, {0: b, 1: p}, {0: b}, {0: b, 1: pm}, {0: b}, {0: b}, {0: b, 2: m}),
-        INPUT_NAMES,
+        list(FLOW_INPUTS),
         _STATE,
     )
     with torch.no_grad():

@@ -88,23 +88,28 @@ def _export_vq02(tokenizer_dir: Path, version_dir: Path) -> None:
 def served_models(checkpoints: Path) -> list[ServedModel]:
     """Every served model: its name, template folder, own values and build step."""
     tts_dir = checkpoints / layout.TTS_DIR
+    decoders = [(layout.SPEECH_DECODER_DIR, "speech", ""), (layout.MUSIC_DECODER_DIR, "music", "_music")]
+    # The streaming model calls each decoder's served flow and vocoder models.
+    stream_values = {}
+    for _, decoder, suffix in decoders:
+        stream_values |= {f"{decoder}_flow_model": f"flow_decoder{suffix}", f"{decoder}_vocoder_model": f"vocoder{suffix}"}
     models = [
         ServedModel("tokenizer", "tokenizer", build=partial(_export_vq02, checkpoints / layout.TOKENIZER_DIR)),
         ServedModel("tts_frontend", "tts_frontend"),
         ServedModel("tts_llm", "tts_llm"),
-        ServedModel("tts_stream", "tts_stream"),
+        ServedModel("tts_stream", "tts_stream", stream_values),
         ServedModel("chat_llm", "chat_llm"),
         ServedModel("voice_chat", "voice_chat"),
         ServedModel("voice_chat_stream", "voice_chat_stream"),
     ]
-    for decoder_dir_name, decoder, suffix in ((layout.SPEECH_DECODER_DIR, "speech", ""), (layout.MUSIC_DECODER_DIR, "music", "_music")):
+    for decoder_dir_name, decoder, suffix in decoders:
         decoder_dir = tts_dir / decoder_dir_name
         names = {"tts_model": f"tts{suffix}", "flow_model": f"flow_decoder{suffix}", "vocoder_model": f"vocoder{suffix}"}
         decoder_values = {"decoder": decoder, "decoder_dir": str(decoder_dir.resolve())} | names
         models += [
             ServedModel(f"tts{suffix}", "tts", decoder_values),
-            ServedModel(f"flow_decoder{suffix}", "flow_decoder", build=partial(_export_flow, decoder_dir)),
-            ServedModel(f"vocoder{suffix}", "vocoder", build=partial(_export_vocoder, decoder_dir)),
+            ServedModel(names["flow_model"], "flow_decoder", build=partial(_export_flow, decoder_dir)),
+            ServedModel(names["vocoder_model"], "vocoder", build=partial(_export_vocoder, decoder_dir)),
             ServedModel(f"ensemble_tts{suffix}", "ensemble_tts", decoder_values),
         ]
     return models

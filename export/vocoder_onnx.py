@@ -12,6 +12,7 @@ I/O contract of ``vocoder.onnx`` (B = batch, T = mel frames, both dynamic; pad e
 | ``source_noise`` | float32 | (B, 9, 256·T) | N(0, 1) additive source noise; row i uses its first 256·mel_lens[i] samples |
 | → ``wave`` | float32 | (B, 256·T) | 22 050 Hz samples in [−0.99, 0.99], zero past wave_lens |
 | → ``wave_lens`` | int64 | (B,) | 256 · mel_lens |
+| → ``f0`` | float32 | (B, T) | predicted f0 (Hz), zero past mel_lens: a streaming caller carries the source phase with it (``stepaudio.decoder.hift.carried_phase``) |
 
 ``stepaudio.decoder.source_phase(seed)`` / ``source_noise(seed, 256·T)`` draw the two random inputs as the library
 does (``source_noise_shape(T)`` gives the shape). The STFT/iSTFT are convolutions with the DFT basis × window, so
@@ -31,9 +32,8 @@ from export.cli import export_main
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_hift
 from stepaudio.decoder.hift import HiFTGenerator
+from stepaudio.decoder.token2wav import VOCODER_INPUTS, VOCODER_OUTPUTS
 
-INPUT_NAMES = ["mel", "mel_lens", "source_phase", "source_noise"]
-OUTPUT_NAMES = ["wave", "wave_lens"]
 MAX_BATCH = 256
 MAX_FRAMES = 32768
 
@@ -55,8 +55,8 @@ def build_vocoder_onnx(hift: HiFTGenerator) -> onnx.ModelProto:
         dynamo=True,
         external_data=False,
         dynamic_shapes=({0: b, 2: t}, {0: b}, {0: b}, {0: b, 2: c.samples_per_frame * t}),
-        input_names=INPUT_NAMES,
-        output_names=OUTPUT_NAMES,
+        input_names=list(VOCODER_INPUTS),
+        output_names=list(VOCODER_OUTPUTS),
         optimize=False,
         verbose=False,
     )

@@ -7,7 +7,9 @@ Loads the published ``CosyVoice-300M-25Hz`` / ``CosyVoice-300M-25Hz-Music`` fold
 from stepaudio.decoder.config import DecoderConfig
 from stepaudio.decoder.token2wav import (
     DecoderNoise,
+    OnnxToken2Wav,
     Token2Wav,
+    Token2WavBase,
     Token2WavRequest,
     Token2WavStream,
     flow_noise,
@@ -21,7 +23,9 @@ from stepaudio.decoder.token2wav import (
 __all__ = [
     "DecoderConfig",
     "DecoderNoise",
+    "OnnxToken2Wav",
     "Token2Wav",
+    "Token2WavBase",
     "Token2WavRequest",
     "Token2WavStream",
     "flow_noise",

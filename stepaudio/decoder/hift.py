@@ -133,6 +133,26 @@ def stft_basis(n_fft: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     )
 
 
+def harmonic_increments(f0: torch.Tensor, config: HiFTConfig) -> torch.Tensor:
+    """Per-sample phase increment (cycles) of each harmonic: f0·(k+1)/sr, (B, 9, T)."""
+    harmonics = torch.arange(1, config.n_harmonic_channels + 1, device=f0.device, dtype=f0.dtype)
+    return f0.unsqueeze(1) * harmonics.view(1, -1, 1) / config.sampling_rate
+
+
+def frame_phase_advance(f0: torch.Tensor, config: HiFTConfig) -> torch.Tensor:
+    """Phase (cycles, mod 1) each frame adds: frac(samples_per_frame · increment), (B, 9, T)."""
+    advance = harmonic_increments(f0, config) * config.samples_per_frame
+    return advance - torch.floor(advance)
+
+
+def carried_phase(start_phase: np.ndarray, f0: np.ndarray, config: HiFTConfig) -> np.ndarray:
+    """Source phases (9,) radians at the frame after ``f0`` (T,) Hz when the source started at ``start_phase``:
+    what a vocoder call that begins there needs to continue an earlier call's sine source (streaming)."""
+    advance = frame_phase_advance(torch.from_numpy(np.asarray(f0, np.float32))[None], config)[0]
+    cycles = np.mod(advance.double().sum(-1).numpy(), 1.0)
+    return (np.asarray(start_phase, np.float32) + 2 * np.pi * cycles).astype(np.float32)
+
+
 class HiFTGenerator(nn.Module):
     def __init__(self, config: HiFTConfig):
         super().__init__()
@@ -174,14 +194,10 @@ class HiFTGenerator(nn.Module):
 
     # -- source ---------------------------------------------------------------------------------------------
     def harmonic_increments(self, f0: torch.Tensor) -> torch.Tensor:
-        """Per-sample phase increment (cycles) of each harmonic: f0·(k+1)/sr, (B, 9, T)."""
-        harmonics = torch.arange(1, self.config.n_harmonic_channels + 1, device=f0.device, dtype=f0.dtype)
-        return f0.unsqueeze(1) * harmonics.view(1, -1, 1) / self.config.sampling_rate
+        return harmonic_increments(f0, self.config)
 
     def frame_phase_advance(self, f0: torch.Tensor) -> torch.Tensor:
-        """Phase (cycles, mod 1) each frame adds: frac(samples_per_frame · increment), (B, 9, T)."""
-        advance = self.harmonic_increments(f0) * self.config.samples_per_frame
-        return advance - torch.floor(advance)
+        return frame_phase_advance(f0, self.config)
 
     def source(self, f0: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """f0 (B, T), phase (B, 9) radians, noise (B, 9, 256·T) → merged harmonic source (B, 1, 256·T)."""
@@ -228,8 +244,10 @@ class HiFTGenerator(nn.Module):
     # -- generator -------------------------------------------------------------------------------------------
     def forward(
         self, mel: torch.Tensor, mel_lens: torch.Tensor, source_phase: torch.Tensor, source_noise: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """mel (B, 80, T) + lengths (B,) + source randomness → (wave (B, 256·T), wave_lens (B,))."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mel (B, 80, T) + lengths (B,) + source randomness → (wave (B, 256·T), wave_lens (B,), f0 (B, T) Hz).
+
+        f0 (zero past ``mel_lens``) is what a streaming caller needs to carry the source phase into its next call."""
         c = self.config
         frames = mel.shape[-1]
         steps = torch.arange(frames, device=mel.device).unsqueeze(0)
@@ -267,4 +285,4 @@ class HiFTGenerator(nn.Module):
         spectrum = torch.cat([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], dim=1)
         wave = self.istft(spectrum, spec_mask)
         wave = wave.clamp(-c.audio_limit, c.audio_limit) * mask_at(c.samples_per_frame)[:, 0]
-        return wave, sample_lens
+        return wave, sample_lens, f0 * mel_mask[:, 0]

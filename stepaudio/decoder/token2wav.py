@@ -27,11 +27,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_flow, load_hift
 from stepaudio.decoder.config import DecoderConfig
 from stepaudio.decoder.flow import MaskedDiffWithXvec
 from stepaudio.decoder.frontend import prompt_mel as compute_prompt_mel
-from stepaudio.decoder.hift import HiFTGenerator
+from stepaudio.decoder.hift import HiFTGenerator, carried_phase
+
+# The I/O contract shared by both runners, the ONNX exports and the served flow_decoder / vocoder models.
+FLOW_INPUTS = (
+    "tokens",
+    "token_lens",
+    "prompt_tokens",
+    "prompt_token_lens",
+    "prompt_mel",
+    "prompt_mel_lens",
+    "speaker_embedding",
+    "noise",
+)
+FLOW_OUTPUTS = ("mel", "mel_lens")
+VOCODER_INPUTS = ("mel", "mel_lens", "source_phase", "source_noise")
+VOCODER_OUTPUTS = ("wave", "wave_lens", "f0")
 
 _FLOW_STREAM, _PHASE_STREAM, _SOURCE_STREAM = 0, 1, 2
 
@@ -162,25 +178,21 @@ def _pad_stack(arrays: list[np.ndarray], axis_len: int, dtype, tail_shape: tuple
     return out
 
 
-class Token2Wav:
-    def __init__(self, config: DecoderConfig, flow: MaskedDiffWithXvec, hift: HiFTGenerator):
-        self.config = config
-        self.flow = flow
-        self.hift = hift
-        self.device = next(flow.parameters()).device
+class Token2WavBase:
+    """Everything but running the two graphs: validation, noise, padding a batch into the flow/vocoder feeds (the
+    ONNX I/O contract, ``FLOW_INPUTS`` / ``VOCODER_INPUTS``), unpadding results, and streaming. A runner implements
+    ``run_flow`` and ``run_vocoder`` — in-process PyTorch (``Token2Wav``), ONNX Runtime (``OnnxToken2Wav``), or the
+    served ``flow_decoder`` / ``vocoder`` models over BLS — and every entry point behaves the same on each."""
 
-    @classmethod
-    def from_checkpoint(
-        cls, decoder_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-    ) -> Token2Wav:
-        """Load a decoder folder. The flow may run in bfloat16 on CUDA (as the reference); HiFT stays float32."""
-        device = torch.device(device)
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"unsupported flow dtype {dtype}")
-        if dtype != torch.float32 and device.type == "cpu":
-            raise ValueError("reduced-precision flow is for CUDA; use float32 on CPU")
-        config = load_config(decoder_dir)
-        return cls(config, load_flow(decoder_dir, config, device, dtype), load_hift(decoder_dir, config, device))
+    config: DecoderConfig
+
+    def run_flow(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Feeds named ``FLOW_INPUTS`` → (mel (B, 80, T), mel_lens (B,))."""
+        raise NotImplementedError
+
+    def run_vocoder(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Feeds named ``VOCODER_INPUTS`` → (wave (B, 256·T), wave_lens (B,), f0 (B, T))."""
+        raise NotImplementedError
 
     @property
     def sample_rate(self) -> int:
@@ -234,9 +246,8 @@ class Token2Wav:
             noise.validate(request.prompt_mel.shape[0], request.tokens.size, self.config)
         return noises
 
-    @torch.inference_mode()
-    def token2mel(self, requests: list[Token2WavRequest], flow_noises: list[np.ndarray]) -> list[np.ndarray]:
-        """Validated requests + their flow noise (80, frames) → target mels (80, frames_i) float32."""
+    def flow_feeds(self, requests: list[Token2WavRequest], flow_noises: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Validated requests + their flow noise (80, frames) → one padded batch of ``FLOW_INPUTS``."""
         n_tok = max(r.tokens.size for r in requests)
         n_prompt = max(r.prompt_tokens.size for r in requests)
         n_pmel = max(r.prompt_mel.shape[0] for r in requests)
@@ -252,16 +263,13 @@ class Token2Wav:
             np.array([r.prompt_tokens.size for r in requests], np.int64),
             _pad_stack([r.prompt_mel for r in requests], n_pmel, np.float32, (self.config.flow.output_size,)),
             np.array([r.prompt_mel.shape[0] for r in requests], np.int64),
-            np.stack([r.speaker_embedding for r in requests]),
+            np.stack([r.speaker_embedding for r in requests]).astype(np.float32),
             noise,
         ]
-        mel, lens = self.flow(*(torch.from_numpy(t).to(self.device) for t in tensors))
-        mel = mel.cpu().numpy()
-        return [mel[i, :, : int(n)] for i, n in enumerate(lens.cpu())]
+        return dict(zip(FLOW_INPUTS, tensors))
 
-    @torch.inference_mode()
-    def mel2wav(self, mels: list[np.ndarray], phases: list[np.ndarray], noises: list[np.ndarray]) -> list[np.ndarray]:
-        """Mels (80, T_i) + source phases (9,) and noises (9, 256·T_i) → waves (256·T_i,) float32."""
+    def vocoder_feeds(self, mels: list[np.ndarray], phases: list[np.ndarray], noises: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Mels (80, T_i) + source phases (9,) and noises (9, 256·T_i) → one padded batch of ``VOCODER_INPUTS``."""
         hop = self.config.hift.samples_per_frame
         frames = max(m.shape[1] for m in mels)
         mel = np.zeros((len(mels), mels[0].shape[0], frames), np.float32)
@@ -270,11 +278,26 @@ class Token2Wav:
             mel[i, :, : m.shape[1]] = m
             noise[i, :, : n.shape[1]] = n
         lens = np.array([m.shape[1] for m in mels], np.int64)
-        wave, wave_lens = self.hift(
-            *(torch.from_numpy(t).to(self.device) for t in (mel, lens, np.stack(phases).astype(np.float32), noise))
-        )
-        wave = wave.cpu().numpy()
-        return [wave[i, : int(n)].copy() for i, n in enumerate(wave_lens.cpu())]
+        return dict(zip(VOCODER_INPUTS, (mel, lens, np.stack(phases).astype(np.float32), noise)))
+
+    def token2mel(self, requests: list[Token2WavRequest], flow_noises: list[np.ndarray]) -> list[np.ndarray]:
+        """Validated requests + their flow noise (80, frames) → target mels (80, frames_i) float32."""
+        mel, lens = self.run_flow(self.flow_feeds(requests, flow_noises))
+        return [mel[i, :, : int(n)] for i, n in enumerate(np.asarray(lens).reshape(-1))]
+
+    def vocode(
+        self, mels: list[np.ndarray], phases: list[np.ndarray], noises: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Mels (80, T_i) + source phases (9,) and noises (9, 256·T_i) → (wave (256·T_i,), f0 (T_i,)) each."""
+        wave, wave_lens, f0 = self.run_vocoder(self.vocoder_feeds(mels, phases, noises))
+        return [
+            (wave[i, : int(n)].copy(), f0[i, : m.shape[1]].copy())
+            for i, (n, m) in enumerate(zip(np.asarray(wave_lens).reshape(-1), mels))
+        ]
+
+    def mel2wav(self, mels: list[np.ndarray], phases: list[np.ndarray], noises: list[np.ndarray]) -> list[np.ndarray]:
+        """Mels (80, T_i) + source phases (9,) and noises (9, 256·T_i) → waves (256·T_i,) float32."""
+        return [wave for wave, _ in self.vocode(mels, phases, noises)]
 
     # -- streaming ------------------------------------------------------------------------------------------
     def stream(
@@ -289,10 +312,83 @@ class Token2Wav:
         return Token2WavStream(self, prompt_tokens, prompt_mel, speaker_embedding, seed, **options)
 
 
+class Token2Wav(Token2WavBase):
+    """Token2Wav on the PyTorch flow and HiFT modules (CPU or CUDA)."""
+
+    def __init__(self, config: DecoderConfig, flow: MaskedDiffWithXvec, hift: HiFTGenerator):
+        self.config = config
+        self.flow = flow
+        self.hift = hift
+        self.device = next(flow.parameters()).device
+
+    @classmethod
+    def from_checkpoint(
+        cls, decoder_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Token2Wav:
+        """Load a decoder folder. The flow may run in bfloat16 on CUDA (as the reference); HiFT stays float32."""
+        device = torch.device(device)
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"unsupported flow dtype {dtype}")
+        if dtype != torch.float32 and device.type == "cpu":
+            raise ValueError("reduced-precision flow is for CUDA; use float32 on CPU")
+        config = load_config(decoder_dir)
+        return cls(config, load_flow(decoder_dir, config, device, dtype), load_hift(decoder_dir, config, device))
+
+    @torch.inference_mode()
+    def run_flow(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        mel, lens = self.flow(*(torch.from_numpy(feeds[name]).to(self.device) for name in FLOW_INPUTS))
+        return mel.float().cpu().numpy(), lens.cpu().numpy()
+
+    @torch.inference_mode()
+    def run_vocoder(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        outputs = self.hift(*(torch.from_numpy(feeds[name]).to(self.device) for name in VOCODER_INPUTS))
+        return tuple(t.cpu().numpy() for t in outputs)
+
+
+class OnnxToken2Wav(Token2WavBase):
+    """Token2Wav on the exported ``flow_decoder.onnx`` and ``vocoder.onnx`` through ONNX Runtime."""
+
+    def __init__(self, config: DecoderConfig, flow_onnx: str | Path, vocoder_onnx: str | Path, threads: int = 0, providers=None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        providers = providers or ["CPUExecutionProvider"]
+        self.config = config
+        self.flow = ort.InferenceSession(str(flow_onnx), options, providers=providers)
+        self.vocoder = ort.InferenceSession(str(vocoder_onnx), options, providers=providers)
+        for session, path, inputs, outputs in (
+            (self.flow, flow_onnx, FLOW_INPUTS, FLOW_OUTPUTS),
+            (self.vocoder, vocoder_onnx, VOCODER_INPUTS, VOCODER_OUTPUTS),
+        ):
+            found = (tuple(i.name for i in session.get_inputs()), tuple(o.name for o in session.get_outputs()))
+            if found != (inputs, outputs):
+                raise ValueError(f"{path}: I/O {found} is not the contract {(inputs, outputs)}; re-export it (export/)")
+
+    @classmethod
+    def from_checkpoint(cls, decoder_dir: str | Path, **session_options) -> OnnxToken2Wav:
+        """A decoder folder holding its exports (``python -m export.flow_onnx`` / ``export.vocoder_onnx``)."""
+        decoder_dir = Path(decoder_dir)
+        return cls(
+            load_config(decoder_dir),
+            decoder_dir / layout.FLOW_DECODER_ONNX,
+            decoder_dir / layout.VOCODER_ONNX,
+            **session_options,
+        )
+
+    def run_flow(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        mel, lens = self.flow.run(list(FLOW_OUTPUTS), feeds)
+        return mel, lens
+
+    def run_vocoder(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        wave, lens, f0 = self.vocoder.run(list(VOCODER_OUTPUTS), feeds)
+        return wave, lens, f0
+
+
 class Token2WavStream:
     def __init__(
         self,
-        decoder: Token2Wav,
+        decoder: Token2WavBase,
         prompt_tokens,
         prompt_mel: np.ndarray,
         speaker_embedding: np.ndarray,
@@ -381,34 +477,23 @@ class Token2WavStream:
         self.committed_tokens = commit_tokens if not final else len(self.tokens)
 
     # -- vocoder with context -------------------------------------------------------------------------------
-    @torch.inference_mode()
     def _vocode(self, final: bool) -> np.ndarray:
-        hift, hop, ctx = self.decoder.hift, self.config.hift.samples_per_frame, self.context
+        hop, ctx = self.config.hift.samples_per_frame, self.context
         total = self.mel.shape[1]
         stop = total if final else max(self.emitted_frames, total - ctx)
         if stop <= self.emitted_frames:
             return np.zeros(0, np.float32)
         first = max(0, self.emitted_frames - ctx)
-        device = self.decoder.device
-        mel = torch.from_numpy(np.ascontiguousarray(self.mel[:, first:total]))[None].to(device)
-        n = total - first
-        # f0 of frames ≥ 5 away from this window's cut edges (the predictor's reach) equals the offline f0.
-        f0 = hift.f0_predictor(mel, torch.ones(1, 1, n, device=device))[0].cpu().numpy()
+        # Source phase carried over from frame 0 to this window's first frame; every frame before it already has its
+        # final f0 (first ≤ the previous window's end − ctx, and ctx ≥ 10 > the f0 predictor's reach of 5).
+        phase = carried_phase(self.phase, self.f0[:first], self.config.hift)
+        noise = source_noise(self.seed, total * hop, self.config.hift.n_harmonic_channels)[:, first * hop :]
+        ((wave, f0),) = self.decoder.vocode([np.ascontiguousarray(self.mel[:, first:total])], [phase], [noise])
+        # f0 of frames ≥ 5 away from this window's cut edges equals the offline f0: keep those as final.
         final_end = total if final else total - 5
         known = self.f0.shape[0]
         if final_end > known:
             self.f0 = np.concatenate([self.f0, f0[known - first : final_end - first]])
-        # Source phase carried over from frame 0 to this window's first frame (frames before it all have final f0).
-        advance = hift.frame_phase_advance(torch.from_numpy(self.f0[:first])[None])[0]
-        cycles = np.mod(advance.double().sum(-1).numpy(), 1.0)
-        phase = (self.phase + 2 * np.pi * cycles).astype(np.float32)
-        noise = source_noise(self.seed, total * hop, self.config.hift.n_harmonic_channels)[:, first * hop :]
-        wave, _ = hift(
-            mel,
-            torch.tensor([n], device=device),
-            torch.from_numpy(phase)[None].to(device),
-            torch.from_numpy(np.ascontiguousarray(noise))[None].to(device),
-        )
-        chunk = wave[0, (self.emitted_frames - first) * hop : (stop - first) * hop].cpu().numpy().copy()
+        chunk = wave[(self.emitted_frames - first) * hop : (stop - first) * hop].copy()
         self.emitted_frames = stop
         return chunk

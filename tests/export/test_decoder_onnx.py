@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from export.flow_onnx import INPUT_NAMES as FLOW_INPUTS
 from export.flow_onnx import main as flow_main
-from export.vocoder_onnx import INPUT_NAMES as VOCODER_INPUTS
 from export.vocoder_onnx import main as vocoder_main
 from stepaudio.checkpoints import layout
+from stepaudio.decoder import OnnxToken2Wav, Token2Wav
+from stepaudio.decoder.checkpoint import load_config
+from stepaudio.decoder.token2wav import FLOW_INPUTS, VOCODER_INPUTS
+from tests.decoder.inputs import make_tokens, make_voice
 
 
 def _flow_inputs(flow_config, rows: list[tuple[int, int, int]], seed: int) -> dict[str, np.ndarray]:
@@ -36,7 +38,7 @@ def _flow_inputs(flow_config, rows: list[tuple[int, int, int]], seed: int) -> di
 
 def test_flow_io_contract(flow_session):
     inputs = {i.name: (i.type, i.shape) for i in flow_session.get_inputs()}
-    assert list(inputs) == FLOW_INPUTS
+    assert tuple(inputs) == FLOW_INPUTS
     assert inputs["tokens"] == ("tensor(int64)", ["batch", "n_tokens"])
     assert inputs["prompt_mel"] == ("tensor(float)", ["batch", "n_prompt_frames", 80])
     assert inputs["noise"] == ("tensor(float)", ["batch", 80, "n_frames"])
@@ -68,13 +70,16 @@ def test_flow_onnx_matches_torch(flow_session, flow_module, rows):
 
 def test_vocoder_io_contract(vocoder_session):
     inputs = {i.name: (i.type, i.shape) for i in vocoder_session.get_inputs()}
-    assert list(inputs) == VOCODER_INPUTS
+    assert tuple(inputs) == VOCODER_INPUTS
     assert inputs["mel"] == ("tensor(float)", ["batch", 80, "n_frames"])
     assert inputs["mel_lens"] == ("tensor(int64)", ["batch"])
     assert inputs["source_phase"] == ("tensor(float)", ["batch", 9])
     assert inputs["source_noise"][0] == "tensor(float)" and inputs["source_noise"][1][:2] == ["batch", 9]
-    outputs = {o.name: o.type for o in vocoder_session.get_outputs()}
-    assert outputs == {"wave": "tensor(float)", "wave_lens": "tensor(int64)"}
+    outputs = {o.name: (o.type, o.shape) for o in vocoder_session.get_outputs()}
+    assert {name: kind for name, (kind, _) in outputs.items()} == {
+        "wave": "tensor(float)", "wave_lens": "tensor(int64)", "f0": "tensor(float)"
+    }
+    assert outputs["f0"][1] == ["batch", "n_frames"]
 
 
 @pytest.mark.parametrize("frames", [[1], [20, 20, 13], [7, 2]])
@@ -87,12 +92,35 @@ def test_vocoder_onnx_matches_torch(vocoder_session, hift_module, frames):
         "source_phase": rng.uniform(-np.pi, np.pi, (batch, 9)).astype(np.float32),
         "source_noise": rng.standard_normal((batch, 9, 256 * width)).astype(np.float32),
     }
-    wave, wave_lens = vocoder_session.run(None, inputs)
+    wave, wave_lens, f0 = vocoder_session.run(None, inputs)
     with torch.no_grad():
-        ref_wave, ref_lens = hift_module(*(torch.from_numpy(inputs[n]) for n in VOCODER_INPUTS))
+        ref_wave, ref_lens, ref_f0 = hift_module(*(torch.from_numpy(inputs[n]) for n in VOCODER_INPUTS))
     assert wave_lens.tolist() == ref_lens.tolist() == [256 * f for f in frames]
     assert np.abs(ref_wave.numpy()).max() > 1e-3
     np.testing.assert_allclose(wave, ref_wave.numpy(), rtol=1e-4, atol=1e-5)
+    assert np.abs(ref_f0.numpy()).max() > 0
+    np.testing.assert_allclose(f0, ref_f0.numpy(), rtol=1e-4, atol=1e-4)
+    for row, n in enumerate(frames):
+        assert not f0[row, n:].any()  # zero past mel_lens
+
+
+def test_onnx_runner_matches_torch_offline_and_streaming(micro_dir, flow_session, vocoder_session, vocoder_export):
+    """The ORT runner (what the served flow_decoder / vocoder compute) gives the torch runner's audio, streamed too."""
+    _, vocoder_path = vocoder_export
+    onnx_decoder = OnnxToken2Wav(load_config(micro_dir), micro_dir / layout.FLOW_DECODER_ONNX, vocoder_path, threads=2)
+    torch_decoder = Token2Wav.from_checkpoint(micro_dir)
+    voice, tokens = make_voice(3, 12, 24), make_tokens(3, 60)
+    np.testing.assert_allclose(onnx_decoder(tokens, *voice, seed=5), torch_decoder(tokens, *voice, seed=5), atol=1e-4)
+
+    def streamed(decoder):
+        stream = decoder.stream(*voice, seed=5, chunk_tokens=10, lookahead_tokens=5)
+        chunks = [stream.feed(tokens[i : i + 7]) for i in range(0, tokens.size, 7)]
+        return [c for c in chunks if c.size] + [stream.finish()]
+
+    onnx_chunks, torch_chunks = streamed(onnx_decoder), streamed(torch_decoder)
+    assert len(onnx_chunks) == len(torch_chunks) > 2
+    for a, b in zip(onnx_chunks, torch_chunks):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_export_clis_report_a_missing_folder(tmp_path, capsys):

@@ -7,16 +7,15 @@ import importlib.util
 import pytest
 
 from export import tensorrt as trt_export
-from export.flow_onnx import INPUT_NAMES as FLOW_INPUTS
-from export.vocoder_onnx import INPUT_NAMES as VOCODER_INPUTS
 from stepaudio.decoder import mel_frames_for_tokens
+from stepaudio.decoder.token2wav import FLOW_INPUTS, VOCODER_INPUTS
 
 SPEC = trt_export.ShapeSpec(batch=(1, 4, 8), tokens=(1, 100, 1000), prompt_tokens=(0, 40, 200), prompt_frames=(0, 80, 400))
 
 
 def test_flow_profile_is_consistent_with_the_io_contract():
     shapes = trt_export.profile("flow_decoder", SPEC)
-    assert list(shapes) == FLOW_INPUTS
+    assert tuple(shapes) == FLOW_INPUTS
     low, opt, high = (dict((k, v[i]) for k, v in shapes.items()) for i in range(3))
     assert low["tokens"] == (1, 1) and high["tokens"] == (8, 1000)
     assert opt["prompt_mel"] == (4, 80, 80)
@@ -28,7 +27,7 @@ def test_flow_profile_is_consistent_with_the_io_contract():
 
 def test_vocoder_profile_follows_the_flow_output():
     shapes = trt_export.profile("vocoder", SPEC)
-    assert list(shapes) == VOCODER_INPUTS
+    assert tuple(shapes) == VOCODER_INPUTS
     for index, n_tokens in enumerate(SPEC.tokens):
         frames = mel_frames_for_tokens(n_tokens)
         assert shapes["mel"][index] == (SPEC.batch[index], 80, frames)

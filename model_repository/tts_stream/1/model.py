@@ -1,8 +1,9 @@
 """tts_stream: streaming TTS (decoupled). Audio chunks leave while the LLM is still generating.
 
-Per request, on its own thread: BLS ``tts_frontend`` → BLS ``tts_llm`` (decoupled, ids as produced) → the decoder's
-streaming token2wav (flow window re-run with lookahead + mel cross-fade, vocoder with context and carried source
-phase) on this instance's torch decoders, routed to the speech or music decoder by the text's leading tag. The
+Per request, on its own thread: BLS ``tts_frontend`` → BLS ``tts_llm`` (decoupled, ids as produced) → streaming
+token2wav (flow window re-run with lookahead + mel cross-fade, vocoder with context and carried source phase) whose
+flow and vocoder calls go over BLS to the served ``flow_decoder`` / ``vocoder`` models (or their ``_music`` twins,
+chosen by the text's leading tag), so streams batch with each other and with ``ensemble_tts`` there. The
 first chunk comes after ``first_chunk_tokens`` ids, later ones grow. Each response carries WAVEFORM (float32,
 22.05 kHz) and SAMPLE_RATE; an empty final response ends the stream. A client cancel/disconnect stops the LLM
 stream (its slot is freed at the engine's next step) and drops the decoder state.
@@ -13,11 +14,9 @@ import threading
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from stepaudio.decoder.token2wav import Token2Wav
 from stepaudio.tts.streaming import ChunkSchedule, SpeechStream
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
-    device_for,
     error_response,
     optional_input,
     optional_scalar,
@@ -26,6 +25,7 @@ from stepaudio_triton.adapter import (
     tensor,
 )
 from stepaudio_triton.generation import SAMPLING_INPUTS
+from stepaudio_triton.served_decoder import ServedToken2Wav
 
 FRONTEND_INPUTS = ("TEXT", "SPEAKER", "PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")
 FRONTEND_OUTPUTS = ["INPUT_IDS", "PROMPT_TOKENS", "PROMPT_MEL", "SPEAKER_EMBEDDING", "DECODER"]
@@ -34,10 +34,13 @@ FRONTEND_OUTPUTS = ["INPUT_IDS", "PROMPT_TOKENS", "PROMPT_MEL", "SPEAKER_EMBEDDI
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
-        device = device_for(args, config)
         self.decoders = {
-            "speech": Token2Wav.from_checkpoint(parameter(config, "speech_decoder_dir"), device=device),
-            "music": Token2Wav.from_checkpoint(parameter(config, "music_decoder_dir"), device=device),
+            decoder: ServedToken2Wav(
+                parameter(config, f"{decoder}_decoder_dir"),
+                flow_model=parameter(config, f"{decoder}_flow_model"),
+                vocoder_model=parameter(config, f"{decoder}_vocoder_model"),
+            )
+            for decoder in ("speech", "music")
         }
         self.schedule = ChunkSchedule(
             first_tokens=parameter(config, "first_chunk_tokens", 25, int),
