@@ -176,10 +176,13 @@ def test_eight_concurrent_streams(triton_server):
         finally:
             client.close()
 
+    flow_calls = BatchCounts(triton_server, "flow_decoder")
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(8)))
     for chunks, error in results:
         assert error is None and sum(c.size for c in chunks) == 256 * mel_frames_for_tokens(TOKENS)
+    inferences, _ = flow_calls.settle(8)
+    assert inferences >= 8, "the streams' flow windows did not run on the served flow_decoder"
 
 
 def test_concurrent_requests_batch_in_flow_decoder_and_vocoder(triton_server):
