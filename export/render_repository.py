@@ -89,10 +89,12 @@ def served_models(checkpoints: Path) -> list[ServedModel]:
     """Every served model: its name, template folder, own values and build step."""
     tts_dir = checkpoints / layout.TTS_DIR
     decoders = [(layout.SPEECH_DECODER_DIR, "speech", ""), (layout.MUSIC_DECODER_DIR, "music", "_music")]
-    # The streaming model calls each decoder's served flow and vocoder models.
-    stream_values = {}
-    for _, decoder, suffix in decoders:
-        stream_values |= {f"{decoder}_flow_model": f"flow_decoder{suffix}", f"{decoder}_vocoder_model": f"vocoder{suffix}"}
+    names = {
+        decoder: {"tts_model": f"tts{suffix}", "flow_model": f"flow_decoder{suffix}", "vocoder_model": f"vocoder{suffix}"}
+        for _, decoder, suffix in decoders
+    }
+    # The streaming model calls each decoder's served flow and vocoder models (speech_flow_model, ...).
+    stream_values = {f"{decoder}_{key}": name for decoder, own in names.items() for key, name in own.items() if key != "tts_model"}
     models = [
         ServedModel("tokenizer", "tokenizer", build=partial(_export_vq02, checkpoints / layout.TOKENIZER_DIR)),
         ServedModel("tts_frontend", "tts_frontend"),
@@ -104,12 +106,12 @@ def served_models(checkpoints: Path) -> list[ServedModel]:
     ]
     for decoder_dir_name, decoder, suffix in decoders:
         decoder_dir = tts_dir / decoder_dir_name
-        names = {"tts_model": f"tts{suffix}", "flow_model": f"flow_decoder{suffix}", "vocoder_model": f"vocoder{suffix}"}
-        decoder_values = {"decoder": decoder, "decoder_dir": str(decoder_dir.resolve())} | names
+        own = names[decoder]
+        decoder_values = {"decoder": decoder, "decoder_dir": str(decoder_dir.resolve())} | own
         models += [
-            ServedModel(f"tts{suffix}", "tts", decoder_values),
-            ServedModel(names["flow_model"], "flow_decoder", build=partial(_export_flow, decoder_dir)),
-            ServedModel(names["vocoder_model"], "vocoder", build=partial(_export_vocoder, decoder_dir)),
+            ServedModel(own["tts_model"], "tts", decoder_values),
+            ServedModel(own["flow_model"], "flow_decoder", build=partial(_export_flow, decoder_dir)),
+            ServedModel(own["vocoder_model"], "vocoder", build=partial(_export_vocoder, decoder_dir)),
             ServedModel(f"ensemble_tts{suffix}", "ensemble_tts", decoder_values),
         ]
     return models

@@ -193,19 +193,13 @@ class HiFTGenerator(nn.Module):
         self.register_buffer("phase_mask", fundamental_free.view(1, -1, 1, 1), persistent=False)
 
     # -- source ---------------------------------------------------------------------------------------------
-    def harmonic_increments(self, f0: torch.Tensor) -> torch.Tensor:
-        return harmonic_increments(f0, self.config)
-
-    def frame_phase_advance(self, f0: torch.Tensor) -> torch.Tensor:
-        return frame_phase_advance(f0, self.config)
-
     def source(self, f0: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """f0 (B, T), phase (B, 9) radians, noise (B, 9, 256·T) → merged harmonic source (B, 1, 256·T)."""
         c = self.config
         hop = c.samples_per_frame
         batch, frames = f0.shape
-        increment = self.harmonic_increments(f0)  # (B, 9, T)
-        advance = self.frame_phase_advance(f0)
+        increment = harmonic_increments(f0, c)  # (B, 9, T)
+        advance = frame_phase_advance(f0, c)
         start = torch.cumsum(advance, dim=-1) - advance
         start = start - torch.floor(start)
         steps = torch.arange(1, hop + 1, device=f0.device, dtype=f0.dtype).view(1, 1, 1, hop)

@@ -377,12 +377,10 @@ class OnnxToken2Wav(Token2WavBase):
         )
 
     def run_flow(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        mel, lens = self.flow.run(list(FLOW_OUTPUTS), feeds)
-        return mel, lens
+        return tuple(self.flow.run(list(FLOW_OUTPUTS), feeds))
 
     def run_vocoder(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        wave, lens, f0 = self.vocoder.run(list(VOCODER_OUTPUTS), feeds)
-        return wave, lens, f0
+        return tuple(self.vocoder.run(list(VOCODER_OUTPUTS), feeds))
 
 
 class Token2WavStream:
