@@ -51,6 +51,12 @@ DEFAULTS: dict[str, str] = {
     "stream_first_chunk_tokens": "25",
     "stream_chunk_growth": "2.0",
     "stream_max_chunk_tokens": "200",
+    # Work per request (docs/hardening.md): generated ids, audio in, concurrent streams per model.
+    "tts_max_new_tokens": "4096",  # ≈ 98 s of speech; a request may ask for fewer, never more
+    "chat_max_new_tokens_limit": "4096",
+    "max_audio_seconds": "60",
+    "llm_max_streams": "64",  # running + queued generations per LLM model; more → UNAVAILABLE
+    "stream_max_concurrent": "32",  # tts_stream / voice_chat_stream requests in flight per instance
 }
 
 

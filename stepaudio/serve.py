@@ -23,7 +23,9 @@ import argparse
 import glob
 import importlib.util
 import json
+import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -37,9 +39,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepaudio.serving.http_guard import GuardLimits, HttpGuard
+from stepaudio.serving.supervisor import StubSupervisor
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_BACKENDS = PROJECT_ROOT / "backends"
-_SHM_GLOB = "/dev/shm/triton_python_backend_shm_region_*"
+# Every python-based backend names its stubs' regions triton_<backend>_backend_shm_region_<uuid>.
+_SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
+# Triton's restricted-API header: these endpoint groups answer only requests that carry it (Triton checks it).
+ADMIN_HEADER = "stepaudio-admin-key"
+ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
+LOOPBACK = "127.0.0.1"
+log = logging.getLogger("stepaudio.serve")
 
 
 class ServerError(RuntimeError):
@@ -138,22 +149,52 @@ def locate_server(workdir: Path, prefer_system: bool = True) -> ServerBinary:
     return _prepare_wheel_server(workdir)
 
 
+def _mapped_shm_regions() -> set[str]:
+    """Names of the /dev/shm files some live process has mapped (so a sweep never removes another server's)."""
+    mapped = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/maps", "rb") as maps:
+                    mapped.update(
+                        line.rsplit(b"/dev/shm/", 1)[1].split(b" ")[0].strip().decode(errors="replace")
+                        for line in maps if b"/dev/shm/" in line
+                    )
+            except OSError:
+                continue
+    return mapped
+
+
 @dataclass
 class TritonServer:
-    """A tritonserver process on loopback; use as a context manager or call ``start()`` / ``stop()``."""
+    """A supervised tritonserver; use as a context manager or call ``start()`` / ``stop()``.
+
+    Public surface: the HTTP guard on ``host:http_port`` (Triton's own HTTP endpoint listens on loopback only),
+    gRPC on ``grpc_host:grpc_port`` (loopback unless told otherwise: it reaches every model, internal ones
+    included) and metrics on ``host:metrics_port``. Admin APIs (``ADMIN_APIS``) need the ``ADMIN_HEADER`` header
+    with ``admin_key`` unless ``open_admin_api``. A stub that dies is detected and its model reloaded."""
 
     model_repository: Path
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     http_port: int = 0  # 0 = pick a free port
     grpc_port: int = 0
     metrics_port: int = 0
+    grpc_host: str = LOOPBACK
     model_config_name: str | None = None  # None = "cpu" when no GPU is present
     response_cache_bytes: int = 0
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     log_verbose: int = 0
+    admin_key: str | None = None  # None = a random key per start
+    open_admin_api: bool = False
+    guard_limits: GuardLimits = field(default_factory=GuardLimits)
+    supervise: bool = True
 
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    triton_http_port: int = field(default=0, init=False)
+    supervisor: StubSupervisor | None = field(default=None, init=False, repr=False)
+    internal_models: set[str] = field(default_factory=set, init=False)
+    _guard: HttpGuard | None = field(default=None, init=False, repr=False)
     _workdir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
     _shm_before: set[str] = field(default_factory=set, init=False, repr=False)
     _log_file: object = field(default=None, init=False, repr=False)
@@ -163,12 +204,21 @@ class TritonServer:
         return f"{self.host}:{self.http_port}"
 
     @property
+    def triton_http_url(self) -> str:
+        """Triton's own HTTP endpoint (loopback, unguarded): for the launcher, tests and trusted tools."""
+        return f"{LOOPBACK}:{self.triton_http_port}"
+
+    @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{self.grpc_host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {} if self.open_admin_api else {ADMIN_HEADER: self.admin_key or ""}
 
     def command(self, binary: ServerBinary) -> list[str]:
         config_name = self.model_config_name
@@ -177,13 +227,16 @@ class TritonServer:
         cmd = [
             str(binary.executable),
             f"--model-repository={Path(self.model_repository).resolve()}",
-            f"--http-address={self.host}",
-            f"--grpc-address={self.host}",
+            f"--http-address={LOOPBACK}",
+            f"--grpc-address={self.grpc_host}",
             f"--metrics-address={self.host}",
-            f"--http-port={self.http_port}",
+            f"--http-port={self.triton_http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
+            # Explicit model control: the supervisor reloads a model whose stub died (all load at start).
+            "--model-control-mode=explicit",
+            "--load-model=*",
             # Keep serving the models that loaded, so we can ask which ones failed and why.
             "--exit-on-error=false",
             # A busy 2-core box can keep a python stub from answering the default 30 s health check in time,
@@ -191,6 +244,10 @@ class TritonServer:
             "--backend-config=python,stub-timeout-seconds=120",
             f"--log-verbose={self.log_verbose}",
         ]
+        if not self.open_admin_api:
+            apis = ",".join(ADMIN_APIS)
+            cmd += [f"--http-restricted-api={apis}:{ADMIN_HEADER}={self.admin_key}",
+                    f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self.admin_key}"]
         if config_name:
             cmd.append(f"--model-config-name={config_name}")
         if binary.backend_directory is not None:
@@ -202,9 +259,12 @@ class TritonServer:
         return cmd + list(self.extra_args)
 
     def start(self, timeout: float = 120.0) -> TritonServer:
-        for attr in ("http_port", "grpc_port", "metrics_port"):
+        for attr, host in (("http_port", self.host), ("grpc_port", self.grpc_host), ("metrics_port", self.host),
+                           ("triton_http_port", LOOPBACK)):
             if getattr(self, attr) == 0:
-                setattr(self, attr, free_port(self.host))
+                setattr(self, attr, free_port(host))
+        if not self.open_admin_api and not self.admin_key:
+            self.admin_key = secrets.token_urlsafe(24)
         self._workdir = tempfile.TemporaryDirectory(prefix="stepaudio-triton-")
         binary = locate_server(Path(self._workdir.name))
         if self.log_path is None:
@@ -221,18 +281,70 @@ class TritonServer:
         )
         try:
             self._wait_ready(timeout)
+            self.internal_models = self._internal_models()
+            if self.supervise:
+                self.supervisor = StubSupervisor(self.process.pid, self.reload_model, log=self._event_log()).start()
+            self._guard = HttpGuard(
+                f"http://{self.triton_http_url}", self.host, self.http_port, self.guard_limits,
+                down_models=self.down_models, internal_models=lambda: self.internal_models,
+            ).start()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _get(self, path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
-        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body, method=method)
+    def _event_log(self) -> logging.Logger:
+        """The launcher's own events (stub deaths, reloads) go to the server log, between Triton's lines."""
+        logger = logging.getLogger(f"stepaudio.serve.{self.triton_http_port}")
+        handler = logging.StreamHandler(self._log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s stepaudio.supervisor %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        return logger
+
+    def down_models(self) -> dict[str, str]:
+        """Models the supervisor is healing (readiness answers 'not ready' while this is not empty)."""
+        if self.process is None or self.process.poll() is not None:
+            return {"tritonserver": "not running"}
+        return self.supervisor.down() if self.supervisor is not None else {}
+
+    def _get(self, path: str, method: str = "GET", body: bytes | None = None, timeout: float = 5) -> tuple[int, bytes]:
+        """Triton's own HTTP endpoint, with the admin header."""
+        request = urllib.request.Request(f"http://{self.triton_http_url}{path}", data=body, method=method,
+                                         headers=self.admin_headers)
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
+
+    def reload_model(self, model: str, timeout: float = 300.0) -> None:
+        """Replace every instance of ``model``: its own config is loaded again as an override with a changed
+        parameter (a plain load of an unchanged model is a no-op in Triton)."""
+        status, config = self._get(f"/v2/models/{model}/config")
+        if status != 200:
+            raise ServerError(f"reading the config of {model} failed ({status}): {config.decode(errors='replace')}")
+        config = json.loads(config)
+        # Identical configs only update instances in place (none is replaced); a changed parameter reloads all.
+        config.setdefault("parameters", {})["stepaudio_reload"] = {"string_value": str(time.time_ns())}
+        override = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
+        status, body = self._get(f"/v2/repository/models/{model}/load", method="POST", body=override, timeout=timeout)
+        if status != 200:
+            raise ServerError(f"reloading {model} failed ({status}): {body.decode(errors='replace')}")
+
+    def _internal_models(self) -> set[str]:
+        """Models whose config says ``parameters { key: "access" value: { string_value: "internal" } }``."""
+        status, body = self._get("/v2/repository/index", method="POST", body=b"{}")
+        names = [entry["name"] for entry in json.loads(body)] if status == 200 else []
+        internal = set()
+        for name in names:
+            status, body = self._get(f"/v2/models/{name}/config")
+            if status == 200:
+                access = json.loads(body).get("parameters", {}).get("access", {}).get("string_value")
+                if access == "internal":
+                    internal.add(name)
+        return internal
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not Path(self.log_path).exists():
@@ -281,6 +393,11 @@ class TritonServer:
         raise ServerError(f"tritonserver not ready after {timeout:.0f} s\n{self.log_tail()}")
 
     def stop(self, timeout: float = 30.0) -> None:
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
+        if self.supervisor is not None:
+            self.supervisor.stop()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -293,11 +410,7 @@ class TritonServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        for region in set(glob.glob(_SHM_GLOB)) - self._shm_before:
-            try:
-                os.unlink(region)
-            except OSError:
-                pass
+        self._remove_shm_regions()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -305,6 +418,19 @@ class TritonServer:
             self._workdir.cleanup()
             self._workdir = None
         self.process = None
+        self.supervisor = None
+
+    def _remove_shm_regions(self) -> None:
+        """The regions this server's stubs used (the supervisor saw them), plus regions that appeared while it ran
+        and that no live process maps: a crashed server leaves both kinds, another server's are mapped."""
+        owned = set(self.supervisor.shm_regions) if self.supervisor is not None else set()
+        appeared = {Path(p).name for p in set(glob.glob(_SHM_GLOB)) - self._shm_before}
+        stale = owned | (appeared - _mapped_shm_regions())
+        for name in stale:
+            try:
+                os.unlink(f"/dev/shm/{name}")
+            except OSError:
+                pass
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self
@@ -316,7 +442,9 @@ class TritonServer:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stepaudio.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-repository", type=Path, required=True)
-    parser.add_argument("--host", default="127.0.0.1", help="address for HTTP, gRPC and metrics (default loopback)")
+    parser.add_argument("--host", default=LOOPBACK, help="address of the HTTP guard and metrics (default loopback)")
+    parser.add_argument("--grpc-host", default=LOOPBACK,
+                        help="gRPC address (default loopback; gRPC reaches internal models: trusted networks only)")
     parser.add_argument("--http-port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -325,22 +453,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--log-file", type=Path, default=None)
+    parser.add_argument("--admin-key", default=os.environ.get("STEPAUDIO_ADMIN_KEY"),
+                        help=f"value of the {ADMIN_HEADER} header that opens the admin APIs "
+                             "(default: $STEPAUDIO_ADMIN_KEY, else a random key printed at start)")
+    parser.add_argument("--open-admin-api", action="store_true",
+                        help=f"leave {', '.join(ADMIN_APIS)} open to every client (development only)")
+    parser.add_argument("--max-body-bytes", type=int, default=GuardLimits.max_body_bytes)
+    parser.add_argument("--max-json-depth", type=int, default=GuardLimits.max_json_depth)
+    parser.add_argument("--max-restarts", type=int, default=5, help="server crashes healed by a restart, per run")
     args = parser.parse_args(argv)
     if not args.model_repository.is_dir():
         print(f"error: model repository {args.model_repository} is not a directory", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    server = TritonServer(
-        args.model_repository,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        model_config_name=args.model_config_name,
-        response_cache_bytes=args.response_cache_bytes,
-        log_path=args.log_file,
-        log_verbose=args.log_verbose,
-    )
+    def new_server() -> TritonServer:
+        return TritonServer(
+            args.model_repository,
+            host=args.host,
+            grpc_host=args.grpc_host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            model_config_name=args.model_config_name,
+            response_cache_bytes=args.response_cache_bytes,
+            log_path=args.log_file,
+            log_verbose=args.log_verbose,
+            admin_key=args.admin_key,
+            open_admin_api=args.open_admin_api,
+            guard_limits=GuardLimits(max_body_bytes=args.max_body_bytes, max_json_depth=args.max_json_depth),
+        )
+
     stopping = False
 
     def request_stop(signum, _frame):
@@ -349,27 +492,35 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    try:
-        server.start(timeout=args.timeout)
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"tritonserver ready (log: {server.log_path})", flush=True)
-    print(f"  HTTP    http://{server.http_url}", flush=True)
-    print(f"  gRPC    {server.grpc_url}", flush=True)
-    print(f"  metrics {server.metrics_url}", flush=True)
-    print("Ctrl-C to stop.", flush=True)
-    try:
-        while not stopping and server.process.poll() is None:
-            time.sleep(0.5)
-    finally:
-        code = server.process.returncode if server.process and server.process.poll() is not None else None
-        server.stop()
-    if code is not None and not stopping:
-        print(f"tritonserver exited with code {code}", file=sys.stderr)
-        return 1
-    print("stopped", flush=True)
-    return 0
+    restarts = 0
+    while True:
+        server = new_server()
+        try:
+            server.start(timeout=args.timeout)
+        except ServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"tritonserver ready (log: {server.log_path})", flush=True)
+        print(f"  HTTP    http://{server.http_url}   (guarded; Triton's own on {server.triton_http_url})", flush=True)
+        print(f"  gRPC    {server.grpc_url}", flush=True)
+        print(f"  metrics {server.metrics_url}", flush=True)
+        if not server.open_admin_api and not args.admin_key:
+            print(f"  admin APIs need the header {ADMIN_HEADER}: {server.admin_key}", flush=True)
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            while not stopping and server.process.poll() is None:
+                time.sleep(0.5)
+        finally:
+            code = server.process.returncode if server.process and server.process.poll() is not None else None
+            server.stop()
+        if stopping or code is None:
+            print("stopped", flush=True)
+            return 0
+        print(f"tritonserver exited with code {code}", file=sys.stderr, flush=True)
+        if restarts >= args.max_restarts:
+            return 1
+        restarts += 1
+        print(f"restarting the server ({restarts}/{args.max_restarts})", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import traceback
 from typing import Any, Callable
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from stepaudio_triton import errors
 
 
 def parse_config(args: dict) -> dict:
@@ -72,32 +75,39 @@ def string_tensor(name: str, text: str):
     return pb_utils.Tensor(name, np.array([text.encode("utf-8")], dtype=np.object_))
 
 
-def error_response(exc: BaseException):
-    """ValueError (the library's bad-input signal) → INVALID_ARG with its message; anything else → INTERNAL."""
-    if isinstance(exc, ValueError):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
-    return pb_utils.InferenceResponse(
-        error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
-    )
+def _came_over_bls(request) -> bool:
+    try:
+        return bool(json.loads(request.parameters() or "{}").get(errors.BLS_PARAMETER))
+    except (ValueError, AttributeError):
+        return False
+
+
+def error_response(exc: BaseException, request):
+    """The error response for ``request``, its code decided by the exception's type (``errors.CODES``).
+    Our faults (INTERNAL) are logged with the traceback; the client gets a short message."""
+    name = errors.code_name(exc)
+    if name == "INTERNAL":
+        pb_utils.Logger.log_error("".join(traceback.format_exception(exc)))
+    message = errors.for_bls(exc) if _came_over_bls(request) else errors.client_message(exc)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, name)))
+
+
+def _answer(handle: Callable[[Any], list], request):
+    """One request → its response. The exception is turned into a response here and dropped: a kept exception
+    holds its traceback's frames, which hold the request and BLS responses past ``execute`` (see
+    docs/hardening.md, the stub crash)."""
+    try:
+        return pb_utils.InferenceResponse(output_tensors=handle(request))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes that request's error response
+        return error_response(exc, request)
 
 
 def respond_each(requests, handle: Callable[[Any], list], pool=None) -> list:
     """Non-decoupled execute: one response per request; a failing request never fails its batch neighbours.
     With a thread ``pool`` the requests of one batch run concurrently (BLS calls and ONNX Runtime release the GIL)."""
     if pool is None:
-        outcomes = []
-        for request in requests:
-            try:
-                outcomes.append(handle(request))
-            except Exception as exc:  # noqa: BLE001 - every failure becomes that request's error response
-                outcomes.append(exc)
-    else:
-        futures = [pool.submit(handle, request) for request in requests]
-        outcomes = [future.exception() or future.result() for future in futures]
-    return [
-        error_response(o) if isinstance(o, BaseException) else pb_utils.InferenceResponse(output_tensors=o)
-        for o in outcomes
-    ]
+        return [_answer(handle, request) for request in requests]
+    return [future.result() for future in [pool.submit(_answer, handle, request) for request in requests]]
 
 
 def device_for(args: dict, config: dict) -> str:

@@ -3,39 +3,31 @@ concurrent requests overlap), with a called model's errors turned into exception
 
 from __future__ import annotations
 
-import re
-import uuid
+import secrets
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from stepaudio_triton import errors
 
-def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str], request_id: str = ""):
+# The request parameter naming a stream's cancel token; generation.py reads it (one spelling for both sides).
+CANCEL_TOKEN_PARAMETER = "cancel_token"
+
+
+def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str], parameters: dict | None = None):
     return pb_utils.InferenceRequest(
         model_name=model,
         inputs=[pb_utils.Tensor(name, value) for name, value in tensors.items() if value is not None],
         requested_output_names=output_names,
-        request_id=request_id,
+        # BLS_PARAMETER: the called model writes its error code into the message (see errors.py).
+        parameters={errors.BLS_PARAMETER: True, **(parameters or {})},
     )
 
 
-# ``adapter.error_response`` writes internal failures as "TypeName: message" and bad input as the bare message.
-_INTERNAL_MESSAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Interrupt|Exit): ")
-
-
 def raise_if_error(response, model: str) -> None:
-    """INVALID_ARG from the called model stays a ValueError (so it reaches the client as INVALID_ARG).
-
-    Triton 2.51 hands every BLS error back as INTERNAL, whatever code the called model sent (measured, decoupled
-    or not), so the message decides: our models write internal failures as "TypeName: message"
-    (``adapter.error_response``) and bad input as the bare message."""
+    """A called model's error → the exception type it raised (``errors.from_bls``)."""
     if response.has_error():
-        error = response.error()
-        message = error.message()
-        invalid = error.code() == pb_utils.TritonError.INVALID_ARG or not _INTERNAL_MESSAGE.match(message)
-        if invalid:
-            raise ValueError(message)
-        raise RuntimeError(f"{model}: {message}")
+        raise errors.from_bls(response.error().message(), model)
 
 
 def outputs(response, names: list[str]) -> dict[str, np.ndarray]:
@@ -51,13 +43,15 @@ def call(model: str, tensors: dict[str, np.ndarray], output_names: list[str]) ->
 class Stream:
     """A decoupled model's responses as dicts of outputs (its empty final response is skipped).
 
-    ``cancel()`` sends CANCEL = this stream's request id to the same model (see ``generation.LiveStreams``: the
-    2.51 python backend has no BLS cancellation); only models that accept CANCEL can be cancelled."""
+    With ``cancellable`` the stream carries a secret cancel token (request parameter ``cancel_token``) and
+    ``cancel()`` sends CANCEL = that token to the same model (see ``generation.LiveStreams``: the 2.51 python
+    backend has no BLS cancellation); only the LLM models accept CANCEL."""
 
-    def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str]):
+    def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str], cancellable: bool = False):
         self.model, self.names = model, output_names
-        self.request_id = uuid.uuid4().hex
-        self._responses = _request(model, tensors, output_names, self.request_id).exec(decoupled=True)
+        self.cancel_token = secrets.token_hex(16) if cancellable else None
+        parameters = {CANCEL_TOKEN_PARAMETER: self.cancel_token} if cancellable else None
+        self._responses = _request(model, tensors, output_names, parameters).exec(decoupled=True)
         self._cancelled = False
 
     def __iter__(self):
@@ -72,10 +66,10 @@ class Stream:
         model ends a cancelled stream within one decode step.
 
         Best effort, never raises: callers cancel while ending a request, often while reporting another error."""
-        if self._cancelled:
+        if self._cancelled or self.cancel_token is None:
             return
         self._cancelled = True
-        cancel = np.array([self.request_id.encode()], dtype=np.object_)
+        cancel = np.array([self.cancel_token.encode()], dtype=np.object_)
         try:
             for _ in _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True):
                 pass

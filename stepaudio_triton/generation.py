@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import threading
 from typing import Callable
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from stepaudio.errors import Cancelled
 from stepaudio.llm.engine import FINISH_CANCELLED, GenerationRequest, TokenStream
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio_triton.adapter import error_response, optional_scalar, optional_string, required_input
+from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
+from stepaudio_triton.threads import BoundedThreads
+
+MIN_CANCEL_TOKEN_CHARS = 16
 
 # Optional per-request sampling inputs shared by every LLM-backed model: (tensor name, field, cast).
 SAMPLING_INPUTS = (
@@ -35,7 +41,8 @@ def token_ranges(text: str) -> tuple[tuple[int, int], ...] | None:
         raise ValueError(f"allowed_token_ranges must look like 'lo:hi,lo:hi', got {text!r}") from exc
 
 
-def sampling_from_request(request, defaults: SamplingParams) -> SamplingParams:
+def sampling_from_request(request, defaults: SamplingParams, max_new_tokens_limit: int | None = None) -> SamplingParams:
+    """The request's sampling inputs over ``defaults``; MAX_NEW_TOKENS above the model's limit is refused."""
     overrides = {}
     for tensor_name, field_name, cast in SAMPLING_INPUTS:
         value = optional_scalar(request, tensor_name, cast)
@@ -43,6 +50,9 @@ def sampling_from_request(request, defaults: SamplingParams) -> SamplingParams:
             overrides[field_name] = value
     params = dataclasses.replace(defaults, **overrides)
     params.validate()
+    limit = max_new_tokens_limit or defaults.max_new_tokens
+    if params.max_new_tokens > limit:
+        raise ValueError(f"MAX_NEW_TOKENS must be at most {limit} for this model, got {params.max_new_tokens}")
     return params
 
 
@@ -53,14 +63,30 @@ def prompt_ids(request, name: str = "INPUT_IDS") -> list[int]:
     return [int(i) for i in ids.reshape(-1)]
 
 
+def cancel_token(request) -> str | None:
+    """The request parameter ``CANCEL_TOKEN_PARAMETER``: a secret chosen by the stream's owner (BLS callers use
+    16 random bytes), the only key a CANCEL request can name. No token: cancellable by its client only."""
+    try:
+        parameters = json.loads(request.parameters() or "{}")
+    except ValueError:
+        return None
+    token = parameters.get(CANCEL_TOKEN_PARAMETER)
+    if token is None:
+        return None
+    if not isinstance(token, str) or len(token) < MIN_CANCEL_TOKEN_CHARS:
+        raise ValueError(f"parameter {CANCEL_TOKEN_PARAMETER} must be a string of at least {MIN_CANCEL_TOKEN_CHARS} characters")
+    return token
+
+
 class LiveStreams:
-    """Running generations by request id, so a caller can cancel one with a second request.
+    """Running generations by cancel token, so their owner can cancel one with a second request.
 
     Triton 2.51's python backend cannot cancel a BLS request (its ``ResponseIterator`` has no ``cancel``), so a
-    model that consumes an LLM stream through BLS (``tts_stream``, ``voice_chat_stream``) stops it by sending
-    ``CANCEL`` = the stream's request id to the LLM model; ``bls.Stream.cancel`` does that. A cancel may overtake
-    its stream (both are requests to the same model), so an id cancelled before it was added is remembered and
-    the stream is cancelled the moment it is added."""
+    model that consumes an LLM stream through BLS (``tts``, ``tts_stream``, ``voice_chat*``) stops it by sending
+    ``CANCEL`` = the stream's secret cancel token to the LLM model; ``bls.Stream.cancel`` does that. Keys are
+    tokens, never request ids: only the client that chose a stream's token can end it. A cancel may overtake its
+    stream (both are requests to the same model), so a token cancelled before it was added is remembered (bounded)
+    and its stream is cancelled the moment it is added."""
 
     def __init__(self, remembered_cancels: int = 1024):
         self._streams: dict[str, TokenStream] = {}
@@ -68,28 +94,26 @@ class LiveStreams:
         self._remembered_cancels = remembered_cancels
         self._lock = threading.Lock()
 
-    def add(self, request_id: str, stream: TokenStream) -> None:
-        if not request_id:
-            return
+    def add(self, token: str, stream: TokenStream) -> None:
         with self._lock:
-            cancelled_early = request_id in self._early_cancels
+            cancelled_early = token in self._early_cancels
             if cancelled_early:
-                del self._early_cancels[request_id]
+                del self._early_cancels[token]
             else:
-                self._streams[request_id] = stream
+                self._streams[token] = stream
         if cancelled_early:
             stream.cancel()
 
-    def discard(self, request_id: str) -> None:
+    def discard(self, token: str) -> None:
         with self._lock:
-            self._streams.pop(request_id, None)
+            self._streams.pop(token, None)
 
-    def cancel(self, request_id: str) -> bool:
-        """Cancel the stream; True if it was running. An unknown id is remembered (bounded) for a later add."""
+    def cancel(self, token: str) -> bool:
+        """Cancel the stream; True if it was running. An unknown token is remembered (bounded) for a later add."""
         with self._lock:
-            stream = self._streams.pop(request_id, None)
+            stream = self._streams.pop(token, None)
             if stream is None:
-                self._early_cancels[request_id] = None
+                self._early_cancels[token] = None
                 while len(self._early_cancels) > self._remembered_cancels:
                     self._early_cancels.popitem(last=False)
         if stream is not None:
@@ -98,7 +122,8 @@ class LiveStreams:
 
 
 def answer_cancel(request, live: LiveStreams) -> bool:
-    """If ``request`` is a cancel request (input CANCEL), cancel that stream, send the final flag, return True."""
+    """If ``request`` is a cancel request (input CANCEL = a cancel token), cancel that stream, send the final flag,
+    return True."""
     target = optional_string(request, "CANCEL")
     if target is None:
         return False
@@ -109,49 +134,70 @@ def answer_cancel(request, live: LiveStreams) -> bool:
 
 def stream_tokens(
     stream: TokenStream,
-    sender,
+    request,
     respond: Callable[[list[int]], list],
-    on_finish: Callable[[TokenStream], list] | None = None,
-    live: LiveStreams | None = None,
-) -> threading.Thread:
+    live: LiveStreams,
+    token: str | None,
+    workers: BoundedThreads,
+) -> None:
     """Send each id as it arrives (``respond(ids) → output tensors``, or None to send nothing for it), then the
-    final flag. Runs on its own thread so ``execute`` returns at once; blocks on the stream's queue (no polling).
-    Cancellation by the client is checked before every send and stops generation at the engine's next step; with
-    ``live``, the stream is also cancellable by id (a CANCEL request) until it ends."""
-    if live is not None:
-        live.add(stream.request_id, stream)
+    final flag. Runs on one of ``workers`` so ``execute`` returns at once; blocks on the stream's queue (no
+    polling). The client's own cancellation is checked before every send and stops generation at the engine's
+    next step; with a ``token`` the stream is also cancellable by a CANCEL request naming it, and then ends with a
+    CANCELLED error so its client cannot mistake it for a complete result."""
+    sender = request.get_response_sender()
 
     def run():
+        sent = 0
         try:
             for token_id in stream:
                 if sender.is_cancelled():
                     stream.cancel()
                     break
                 outputs = respond([token_id])
+                sent += 1
                 if outputs:
                     sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
-            if stream.finish_reason == FINISH_CANCELLED or sender.is_cancelled():
+            if sender.is_cancelled():
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                return
-            tail = on_finish(stream) if on_finish else None
-            if tail:
-                sender.send(pb_utils.InferenceResponse(output_tensors=tail), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            elif stream.finish_reason == FINISH_CANCELLED:
+                error = Cancelled(f"stream cancelled by its owner after {sent} ids")
+                sender.send(error_response(error, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             else:
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as exc:  # noqa: BLE001 - the client gets the error, the model stays up
             stream.cancel()
-            sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            sender.send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         finally:
-            if live is not None:
-                live.discard(stream.request_id)
+            if token is not None:
+                live.discard(token)
 
-    thread = threading.Thread(target=run, name=f"stream-{stream.request_id}", daemon=True)
-    thread.start()
-    return thread
+    if token is not None:
+        live.add(token, stream)
+    try:
+        workers.submit(run)
+    except Exception:
+        stream.cancel()  # no thread to stream it: free its engine slot
+        if token is not None:
+            live.discard(token)
+        raise
+
+
+def serve_generation(request, live: LiveStreams, workers: BoundedThreads, submit: Callable, respond_for: Callable) -> None:
+    """One LLM request of a decoupled model: a CANCEL request is answered at once; otherwise ``submit(request)``
+    (→ TokenStream, raising ``ValueError`` for bad input) and its ids are streamed with ``respond_for(stream)``."""
+    if answer_cancel(request, live):
+        return
+    try:
+        token = cancel_token(request)
+        stream = submit(request)
+        stream_tokens(stream, request, respond_for(stream), live, token, workers)
+    except Exception as exc:  # noqa: BLE001 - bad input or a full model answers this request only
+        request.get_response_sender().send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 def ids_tensor(name: str, ids: list[int]):
     return pb_utils.Tensor(name, np.asarray(ids, dtype=np.int32))
 
 
-__all__ = ["GenerationRequest", "SamplingParams", "prompt_ids", "sampling_from_request", "stream_tokens", "ids_tensor"]
+__all__ = ["GenerationRequest", "SamplingParams", "prompt_ids", "sampling_from_request", "serve_generation", "ids_tensor"]

@@ -93,10 +93,11 @@ class ChatRun:
         chat_inputs = {"MESSAGES": _string(inputs.messages), **inputs.sampling}
         if self.audio_ids is not None:
             chat_inputs["AUDIO_IDS"] = self.audio_ids
-        self.reply = bls.Stream(graph.chat_model, chat_inputs, ["TEXT_DELTA"])
+        self.reply = bls.Stream(graph.chat_model, chat_inputs, ["TEXT_DELTA"], cancellable=True)
 
     def _transcribe(self) -> str:
-        parts = bls.Stream(self.graph.chat_model, {"MODE": _string("asr"), "AUDIO_IDS": self.audio_ids}, ["TEXT_DELTA"])
+        parts = bls.Stream(self.graph.chat_model, {"MODE": _string("asr"), "AUDIO_IDS": self.audio_ids}, ["TEXT_DELTA"],
+                           cancellable=True)
         return "".join(r["TEXT_DELTA"].reshape(-1)[0].decode() for r in parts)
 
     def reply_deltas(self):

@@ -57,9 +57,10 @@ def validate_waveform(wave, sample_rate, max_seconds: float | None = MAX_INPUT_S
         )
     if wave.shape[-1] == 0:
         raise ValueError("waveform is empty")
-    if not np.all(np.isfinite(wave)):
-        raise ValueError("waveform contains NaN or Inf samples")
+    # The length is checked from the shape before any pass over the samples: an oversized clip costs nothing.
     seconds = wave.shape[-1] / rate
     if max_seconds is not None and seconds > max_seconds:
         raise ValueError(f"waveform is {seconds:.2f} s long; the limit is {max_seconds:g} s")
+    if not np.all(np.isfinite(wave)):
+        raise ValueError("waveform contains NaN or Inf samples")
     return np.ascontiguousarray(to_mono(wave), dtype=np.float32)

@@ -61,9 +61,10 @@ class AudioTokenizer:
         semantic = SemanticTokenizer(tokenizer_dir / layout.SEMANTIC_TOKENIZER_ONNX, vq06_segment_seconds, threads)
         return cls(linguistic, semantic)
 
-    def tokenize(self, wave: np.ndarray, sample_rate: int, trim: bool = False, energy_norm: bool = True) -> TokenizedAudio:
+    def tokenize(self, wave: np.ndarray, sample_rate: int, trim: bool = False, energy_norm: bool = True,
+                 max_seconds: float = MAX_INPUT_SECONDS) -> TokenizedAudio:
         """``trim=True`` for TTS prompt audio (reference ``wav2token``), False for chat input (reference ``__call__``)."""
-        mono = validate_waveform(wave, sample_rate, max_seconds=MAX_INPUT_SECONDS)
+        mono = validate_waveform(wave, sample_rate, max_seconds=max_seconds)
         resampler = Resampler(sample_rate, SAMPLE_RATE)
         wave16k = np.concatenate([resampler.feed(mono), resampler.finish()])
         if energy_norm:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 import types
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,10 +30,24 @@ class FakeResponse:
 
 
 class FakeError:
-    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+    INVALID_ARG, INTERNAL, UNAVAILABLE, CANCELLED = "INVALID_ARG", "INTERNAL", "UNAVAILABLE", "CANCELLED"
 
     def __init__(self, message, code):
         self.message, self.code = message, code
+
+
+logged: list[str] = []
+
+
+class FakeRequest(dict):
+    """Input tensors by name, and the request parameters a BLS caller sets."""
+
+    def __init__(self, tensors=(), parameters="{}"):
+        super().__init__(tensors)
+        self._parameters = parameters
+
+    def parameters(self):
+        return self._parameters
 
 
 @pytest.fixture
@@ -41,6 +57,7 @@ def adapter(monkeypatch):
     fake.InferenceResponse = FakeResponse
     fake.TritonError = FakeError
     fake.get_input_tensor_by_name = lambda request, name: request.get(name)
+    fake.Logger = types.SimpleNamespace(log_error=lambda message: logged.append(message))
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
     sys.modules.pop("stepaudio_triton.adapter", None)
     module = importlib.import_module("stepaudio_triton.adapter")
@@ -81,10 +98,60 @@ def test_a_failing_request_does_not_fail_its_batch(adapter, pool):
             raise RuntimeError("bug")
         return [request]
 
-    ok, bad, boom = adapter.respond_each(["ok", "bad", "boom"], handle, pool)
+    class Named(FakeRequest):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def __eq__(self, other):
+            return self.name == other
+
+    logged.clear()
+    ok, bad, boom = adapter.respond_each([Named("ok"), Named("bad"), Named("boom")], handle, pool)
     assert ok.output_tensors == ["ok"]
     assert (bad.error.code, bad.error.message) == ("INVALID_ARG", "bad request")
     assert boom.error.code == "INTERNAL" and "RuntimeError: bug" in boom.error.message
+    assert len(logged) == 1 and "Traceback" in logged[0] and "bug" in logged[0], "our faults are logged, bad input is not"
+
+
+def test_error_codes_follow_the_exception_type_and_survive_bls(adapter):
+    from stepaudio.errors import Cancelled, Unavailable
+    from stepaudio_triton import errors
+
+    direct, over_bls = FakeRequest(), FakeRequest(parameters='{"stepaudio_bls": true}')
+    for exc, code in ((ValueError("text is empty"), "INVALID_ARG"), (Unavailable("full"), "UNAVAILABLE"),
+                      (Cancelled("gone"), "CANCELLED"), (KeyError("x"), "INTERNAL")):
+        response = adapter.error_response(exc, direct)
+        assert response.error.code == code
+        assert not response.error.message.startswith("["), "direct clients read the plain message"
+        tagged = adapter.error_response(exc, over_bls).error.message
+        assert tagged.startswith(f"[{code}] ")
+        raised = errors.from_bls(tagged, "m")
+        assert errors.code_name(raised) == code, "the caller raises the same kind of exception"
+    # A bad-input message that looks like an exception name stays bad input (no guessing from the text).
+    assert errors.code_name(errors.from_bls("[INVALID_ARG] KeyError: looks internal", "m")) == "INVALID_ARG"
+    # Untagged errors come from Triton itself (a dead stub, a model not loaded): unavailable, not bad input.
+    assert isinstance(errors.from_bls("Stub process 'tts_0_1' is not healthy.", "tts"), Unavailable)
+
+
+@pytest.mark.parametrize("pool", [None, ThreadPoolExecutor(2)])
+def test_a_failed_request_is_released_when_execute_returns(adapter, pool):
+    """The stub crash: a kept exception's traceback held the request (and BLS responses) past ``execute`` in a
+    reference cycle, freed later by the garbage collector on whatever thread ran it. Now nothing outlives it."""
+
+    def handle(request):
+        raise ValueError("bad")
+
+    request = FakeRequest()
+    released = weakref.ref(request)
+    gc.disable()
+    try:
+        responses = adapter.respond_each([request], handle, pool)
+        del request
+        assert released() is None, "the failed request is still referenced after execute returned"
+    finally:
+        gc.enable()
+    assert responses[0].error.code == "INVALID_ARG"
 
 
 class FakeBlsResponse:
@@ -98,16 +165,14 @@ class FakeBlsResponse:
         return self._error
 
 
-def test_bls_errors_keep_bad_input_as_value_error(adapter, monkeypatch):
+def test_bls_errors_keep_their_code(adapter, monkeypatch):
     sys.modules.pop("stepaudio_triton.bls", None)
     bls = importlib.import_module("stepaudio_triton.bls")
-    with pytest.raises(ValueError, match="text is empty"):
-        bls.raise_if_error(FakeBlsResponse("INVALID_ARG", "text is empty"), "m")
-    # BLS responses arrive as INTERNAL whatever the model sent: the message format decides.
-    with pytest.raises(ValueError, match="text is empty"):
-        bls.raise_if_error(FakeBlsResponse("INTERNAL", "text is empty"), "m")
-    with pytest.raises(RuntimeError, match="m: KeyError: 'x'"):
-        bls.raise_if_error(FakeBlsResponse("INTERNAL", "KeyError: 'x'"), "m")
+    # BLS responses arrive as INTERNAL whatever the model sent: the tag our models write decides.
+    with pytest.raises(ValueError, match="^text is empty$"):
+        bls.raise_if_error(FakeBlsResponse("INTERNAL", "[INVALID_ARG] text is empty"), "m")
+    with pytest.raises(RuntimeError, match="KeyError: 'x'"):
+        bls.raise_if_error(FakeBlsResponse("INTERNAL", "[INTERNAL] internal error: KeyError: 'x'"), "m")
     sys.modules.pop("stepaudio_triton.bls", None)
 
 
@@ -118,8 +183,9 @@ def test_a_cancel_that_overtakes_its_stream_still_cancels_it(adapter):
     generation = importlib.import_module("stepaudio_triton.generation")
     live = generation.LiveStreams(remembered_cancels=2)
     running = TokenStream("a")
-    live.add("a", running)
-    assert live.cancel("a") and running.cancel_requested
+    live.add("token-a", running)
+    assert not live.cancel("a"), "a request id is not a cancel key"
+    assert live.cancel("token-a") and running.cancel_requested
     assert not live.cancel("b")  # CANCEL arrived before its stream
     late = TokenStream("b")
     live.add("b", late)
@@ -135,12 +201,13 @@ def test_a_cancel_that_overtakes_its_stream_still_cancels_it(adapter):
 def test_cancelling_a_bls_stream_waits_for_its_final_response(adapter, monkeypatch):
     sys.modules.pop("stepaudio_triton.bls", None)
     bls = importlib.import_module("stepaudio_triton.bls")
-    sent, consumed = [], []
+    sent, consumed, parameter_sets = [], [], []
 
     class Request:
-        def __init__(self, model_name, inputs, requested_output_names, request_id):
+        def __init__(self, model_name, inputs, requested_output_names, parameters):
             self.inputs = {t.name: t.value for t in inputs}
             sent.append(self.inputs)
+            parameter_sets.append(parameters)
 
         def exec(self, decoupled):
             if "CANCEL" in self.inputs:
@@ -148,11 +215,13 @@ def test_cancelling_a_bls_stream_waits_for_its_final_response(adapter, monkeypat
             return (consumed.append(i) or types.SimpleNamespace(has_error=lambda: False) for i in range(3))
 
     monkeypatch.setattr(bls.pb_utils, "InferenceRequest", Request, raising=False)
-    stream = bls.Stream("tts_llm", {"INPUT_IDS": np.array([1, 2])}, ["OUTPUT_IDS"])
+    stream = bls.Stream("tts_llm", {"INPUT_IDS": np.array([1, 2])}, ["OUTPUT_IDS"], cancellable=True)
     stream.cancel()
     stream.cancel()  # a second cancel sends nothing
     assert [list(s) for s in sent] == [["INPUT_IDS"], ["CANCEL"]]
-    assert sent[1]["CANCEL"][0].decode() == stream.request_id
+    token = parameter_sets[0]["cancel_token"]
+    assert len(token) == 32 and sent[1]["CANCEL"][0].decode() == token, "CANCEL names the stream's secret token"
+    assert "cancel_token" not in parameter_sets[1]
     assert consumed == [0, 1, 2], "every response up to the final one must be consumed"
     sys.modules.pop("stepaudio_triton.bls", None)
 
@@ -162,7 +231,7 @@ def test_a_failing_bls_cancel_does_not_raise(adapter, monkeypatch):
     bls = importlib.import_module("stepaudio_triton.bls")
 
     class Request:
-        def __init__(self, model_name, inputs, requested_output_names, request_id):
+        def __init__(self, model_name, inputs, requested_output_names, parameters):
             self.cancel = any(t.name == "CANCEL" for t in inputs)
 
         def exec(self, decoupled):
@@ -171,5 +240,5 @@ def test_a_failing_bls_cancel_does_not_raise(adapter, monkeypatch):
             return iter([])
 
     monkeypatch.setattr(bls.pb_utils, "InferenceRequest", Request, raising=False)
-    bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"]).cancel()  # callers are ending a request
+    bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"], cancellable=True).cancel()  # callers are ending
     sys.modules.pop("stepaudio_triton.bls", None)

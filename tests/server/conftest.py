@@ -6,6 +6,7 @@ talks to it goes through ``triton_server``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from stepaudio.serve import TritonServer
+from stepaudio.serving.http_guard import GuardLimits
 
 SMOKE_REPOSITORY = Path(__file__).parent / "smoke_repository"
 
@@ -87,6 +89,8 @@ def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
     from export.render_repository import render
     from stepaudio.checkpoints import layout
 
+    if os.environ.get("STEPAUDIO_TEST_REPOSITORY"):  # development: reuse a repository rendered with these values
+        return Path(os.environ["STEPAUDIO_TEST_REPOSITORY"])
     repo = tmp_path_factory.mktemp("model_repository")
     # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
     render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR, {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000"})
@@ -96,7 +100,9 @@ def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
 @pytest.fixture(scope="session")
 def triton_server(model_repository, tmp_path_factory):
     log = tmp_path_factory.mktemp("server_log") / "server.log"
-    with TritonServer(model_repository, log_path=log) as server:
+    # A small body limit, so the test of the limit sends 16 MiB, not the production 64.
+    limits = GuardLimits(max_body_bytes=16 * 1024 * 1024)
+    with TritonServer(model_repository, log_path=log, guard_limits=limits) as server:
         yield server
 
 

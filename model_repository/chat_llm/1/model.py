@@ -18,21 +18,9 @@ from stepaudio.chat.template import ChatTurn, asr_max_new_tokens, asr_turns, tur
 from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio.llm.tokenizer import Step1Tokenizer
-from stepaudio_triton.adapter import (
-    device_for,
-    error_response,
-    optional_input,
-    optional_string,
-    parameter,
-    parse_config,
-)
-from stepaudio_triton.generation import (
-    LiveStreams,
-    answer_cancel,
-    sampling_from_request,
-    stream_tokens,
-    token_ranges,
-)
+from stepaudio_triton.adapter import device_for, optional_input, optional_string, parameter, parse_config
+from stepaudio_triton.generation import LiveStreams, sampling_from_request, serve_generation, token_ranges
+from stepaudio_triton.threads import BoundedThreads
 
 
 def conversation(request) -> tuple[list[ChatTurn], bool]:
@@ -81,32 +69,33 @@ class TritonPythonModel:
         )
         self.defaults.validate()
         self.asr_defaults = dataclasses.replace(self.defaults, temperature=0.0)
+        self.max_new_tokens_limit = parameter(config, "max_new_tokens_limit", self.defaults.max_new_tokens, int)
         self.live = LiveStreams()
+        self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "chat_llm")
 
     def execute(self, requests):
         for request in requests:
-            if answer_cancel(request, self.live):
-                continue
-            sender = request.get_response_sender()
-            try:
-                turns, asr = conversation(request)
-                ids = chat_prompt_ids(self.tokenizer, turns, self.max_context_tokens)
-                defaults = self.defaults
-                if asr:
-                    defaults = dataclasses.replace(self.asr_defaults, max_new_tokens=asr_max_new_tokens(len(turns[-1].audio_ids)))
-                sampling = sampling_from_request(request, defaults)
-                stream = self.engine.submit(GenerationRequest(ids, sampling, request.request_id()))
-            except Exception as exc:  # noqa: BLE001 - bad input answers this request only
-                sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                continue
-            deltas = TextDeltas(self.tokenizer)
-
-            def respond(token_ids, deltas=deltas):
-                text = "".join(deltas.feed(t) for t in token_ids)
-                return [pb_utils.Tensor("TEXT_DELTA", np.array([text.encode()], dtype=np.object_))] if text else None
-
-            stream_tokens(stream, sender, respond, live=self.live)
+            serve_generation(request, self.live, self.workers, self._submit, self._text_deltas)
         return None
 
+    def _submit(self, request):
+        turns, asr = conversation(request)
+        ids = chat_prompt_ids(self.tokenizer, turns, self.max_context_tokens)
+        defaults = self.defaults
+        if asr:
+            defaults = dataclasses.replace(self.asr_defaults, max_new_tokens=asr_max_new_tokens(len(turns[-1].audio_ids)))
+        sampling = sampling_from_request(request, defaults, max(self.max_new_tokens_limit, defaults.max_new_tokens))
+        return self.engine.submit(GenerationRequest(ids, sampling, request.request_id()))
+
+    def _text_deltas(self, stream):
+        deltas = TextDeltas(self.tokenizer)
+
+        def respond(token_ids):
+            text = "".join(deltas.feed(t) for t in token_ids)
+            return [pb_utils.Tensor("TEXT_DELTA", np.array([text.encode()], dtype=np.object_))] if text else None
+
+        return respond
+
     def finalize(self):
-        self.engine.shutdown()
+        self.engine.shutdown()  # ends every stream, so the stream threads finish
+        self.workers.close()

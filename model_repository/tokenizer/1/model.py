@@ -34,10 +34,14 @@ class TritonPythonModel:
             vq02_onnx=repository_path(args, parameter(config, "vq02_onnx", "1/vq02_encoder_chunk.onnx")),
             threads=threads,
         )
-        self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1))))
+        self.max_seconds = parameter(config, "max_audio_seconds", 60.0, float)
+        self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1))), thread_name_prefix="tokenizer")
 
     def execute(self, requests):
         return respond_each(requests, self._tokenize, self.pool)
+
+    def finalize(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _tokenize(self, request):
         audio = required_input(request, "AUDIO")
@@ -46,7 +50,7 @@ class TritonPythonModel:
         rate = optional_scalar(request, "SAMPLE_RATE", int)
         if rate is None:
             raise ValueError("SAMPLE_RATE is required")
-        result = self.tokenizer.tokenize(audio[0], rate, trim=False)
+        result = self.tokenizer.tokenize(audio[0], rate, trim=False, max_seconds=self.max_seconds)
         if not result.ids:
             raise ValueError("audio is too short to give one 120 ms group of audio tokens")
         return [

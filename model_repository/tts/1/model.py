@@ -56,7 +56,7 @@ class TritonPythonModel:
                 "(or to tts_stream, which routes by itself)"
             )
         generated = []
-        for response in bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"]):
+        for response in bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"], cancellable=True):
             generated.extend(int(i) for i in response["OUTPUT_IDS"].reshape(-1))
         tokens = decoder_tokens(generated)
         prompt_tokens, prompt_mel = prepared["PROMPT_TOKENS"], prepared["PROMPT_MEL"]

@@ -5,6 +5,8 @@ Holds the voice cache (prompt tokens, prompt mel, CAM++ embedding keyed by audio
 arrays, never paths.
 """
 
+import gc
+
 import numpy as np
 
 from stepaudio.tts.frontend import TTSFrontend, TTSRequest
@@ -55,6 +57,11 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return respond_each(requests, self._prepare)
+
+    def finalize(self):
+        # ONNX Runtime sessions freed while the interpreter is still whole, not by exit-time teardown.
+        self.frontend = None
+        gc.collect()
 
     def _prepare(self, request):
         prepared = self.frontend.prepare(tts_request(request))

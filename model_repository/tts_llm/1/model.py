@@ -5,20 +5,18 @@ Inputs: INPUT_IDS (the full prompt, built by ``tts_frontend``) and the optional 
 stop id is not sent), then an empty final response. Every concurrent stream shares one forward per decode step.
 """
 
-import triton_python_backend_utils as pb_utils
-
 from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
 from stepaudio.llm.sampling import SamplingParams
-from stepaudio_triton.adapter import device_for, error_response, parameter, parse_config
+from stepaudio_triton.adapter import device_for, parameter, parse_config
 from stepaudio_triton.generation import (
     LiveStreams,
-    answer_cancel,
     ids_tensor,
     prompt_ids,
     sampling_from_request,
-    stream_tokens,
+    serve_generation,
     token_ranges,
 )
+from stepaudio_triton.threads import BoundedThreads
 
 
 class TritonPythonModel:
@@ -42,23 +40,23 @@ class TritonPythonModel:
             allowed_token_ranges=token_ranges(parameter(config, "allowed_token_ranges", "")),
         )
         self.defaults.validate()
+        self.max_new_tokens_limit = parameter(config, "max_new_tokens_limit", self.defaults.max_new_tokens, int)
         self.live = LiveStreams()
+        self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "tts_llm")
 
     def execute(self, requests):
         for request in requests:
-            if answer_cancel(request, self.live):
-                continue
-            sender = request.get_response_sender()
-            try:
-                generation = GenerationRequest(
-                    prompt_ids(request), sampling_from_request(request, self.defaults), request.request_id()
-                )
-                stream = self.engine.submit(generation)
-            except Exception as exc:  # noqa: BLE001 - bad input answers this request only
-                sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                continue
-            stream_tokens(stream, sender, lambda ids: [ids_tensor("OUTPUT_IDS", ids)], live=self.live)
+            serve_generation(request, self.live, self.workers, self._submit, lambda stream: self._respond)
         return None
 
+    def _submit(self, request):
+        sampling = sampling_from_request(request, self.defaults, self.max_new_tokens_limit)
+        return self.engine.submit(GenerationRequest(prompt_ids(request), sampling, request.request_id()))
+
+    @staticmethod
+    def _respond(ids):
+        return [ids_tensor("OUTPUT_IDS", ids)]
+
     def finalize(self):
-        self.engine.shutdown()
+        self.engine.shutdown()  # ends every stream, so the stream threads finish
+        self.workers.close()

@@ -9,8 +9,6 @@ first chunk comes after ``first_chunk_tokens`` ids, later ones grow. Each respon
 stream (its slot is freed at the engine's next step) and drops the decoder state.
 """
 
-import threading
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -26,6 +24,7 @@ from stepaudio_triton.adapter import (
 )
 from stepaudio_triton.generation import SAMPLING_INPUTS
 from stepaudio_triton.served_decoder import ServedToken2Wav
+from stepaudio_triton.threads import BoundedThreads
 
 FRONTEND_INPUTS = ("TEXT", "SPEAKER", "PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")
 FRONTEND_OUTPUTS = ["INPUT_IDS", "PROMPT_TOKENS", "PROMPT_MEL", "SPEAKER_EMBEDDING", "DECODER"]
@@ -51,10 +50,18 @@ class TritonPythonModel:
         self.frontend_model = parameter(config, "frontend_model", "tts_frontend")
         self.llm_model = parameter(config, "llm_model", "tts_llm")
 
+        self.workers = BoundedThreads(parameter(config, "max_streams", 32, int), "tts_stream")
+
     def execute(self, requests):
         for request in requests:
-            threading.Thread(target=self._serve, args=(request,), daemon=True).start()
+            try:
+                self.workers.submit(lambda request=request: self._serve(request))
+            except Exception as exc:  # noqa: BLE001 - all workers busy: UNAVAILABLE for this request
+                request.get_response_sender().send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
+
+    def finalize(self):
+        self.workers.close()
 
     def _serve(self, request):
         sender = request.get_response_sender()
@@ -76,7 +83,8 @@ class TritonPythonModel:
                 self.schedule,
             )
             rate = np.array([decoder.sample_rate], dtype=np.int32)
-            llm_responses = bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"])
+            llm_responses = bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"],
+                                       cancellable=True)
             for response in llm_responses:
                 if sender.is_cancelled():
                     llm_responses.cancel()
@@ -93,4 +101,4 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 - the client gets the error; the model stays READY
             if llm_responses is not None:
                 llm_responses.cancel()
-            sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            sender.send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

@@ -17,11 +17,15 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         self.graph = ChatGraph.from_config(config)
-        self.pool = ThreadPoolExecutor(8)
-        self.asr_pool = ThreadPoolExecutor(8)  # separate: turns wait on transcriptions
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="voice_chat")
+        self.asr_pool = ThreadPoolExecutor(8, thread_name_prefix="voice_chat-asr")  # separate: turns wait on transcriptions
 
     def execute(self, requests):
         return respond_each(requests, self._turn, self.pool)
+
+    def finalize(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.asr_pool.shutdown(wait=True, cancel_futures=True)
 
     def _turn(self, request):
         run = ChatRun(self.graph, ChatTurnInputs.from_request(request, self.graph), self.asr_pool)

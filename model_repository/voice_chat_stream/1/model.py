@@ -12,7 +12,8 @@ import triton_python_backend_utils as pb_utils
 
 from stepaudio.chat.speech import SentenceSplitter
 from stepaudio_triton import bls
-from stepaudio_triton.adapter import error_response, parse_config, string_tensor, tensor
+from stepaudio_triton.adapter import error_response, parameter, parse_config, string_tensor, tensor
+from stepaudio_triton.threads import BoundedThreads
 from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
 
 _DONE = object()
@@ -20,13 +21,27 @@ _DONE = object()
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.graph = ChatGraph.from_config(parse_config(args))
-        self.pool = ThreadPoolExecutor(16)
+        config = parse_config(args)
+        self.graph = ChatGraph.from_config(config)
+        limit = parameter(config, "max_streams", 16, int)
+        self.pool = ThreadPoolExecutor(limit, thread_name_prefix="voice_chat_stream-asr")
+        self.turns = BoundedThreads(limit, "voice_chat_stream")
+        # One speaker per running turn; twice the room because a finished speaker frees its slot a moment after
+        # its turn may already have ended and been replaced.
+        self.speakers = BoundedThreads(2 * limit, "voice_chat_stream-tts")
 
     def execute(self, requests):
         for request in requests:
-            threading.Thread(target=self._turn, args=(request,), daemon=True).start()
+            try:
+                self.turns.submit(lambda request=request: self._turn(request))
+            except Exception as exc:  # noqa: BLE001 - all workers busy: UNAVAILABLE for this request
+                request.get_response_sender().send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
+
+    def finalize(self):
+        self.turns.close()
+        self.speakers.close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _turn(self, request):
         sender = request.get_response_sender()
@@ -42,8 +57,8 @@ class TritonPythonModel:
             run = ChatRun(self.graph, ChatTurnInputs.from_request(request, self.graph), self.pool)
             sentences: queue.Queue = queue.Queue()
             speak_errors: list = []
-            speaker = threading.Thread(target=self._speak, args=(run, sentences, send, sender, speak_errors), daemon=True)
-            speaker.start()
+            spoken = threading.Event()
+            self.speakers.submit(lambda: self._speak(run, sentences, send, sender, speak_errors, spoken))
             splitter = SentenceSplitter(self.graph.max_sentence_chars)
             for delta in run.reply_deltas():
                 if sender.is_cancelled():
@@ -55,7 +70,7 @@ class TritonPythonModel:
             for sentence in splitter.flush():
                 sentences.put(sentence)
             sentences.put(_DONE)
-            speaker.join()
+            spoken.wait()
             if speak_errors:
                 raise speak_errors[0]
             send([string_tensor("USER_TRANSCRIPT", run.transcript())], final=True)
@@ -63,9 +78,9 @@ class TritonPythonModel:
             if run is not None:
                 run.cancel()
             with send_lock:
-                sender.send(error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                sender.send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def _speak(self, run, sentences, send, sender, errors):
+    def _speak(self, run, sentences, send, sender, errors, spoken):
         try:
             while (sentence := sentences.get()) is not _DONE:
                 if sender.is_cancelled():
@@ -74,3 +89,5 @@ class TritonPythonModel:
                     send([tensor("WAVEFORM", chunk["WAVEFORM"].astype(np.float32)), tensor("SAMPLE_RATE", chunk["SAMPLE_RATE"])])
         except Exception as exc:  # noqa: BLE001 - reported by the turn thread
             errors.append(exc)
+        finally:
+            spoken.set()

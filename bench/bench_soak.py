@@ -1,0 +1,159 @@
+"""Soak: many streams, cancellations and hostile requests against a server this script starts and supervises.
+
+    .venv/bin/python bench/bench_soak.py --repository build/model_repository --sequential 1000 --concurrent 64
+
+Phases: warm-up, then ``--sequential`` streams one after another, then ``--concurrent`` streams at once (a gRPC
+client each). Every ``--cancel-every``-th stream is cancelled after its first chunk; every ``--bad-every``-th
+request is hostile (100 kB text, MAX_NEW_TOKENS 2^31-1, the nested-JSON body to the HTTP endpoint) and must be
+refused with INVALID_ARG / 400. Prints unexpected failures, first-chunk p50/p95, and the server's memory (RSS of
+tritonserver + stubs) and shared memory before, right after, and after a short idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stepaudio.serve import TritonServer  # noqa: E402
+from stepaudio.serving.supervisor import list_stubs  # noqa: E402
+
+NESTED = b'{"TEXT":' + b"[" * 50_000 + b"]" * 50_000 + b',"SPEAKER":"Tingting"}'
+
+
+def memory(server: TritonServer) -> tuple[float, float]:
+    """(RSS MiB of tritonserver + its stubs, MiB of this server's /dev/shm regions)."""
+    pids = [server.process.pid] + [s.pid for s in list_stubs(server.process.pid)]
+    rss = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+        except OSError:
+            pass
+    server.supervisor.scan()
+    shm = sum(os.path.getsize(f"/dev/shm/{r}") for r in server.supervisor.shm_regions if os.path.exists(f"/dev/shm/{r}"))
+    return rss / 1024, shm / 2**20
+
+
+def _input(name, array):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def one_stream(url: str, seed: int, kind: str, tokens: int) -> tuple[str, float | None]:
+    """→ (outcome, first-chunk seconds). Outcomes: ok, cancelled, refused (expected), or 'unexpected: ...'."""
+    import tritonclient.grpc as grpcclient
+
+    if kind == "nested":
+        request = urllib.request.Request(f"http://{url.split('|')[1]}/v2/models/tts_stream/generate_stream", data=NESTED,
+                                         method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=60)
+            return "unexpected: nested JSON accepted", None
+        except urllib.error.HTTPError as exc:
+            return ("refused", None) if exc.code == 400 else (f"unexpected: HTTP {exc.code}", None)
+    text = "你" * 34_000 if kind == "long_text" else "你好，世界。"
+    max_new = 2**31 - 1 if kind == "huge_cap" else tokens
+    client = grpcclient.InferenceServerClient(url.split("|")[0])
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    started, first = time.perf_counter(), None
+    try:
+        client.async_stream_infer("tts_stream", [
+            _input("TEXT", np.array([text.encode()], dtype=np.object_)),
+            _input("SPEAKER", np.array([b"Tingting"], dtype=np.object_)),
+            _input("SEED", np.array([seed], np.int64)),
+            _input("MAX_NEW_TOKENS", np.array([max_new], np.int32)),
+        ], enable_empty_final_response=True)
+        while True:
+            result, error = responses.get(timeout=300)
+            if error is not None:
+                if kind in ("long_text", "huge_cap") and "INVALID_ARGUMENT" in str(error.status()):
+                    return "refused", None
+                return f"unexpected: {error}", first
+            if kind in ("long_text", "huge_cap"):
+                return "unexpected: hostile request accepted", None
+            if result.as_numpy("WAVEFORM") is not None and first is None:
+                first = time.perf_counter() - started
+                if kind == "cancel":
+                    return "cancelled", first
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return "ok", first
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+
+
+def kind_of(i: int, args) -> str:
+    if args.bad_every and i % args.bad_every == args.bad_every - 1:
+        return ("long_text", "huge_cap", "nested")[(i // args.bad_every) % 3]
+    if args.cancel_every and i % args.cancel_every == args.cancel_every - 1:
+        return "cancel"
+    return "stream"
+
+
+def report(name: str, outcomes: list[tuple[str, float | None]], seconds: float) -> int:
+    unexpected = [o for o, _ in outcomes if o.startswith("unexpected")]
+    firsts = np.array([f for o, f in outcomes if f is not None and o == "ok"])
+    counts = {k: sum(o == k for o, _ in outcomes) for k in ("ok", "cancelled", "refused")}
+    p50, p95 = (np.percentile(firsts, 50) * 1000, np.percentile(firsts, 95) * 1000) if firsts.size else (0, 0)
+    print(f"{name}: {len(outcomes)} requests in {seconds:.0f} s: {counts}, unexpected {len(unexpected)}; "
+          f"first chunk p50 {p50:.0f} ms, p95 {p95:.0f} ms")
+    for line in unexpected[:5]:
+        print("   ", line[:300])
+    return len(unexpected)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("build/model_repository"))
+    parser.add_argument("--sequential", type=int, default=200)
+    parser.add_argument("--concurrent", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=40, help="MAX_NEW_TOKENS of the normal streams")
+    parser.add_argument("--cancel-every", type=int, default=7)
+    parser.add_argument("--bad-every", type=int, default=10)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+
+    with TritonServer(args.repository, log_path=Path("build/soak_server.log")) as server:
+        url = f"{server.grpc_url}|{server.http_url}"
+        for i in range(3):
+            one_stream(url, i, "stream", args.tokens)
+        before = memory(server)
+        print(f"baseline after warm-up: RSS {before[0]:.0f} MiB, shared memory {before[1]:.0f} MiB")
+        unexpected = 0
+        started = time.perf_counter()
+        outcomes = [one_stream(url, 1000 + i, kind_of(i, args), args.tokens) for i in range(args.sequential)]
+        unexpected += report(f"sequential ×{args.sequential}", outcomes, time.perf_counter() - started)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrent) as pool:
+            outcomes = list(pool.map(lambda i: one_stream(url, 5000 + i, kind_of(i, args), args.tokens),
+                                     range(args.concurrent)))
+        unexpected += report(f"concurrent ×{args.concurrent}", outcomes, time.perf_counter() - started)
+        after = memory(server)
+        time.sleep(args.idle_seconds)
+        idle = memory(server)
+        print(f"RSS MiB: baseline {before[0]:.0f}, after {after[0]:.0f}, after {args.idle_seconds:.0f} s idle {idle[0]:.0f} "
+              f"({idle[0] - before[0]:+.0f}); shared memory MiB: {before[1]:.0f} → {after[1]:.0f} → {idle[1]:.0f}")
+        print(f"stub restarts: {server.supervisor.restarts or 'none'}; ready: {not server.down_models()}")
+    return 1 if unexpected else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Stub supervision: find each model instance's python stub process, notice when one dies, reload its model.
+
+Triton 2.51's python backend never restarts a dead stub (the non-decoupled restart was removed upstream in 24.06)
+and its readiness endpoints keep answering 200 while every request routed to that instance fails with
+"Stub process '<instance>' is not healthy". The supervisor closes that gap from outside the server:
+
+- every ``interval_s`` it lists the server's stub processes from ``/proc`` (a stub's argv carries its model file,
+  shared-memory region and instance name);
+- a known instance whose process is gone or a zombie marks its model *down* (the guard's readiness says so) and
+  the model is reloaded through Triton's model-control API (explicit mode): new stubs start, the old version
+  serves the requests already queued and is then unloaded;
+- once the new stubs exist the model is up again.
+
+It also remembers every shared-memory region a stub of this server used, so the launcher removes exactly those
+(and never another server's) when it stops, however the server ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+STUB_EXECUTABLE = "triton_python_backend_stub"
+
+
+@dataclass(frozen=True)
+class Stub:
+    pid: int
+    model: str
+    instance: str
+    shm_region: str
+    zombie: bool
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def list_stubs(server_pid: int) -> list[Stub]:
+    """The python stubs whose parent is ``server_pid``. Stub argv: exe, model file, shm region, shm sizes (2),
+    parent pid, backend dir, IPC handle, instance name, ... (python_backend's stub launcher)."""
+    stubs = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _read(f"/proc/{entry}/stat")
+        argv = (_read(f"/proc/{entry}/cmdline") or b"").split(b"\0")
+        if stat is None:
+            continue
+        # The command name in parentheses may contain spaces: the fields after its closing parenthesis are fixed.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[1]) != server_pid:
+            continue
+        state = fields[0].decode()
+        if len(argv) > 8 and argv[0].endswith(STUB_EXECUTABLE.encode()):
+            model_file = Path(argv[1].decode(errors="replace"))
+            stubs.append(Stub(int(entry), model_file.parent.parent.name, argv[8].decode(), argv[2].decode(), state == "Z"))
+    return stubs
+
+
+class StubSupervisor:
+    """Watches one server's stubs on a thread; ``down()`` is the set of models being healed, with the reason."""
+
+    def __init__(self, server_pid: int, reload_model: Callable[[str], None], interval_s: float = 0.5,
+                 settle_timeout_s: float = 120.0, log: logging.Logger | None = None):
+        self.server_pid, self.reload_model = server_pid, reload_model
+        self.log = log or logging.getLogger("stepaudio.supervisor")
+        self.interval_s, self.settle_timeout_s = interval_s, settle_timeout_s
+        self.shm_regions: set[str] = set()
+        self.restarts: dict[str, int] = {}
+        self._instances: dict[str, dict[str, int]] = {}  # model → instance name → pid of its live stub
+        self._retired: set[int] = set()  # pids of replaced stubs, whatever state they are in
+        self._down: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def down(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._down)
+
+    def start(self) -> StubSupervisor:
+        self._baseline()
+        self._thread = threading.Thread(target=self._run, name="stub-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        self.scan()  # last look: regions of stubs started since the previous poll
+
+    def scan(self) -> list[Stub]:
+        stubs = list_stubs(self.server_pid)
+        self.shm_regions.update(s.shm_region for s in stubs if s.shm_region)
+        return stubs
+
+    def _baseline(self) -> None:
+        for stub in self.scan():
+            if not stub.zombie:
+                self._instances.setdefault(stub.model, {})[stub.instance] = stub.pid
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._check()
+            except Exception:  # noqa: BLE001 - supervision must outlive any one failed check
+                self.log.exception("stub supervision check failed")
+
+    def _check(self) -> None:
+        alive = {s.pid for s in self.scan() if not s.zombie}
+        for model, instances in list(self._instances.items()):
+            dead = sorted(name for name, pid in instances.items() if pid not in alive)
+            if dead:
+                self._heal(model, dead)
+
+    def _heal(self, model: str, dead: list[str]) -> None:
+        reason = f"stub of instance {', '.join(dead)} died; reloading"
+        self.log.error("model %s: %s", model, reason)
+        with self._lock:
+            self._down[model] = reason
+        old = set(self._instances[model].values())
+        try:
+            self.reload_model(model)
+            self._await_new_stubs(model, old)
+        except Exception as exc:  # noqa: BLE001 - stays down; the next check retries
+            self.log.error("model %s: reload failed: %s", model, exc)
+            with self._lock:
+                self._down[model] = f"reload failed: {exc}"
+            return
+        self.restarts[model] = self.restarts.get(model, 0) + 1
+        with self._lock:
+            self._down.pop(model, None)
+        self.log.warning("model %s: reloaded, %d instance(s) serving", model, len(self._instances[model]))
+
+    def _await_new_stubs(self, model: str, old: set[int]) -> None:
+        self._retired |= old
+        expected = set(self._instances[model])
+        deadline = time.monotonic() + self.settle_timeout_s
+        while time.monotonic() < deadline:
+            fresh = {s.instance: s.pid for s in self.scan()
+                     if s.model == model and not s.zombie and s.pid not in self._retired}
+            if expected <= set(fresh):
+                self._instances[model] = fresh
+                return
+            time.sleep(self.interval_s)
+        raise TimeoutError(f"new stubs of {model} did not appear within {self.settle_timeout_s:.0f} s")

@@ -1,0 +1,286 @@
+"""Hostile input and faults against the live server (issue: production hardening). Each test is one finding of the
+QA pass: the request that crashed the server, caps on work per request, foreign CANCEL, admin APIs, and stubs
+killed while streams run (the service heals and readiness tells the truth meanwhile)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from stepaudio.serve import ADMIN_HEADER, TritonServer
+from stepaudio.serving.supervisor import list_stubs
+from tests.server.conftest import grpc_input, http_input
+
+pytestmark = pytest.mark.server
+
+# The body that crashed Triton 2.51 (SIGSEGV in its JSON parser): ~100 kB of nesting in one string field.
+CRASH_BODY = b'{"TEXT":' + b"[" * 50_000 + b"]" * 50_000 + b',"SPEAKER":"Tingting"}'
+
+
+def post(url: str, path: str, body: bytes, headers: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://{url}{path}", data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def ready(server: TritonServer, path: str = "/v2/health/ready") -> int:
+    try:
+        with urllib.request.urlopen(f"http://{server.http_url}{path}", timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _s(text: str) -> np.ndarray:
+    return np.array([text.encode()], dtype=np.object_)
+
+
+def llm_stream(grpc_url: str, request_id: str, max_new_tokens: int, parameters: dict | None = None,
+               started: threading.Event | None = None) -> tuple[int, Exception | None]:
+    """(ids received, error) from a direct tts_llm stream."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    count = 0
+    try:
+        client.async_stream_infer(
+            "tts_llm",
+            [grpc_input("INPUT_IDS", np.array([1, 4, 300, 301, 302], np.int32)),
+             grpc_input("MAX_NEW_TOKENS", np.array([max_new_tokens], np.int32)),
+             grpc_input("SEED", np.array([3], np.int64))],
+            request_id=request_id, enable_empty_final_response=True, parameters=parameters,
+        )
+        while True:
+            result, error = responses.get(timeout=120)
+            if error is not None:
+                return count, error
+            ids = result.as_numpy("OUTPUT_IDS")
+            if ids is not None:
+                count += ids.size
+                if started is not None:
+                    started.set()
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return count, None
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def send_cancel(grpc_url: str, target: str) -> None:
+    """A CANCEL request to tts_llm, as any client could send it."""
+    llm_cancel = [grpc_input("CANCEL", _s(target))]
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    done = threading.Event()
+    client.start_stream(callback=lambda result, error: done.set())
+    try:
+        client.async_stream_infer("tts_llm", llm_cancel, enable_empty_final_response=True)
+        assert done.wait(30)
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+# --- finding 1: the crash body -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/v2/models/tts_stream/generate_stream", "/v2/models/ensemble_tts/infer"])
+def test_deeply_nested_json_is_refused_and_the_server_stays_up(triton_server, path):
+    status, body = post(triton_server.http_url, path, CRASH_BODY)
+    assert status == 400 and b"nesting" in body
+    assert triton_server.process.poll() is None
+    assert ready(triton_server) == 200
+
+
+def test_nesting_inside_a_string_is_text_not_structure(triton_server):
+    body = b'{"TEXT":"' + b"[" * 200 + b'","SPEAKER":"Tingting","MAX_NEW_TOKENS":20,"SEED":1}'
+    status, reply = post(triton_server.http_url, "/v2/models/tts_stream/generate_stream", body)
+    assert status == 200 and b"WAVEFORM" in reply
+
+
+def test_a_body_over_the_limit_is_refused_before_triton_sees_it(triton_server):
+    limit = triton_server.guard_limits.max_body_bytes
+    status, body = post(triton_server.http_url, "/v2/models/tokenizer/infer", b" " * (limit + 1))
+    assert status == 413 and b"exceeds" in body
+    assert ready(triton_server) == 200
+
+
+# --- finding 4: work per request is capped -------------------------------------------------------------------
+
+def test_max_new_tokens_above_the_limit_is_invalid_arg(http_client, grpc_client):
+    from tests.server.test_tts import stream, tts_inputs
+
+    too_many = np.array([2**31 - 1], np.int32)
+    with pytest.raises(InferenceServerException, match="MAX_NEW_TOKENS must be at most") as refused:
+        http_client.infer("ensemble_tts", [http_input(k, v) for k, v in tts_inputs(MAX_NEW_TOKENS=too_many[None]).items()])
+    assert "INVALID_ARG" in str(refused.value.status()) or refused.value.status() == "400"
+    chunks, error = stream(grpc_client, tts_inputs(batched=False, MAX_NEW_TOKENS=too_many))
+    assert chunks == [] and "MAX_NEW_TOKENS must be at most" in str(error)
+    assert error.status() == "StatusCode.INVALID_ARGUMENT", "the code must survive BLS (tts_stream → tts_llm)"
+
+
+def test_audio_over_the_limit_is_refused_at_once(http_client):
+    minutes = np.zeros((1, 1, 16_000 * 61), np.float32)  # 61 s at 16 kHz: over the 60 s limit
+    started = time.perf_counter()
+    with pytest.raises(InferenceServerException, match="limit is 60"):
+        http_client.infer("tokenizer", [http_input("AUDIO", minutes), http_input("SAMPLE_RATE", np.array([[16000]], np.int32))])
+    assert time.perf_counter() - started < 10
+
+
+# --- finding 5: only the owner of a stream may end it ----------------------------------------------------------
+
+def test_a_foreign_cancel_by_request_id_does_not_touch_a_stream(triton_server):
+    started = threading.Event()
+    outcome = {}
+    victim = threading.Thread(target=lambda: outcome.update(
+        result=llm_stream(triton_server.grpc_url, "victim-42", 300, started=started)))
+    victim.start()
+    assert started.wait(60)
+    send_cancel(triton_server.grpc_url, "victim-42")
+    victim.join(120)
+    count, error = outcome["result"]
+    assert error is None and count == 300, "a client cancelled another client's stream"
+
+
+def test_a_cancel_sent_in_advance_does_not_touch_a_later_stream(triton_server):
+    send_cancel(triton_server.grpc_url, "future-7")
+    count, error = llm_stream(triton_server.grpc_url, "future-7", 50)
+    assert error is None and count == 50
+
+
+def test_the_owner_cancels_with_its_token_and_the_stream_says_so(triton_server):
+    token = os.urandom(16).hex()
+    started = threading.Event()
+    outcome = {}
+    owner = threading.Thread(target=lambda: outcome.update(
+        result=llm_stream(triton_server.grpc_url, "mine", 4000, {"cancel_token": token}, started)))
+    owner.start()
+    assert started.wait(60)
+    send_cancel(triton_server.grpc_url, token)
+    owner.join(120)
+    count, error = outcome["result"]
+    assert 0 < count < 4000
+    assert error is not None and "cancelled" in str(error) and error.status() == "StatusCode.CANCELLED"
+
+
+def test_a_short_cancel_token_is_refused(triton_server):
+    count, error = llm_stream(triton_server.grpc_url, "x", 5, {"cancel_token": "guessable"})
+    assert count == 0 and "at least 16 characters" in str(error)
+
+
+# --- finding 6: admin APIs need the key ----------------------------------------------------------------------
+
+def test_admin_apis_need_the_key(triton_server, http_client, grpc_client):
+    region = "/triton_onnxruntime_backend_shm_region_x"
+    for call in (lambda c: c.register_system_shared_memory("r", region, 64),
+                 lambda c: c.update_log_settings({"log_verbose_level": 1}),
+                 lambda c: c.get_model_config("tts_llm"),
+                 lambda c: c.unload_model("tts_llm")):
+        for client in (http_client, grpc_client):
+            with pytest.raises(InferenceServerException, match="restricted"):
+                call(client)
+    admin = {ADMIN_HEADER: triton_server.admin_key}
+    assert "tts_llm" in str(http_client.get_model_config("tts_llm", headers=admin))
+    assert http_client.is_server_ready()
+
+
+# --- finding 2: a dead stub is replaced and readiness tells the truth meanwhile --------------------------------
+
+def _instances(server: TritonServer, model: str) -> dict[str, int]:
+    return {s.instance: s.pid for s in list_stubs(server.process.pid) if s.model == model and not s.zombie}
+
+
+def _await_ready(server: TritonServer, timeout_s: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if ready(server) == 200:
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"not ready {timeout_s:.0f} s after the fault\n{server.log_tail(30)}")
+
+
+def test_killed_stubs_are_replaced_while_streams_run(triton_server):
+    from tests.server.test_tts import stream, tts_inputs
+    import tritonclient.grpc as grpcclient
+
+    assert ready(triton_server) == 200
+    regions_before = set(triton_server.supervisor.shm_regions)
+    victims = {"tts": sorted(_instances(triton_server, "tts").items())[0], "tts_llm": sorted(_instances(triton_server, "tts_llm").items())[0]}
+
+    results: list = []
+
+    def one(seed):
+        client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+        try:
+            results.append(stream(client, tts_inputs(seed=seed, batched=False, MAX_NEW_TOKENS=np.array([300], np.int32))))
+        finally:
+            client.close()
+
+    streams = [threading.Thread(target=one, args=(500 + i,)) for i in range(3)]
+    for thread in streams:
+        thread.start()
+    time.sleep(1.0)
+    for _, pid in victims.values():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while ready(triton_server) == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready(triton_server) != 200, "readiness kept answering 200 with dead stubs"
+    assert ready(triton_server, "/v2/models/tts_llm/ready") != 200
+    for thread in streams:
+        thread.join(180)
+    # Streams on the killed tts_llm fail with a clear error; none hangs.
+    for chunks, error in results:
+        assert error is None or "unavailable" in str(error).lower() or "not healthy" in str(error), str(error)
+
+    healed_after = _await_ready(triton_server, 60)
+    assert healed_after < 60
+    for model, (instance, pid) in victims.items():
+        replaced = _instances(triton_server, model)
+        assert instance in replaced and replaced[instance] != pid, f"{model}: {instance} was not replaced"
+    assert triton_server.supervisor.restarts.get("tts_llm", 0) >= 1 and triton_server.supervisor.restarts.get("tts", 0) >= 1
+    # Normal service again: a stream and an offline request succeed.
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    try:
+        chunks, error = stream(client, tts_inputs(seed=9, batched=False))
+    finally:
+        client.close()
+    assert error is None and chunks
+    # The killed stubs are gone (no zombies); their regions are tracked for removal at stop.
+    alive = {s.pid for s in list_stubs(triton_server.process.pid)}
+    assert not {pid for _, pid in victims.values()} & alive
+    assert regions_before <= triton_server.supervisor.shm_regions
+
+
+# --- finding 1 (after the crash): nothing is left behind --------------------------------------------------------
+
+def test_a_crashed_server_leaves_no_processes_or_shared_memory(smoke_repository, tmp_path):
+    server = TritonServer(smoke_repository, log_path=tmp_path / "server.log").start()
+    try:
+        group = server.process.pid
+        server.supervisor.stop()  # a last scan records every region; the crash below must not be healed
+        regions = set(server.supervisor.shm_regions)
+        assert regions and all(Path(f"/dev/shm/{r}").exists() for r in regions)
+        os.kill(server.process.pid, signal.SIGSEGV)  # what the nested JSON did to 2.51
+        server.process.wait(30)
+    finally:
+        server.stop()
+    assert not [r for r in regions if Path(f"/dev/shm/{r}").exists()]
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)
