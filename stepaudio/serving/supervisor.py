@@ -120,16 +120,17 @@ class StubSupervisor:
 
     def _check(self) -> None:
         alive = {s.pid for s in self.scan() if not s.zombie}
-        for model, instances in list(self._instances.items()):
-            dead = sorted(name for name, pid in instances.items() if pid not in alive)
-            if dead:
-                self._heal(model, dead)
+        dead = {model: sorted(name for name, pid in instances.items() if pid not in alive)
+                for model, instances in self._instances.items()}
+        dead = {model: names for model, names in dead.items() if names}
+        with self._lock:  # every dead model reads as down before the first (slow) reload starts
+            for model, names in dead.items():
+                self._down[model] = f"stub of instance {', '.join(names)} died; reloading"
+        for model, names in dead.items():
+            self._heal(model, names)
 
     def _heal(self, model: str, dead: list[str]) -> None:
-        reason = f"stub of instance {', '.join(dead)} died; reloading"
-        self.log.error("model %s: %s", model, reason)
-        with self._lock:
-            self._down[model] = reason
+        self.log.error("model %s: stub of instance %s died; reloading", model, ", ".join(dead))
         old = set(self._instances[model].values())
         try:
             self.reload_model(model)

@@ -102,7 +102,8 @@ def triton_server(model_repository, tmp_path_factory):
     log = tmp_path_factory.mktemp("server_log") / "server.log"
     # A small body limit, so the test of the limit sends 16 MiB, not the production 64.
     limits = GuardLimits(max_body_bytes=16 * 1024 * 1024)
-    with TritonServer(model_repository, log_path=log, guard_limits=limits) as server:
+    server = TritonServer(model_repository, log_path=log, guard_limits=limits)
+    with server.start(timeout=300):  # a busy 2-core machine can take minutes to load every model
         yield server
 
 

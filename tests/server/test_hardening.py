@@ -127,11 +127,12 @@ def test_max_new_tokens_above_the_limit_is_invalid_arg(http_client, grpc_client)
 
     too_many = np.array([2**31 - 1], np.int32)
     with pytest.raises(InferenceServerException, match="MAX_NEW_TOKENS must be at most") as refused:
-        http_client.infer("ensemble_tts", [http_input(k, v) for k, v in tts_inputs(MAX_NEW_TOKENS=too_many[None]).items()])
+        http_client.infer("ensemble_tts", [http_input(k, v) for k, v in tts_inputs(MAX_NEW_TOKENS=too_many).items()])
     assert "INVALID_ARG" in str(refused.value.status()) or refused.value.status() == "400"
+    # gRPC stream errors carry a message only (no status code): the message must be the bad-input one, which
+    # proves tts_stream raised ValueError from tts_llm's tagged BLS error rather than an internal failure.
     chunks, error = stream(grpc_client, tts_inputs(batched=False, MAX_NEW_TOKENS=too_many))
-    assert chunks == [] and "MAX_NEW_TOKENS must be at most" in str(error)
-    assert error.status() == "StatusCode.INVALID_ARGUMENT", "the code must survive BLS (tts_stream → tts_llm)"
+    assert chunks == [] and str(error).startswith("MAX_NEW_TOKENS must be at most")
 
 
 def test_audio_over_the_limit_is_refused_at_once(http_client):
@@ -175,7 +176,7 @@ def test_the_owner_cancels_with_its_token_and_the_stream_says_so(triton_server):
     owner.join(120)
     count, error = outcome["result"]
     assert 0 < count < 4000
-    assert error is not None and "cancelled" in str(error) and error.status() == "StatusCode.CANCELLED"
+    assert error is not None and "stream cancelled by its owner" in str(error)
 
 
 def test_a_short_cancel_token_is_refused(triton_server):
@@ -281,6 +282,18 @@ def test_a_crashed_server_leaves_no_processes_or_shared_memory(smoke_repository,
     finally:
         server.stop()
     assert not [r for r in regions if Path(f"/dev/shm/{r}").exists()]
-    time.sleep(0.5)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(group, 0)
+    assert not _live_processes_in_group(group)
+
+
+def _live_processes_in_group(group: int) -> list[int]:
+    """Processes of the process group that are not zombies (a container's init may never reap those)."""
+    live = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[2]) == group and fields[0] != b"Z":
+            live.append(int(entry))
+    return live
