@@ -18,9 +18,12 @@ ln -sf "$libs"/libb64-*.so.0d "$tools/lib/libb64.so.0d"
 ln -sf "$libs"/libcudart-*.so.12* "$tools/lib/libcudart.so.12"
 .venv/bin/python -m clients.perf_inputs --out build/perf >/dev/null
 export LD_LIBRARY_PATH="$PWD/$tools/lib:${LD_LIBRARY_PATH:-}"
+# perf_analyzer reads the model config, an admin API: send the key the server was started with.
+admin=()
+if [ -n "${STEPAUDIO_ADMIN_KEY:-}" ]; then admin=(-H "stepaudio-admin-key:$STEPAUDIO_ADMIN_KEY"); fi
 if [ "$model" = tts_stream ]; then
   exec "$tools/venv/bin/perf_analyzer" -m tts_stream -i grpc -u 127.0.0.1:8001 --streaming \
-    --input-data build/perf/tts_stream.json -s 30 --measurement-interval 20000 "$@"
+    --input-data build/perf/tts_stream.json -s 30 --measurement-interval 20000 "${admin[@]}" "$@"
 fi
 exec "$tools/venv/bin/perf_analyzer" -m "$model" -u 127.0.0.1:8000 -b 1 \
-  --input-data "build/perf/$model.json" -s 30 --measurement-interval 20000 "$@"
+  --input-data "build/perf/$model.json" -s 30 --measurement-interval 20000 "${admin[@]}" "$@"

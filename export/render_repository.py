@@ -55,8 +55,8 @@ DEFAULTS: dict[str, str] = {
     "tts_max_new_tokens": "4096",  # ≈ 98 s of speech; a request may ask for fewer, never more
     "chat_max_new_tokens_limit": "4096",
     "max_audio_seconds": "60",
-    "llm_max_streams": "64",  # running + queued generations per LLM model; more → UNAVAILABLE
-    "stream_max_concurrent": "32",  # tts_stream / voice_chat_stream requests in flight per instance
+    "llm_max_streams": "128",  # running + queued generations per LLM model; more → UNAVAILABLE
+    "stream_max_concurrent": "64",  # tts_stream / voice_chat_stream requests in flight per instance
 }
 
 

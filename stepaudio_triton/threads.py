@@ -33,4 +33,4 @@ class BoundedThreads:
 
     def close(self) -> None:
         """Wait for the running requests (their streams end when the engine or the called models stop)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True)  # accepted work runs to its end: a slot was free for it

@@ -71,7 +71,7 @@ class TritonPythonModel:
         self.asr_defaults = dataclasses.replace(self.defaults, temperature=0.0)
         self.max_new_tokens_limit = parameter(config, "max_new_tokens_limit", self.defaults.max_new_tokens, int)
         self.live = LiveStreams()
-        self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "chat_llm")
+        self.workers = BoundedThreads(parameter(config, "max_streams", 128, int), "chat_llm")
 
     def execute(self, requests):
         for request in requests:

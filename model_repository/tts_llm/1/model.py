@@ -42,7 +42,7 @@ class TritonPythonModel:
         self.defaults.validate()
         self.max_new_tokens_limit = parameter(config, "max_new_tokens_limit", self.defaults.max_new_tokens, int)
         self.live = LiveStreams()
-        self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "tts_llm")
+        self.workers = BoundedThreads(parameter(config, "max_streams", 128, int), "tts_llm")
 
     def execute(self, requests):
         for request in requests:

@@ -50,7 +50,7 @@ class TritonPythonModel:
         self.frontend_model = parameter(config, "frontend_model", "tts_frontend")
         self.llm_model = parameter(config, "llm_model", "tts_llm")
 
-        self.workers = BoundedThreads(parameter(config, "max_streams", 32, int), "tts_stream")
+        self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "tts_stream")
 
     def execute(self, requests):
         for request in requests:

@@ -23,7 +23,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         self.graph = ChatGraph.from_config(config)
-        limit = parameter(config, "max_streams", 16, int)
+        limit = parameter(config, "max_streams", 64, int)
         self.pool = ThreadPoolExecutor(limit, thread_name_prefix="voice_chat_stream-asr")
         self.turns = BoundedThreads(limit, "voice_chat_stream")
         # One speaker per running turn; twice the room because a finished speaker frees its slot a moment after
