@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stepaudio.serve import ModelLoadError, TritonServer
+from stepaudio.serve import ADMIN_HEADER, ModelLoadError, TritonServer
 from tests.server.conftest import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
@@ -91,9 +91,9 @@ def test_dynamic_batching_in_statistics(smoke_server):
     assert executions < 8, "8 concurrent requests were not batched"
 
 
-def test_onnx_model_through_cpu_config(smoke_http):
+def test_onnx_model_through_cpu_config(smoke_http, smoke_server):
     # config.pbtxt (native ORT, KIND_GPU) sits next to configs/cpu.pbtxt: the CPU server must have loaded the latter.
-    config = smoke_http.get_model_config("smoke_onnx")
+    config = smoke_http.get_model_config("smoke_onnx", headers={ADMIN_HEADER: smoke_server.admin_key})
     assert config["backend"] == "onnxruntime"
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
