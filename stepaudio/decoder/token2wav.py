@@ -88,7 +88,9 @@ def _vocoder_rules(config: DecoderConfig) -> dict[str, _Feed]:
     }
 
 
-def _check_feeds(feeds: dict[str, np.ndarray], rules: dict[str, _Feed], vocab: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+def _check_feeds(
+    feeds: dict[str, np.ndarray], rules: dict[str, _Feed], vocab: int
+) -> tuple[dict[str, int], dict[str, np.ndarray]]:
     """Names, shapes, dtypes and values against ``rules`` → (padded dim sizes by name, the lens inputs)."""
     if set(feeds) != set(rules):
         raise ValueError(f"inputs must be {list(rules)}, got {sorted(feeds)}")
@@ -127,7 +129,9 @@ def _check_feeds(feeds: dict[str, np.ndarray], rules: dict[str, _Feed], vocab: i
     return dims, lens
 
 
-def validate_flow_feeds(feeds: dict[str, np.ndarray], config: DecoderConfig, max_tokens: int, max_mel_frames: int) -> None:
+def validate_flow_feeds(
+    feeds: dict[str, np.ndarray], config: DecoderConfig, max_tokens: int, max_mel_frames: int
+) -> None:
     """One flow_decoder request (``FLOW_INPUTS``, batch rows included) → ``ValueError`` unless the graph can run it
     as intended: ids in the vocabulary, lengths within their padded dims, finite floats, config shapes, prompt ids
     + target ids per row ≤ ``max_tokens``, mel frames (prompt + target) per row ≤ ``max_mel_frames``, and noise
@@ -159,14 +163,16 @@ def validate_vocoder_feeds(feeds: dict[str, np.ndarray], config: DecoderConfig, 
         raise ValueError(f"{dims['frames']} mel frames per row exceeds the limit of {max_mel_frames}")
     samples = dims["frames"] * config.hift.samples_per_frame
     if dims["samples"] != samples:
-        raise ValueError(f"source_noise must have {samples} samples per row ({config.hift.samples_per_frame} per mel frame), got {dims['samples']}")
+        hop = config.hift.samples_per_frame
+        raise ValueError(f"source_noise must have {samples} samples per row ({hop} per mel frame), got {dims['samples']}")
 
 
 def _int_parameter(parameters: dict[str, str], key: str) -> int:
     try:
         value = int(parameters[key])
     except (KeyError, ValueError):
-        raise ValueError(f"the feed validator needs an integer {key!r} parameter, got {parameters.get(key)!r}") from None
+        got = parameters.get(key)
+        raise ValueError(f"the feed validator needs an integer {key!r} parameter, got {got!r}") from None
     if value < 1:
         raise ValueError(f"parameter {key!r} must be ≥ 1, got {value}")
     return value
@@ -174,7 +180,7 @@ def _int_parameter(parameters: dict[str, str], key: str) -> int:
 
 def _decoder_config(parameters: dict[str, str]) -> DecoderConfig:
     if not parameters.get("decoder_dir"):
-        raise ValueError("the feed validator needs the 'decoder_dir' parameter (the decoder folder the graph came from)")
+        raise ValueError("the feed validator needs the 'decoder_dir' parameter (the graph's decoder folder)")
     return load_config(parameters["decoder_dir"])
 
 
