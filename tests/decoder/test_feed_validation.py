@@ -113,13 +113,6 @@ FLOW_CASES = {
 }
 
 
-@pytest.mark.parametrize("change, message", FLOW_CASES.values(), ids=FLOW_CASES.keys())
-def test_flow_rule_rejects(token2wav, flow, change, message):
-    change(flow)
-    with pytest.raises(ValueError, match=re.escape(message)):
-        check_flow(flow, token2wav.config)
-
-
 def test_flow_caps_on_ids_and_mel_frames(token2wav, flow):
     width = flow["noise"].shape[2]
     n_ids = flow["tokens"].shape[1] + flow["prompt_tokens"].shape[1]
@@ -151,11 +144,17 @@ VOCODER_CASES = {
 }
 
 
-@pytest.mark.parametrize("change, message", VOCODER_CASES.values(), ids=VOCODER_CASES.keys())
-def test_vocoder_rule_rejects(token2wav, vocoder, change, message):
-    change(vocoder)
+CASES = [("flow", name, *case) for name, case in FLOW_CASES.items()] + [
+    ("vocoder", name, *case) for name, case in VOCODER_CASES.items()
+]
+
+
+@pytest.mark.parametrize("model, case, change, message", CASES, ids=[f"{m}: {c}" for m, c, *_ in CASES])
+def test_rule_rejects(request, token2wav, model, case, change, message):
+    feeds = request.getfixturevalue(model)
+    change(feeds)
     with pytest.raises(ValueError, match=re.escape(message)):
-        check_vocoder(vocoder, token2wav.config)
+        (check_flow if model == "flow" else check_vocoder)(feeds, token2wav.config)
 
 
 def test_vocoder_cap_on_mel_frames(token2wav, vocoder):

@@ -112,15 +112,6 @@ HOSTILE_FLOW = {
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("change, message", HOSTILE_FLOW.values(), ids=HOSTILE_FLOW.keys())
-def test_hostile_flow_values_are_invalid_arg(grpc_client, decoder, change, message):
-    feeds = flow_feeds(decoder, 5)
-    name, index, value = change
-    feeds[name][index] = value
-    assert_invalid_arg(grpc_client, "flow_decoder", feeds, message)
-
-
-@pytest.mark.server
 def test_noise_shorter_than_the_prompt_is_invalid_arg(grpc_client, decoder):
     feeds = flow_feeds(decoder, 6)
     feeds["noise"] = feeds["noise"][:, :, :20].copy()  # the prompt mel alone has 25 frames
@@ -136,13 +127,18 @@ HOSTILE_VOCODER = {
 }
 
 
+HOSTILE = [("flow_decoder", name, *case) for name, case in HOSTILE_FLOW.items()] + [
+    ("vocoder", name, *case) for name, case in HOSTILE_VOCODER.items()
+]
+
+
 @pytest.mark.server
-@pytest.mark.parametrize("change, message", HOSTILE_VOCODER.values(), ids=HOSTILE_VOCODER.keys())
-def test_hostile_vocoder_values_are_invalid_arg(grpc_client, decoder, change, message):
-    feeds = vocoder_feeds(decoder, 3)
+@pytest.mark.parametrize("model, case, change, message", HOSTILE, ids=[f"{m}: {c}" for m, c, *_ in HOSTILE])
+def test_hostile_values_are_invalid_arg(grpc_client, decoder, model, case, change, message):
+    feeds = flow_feeds(decoder, 5) if model == "flow_decoder" else vocoder_feeds(decoder, 3)
     name, index, value = change
     feeds[name][index] = value
-    assert_invalid_arg(grpc_client, "vocoder", feeds, message)
+    assert_invalid_arg(grpc_client, model, feeds, message)
 
 
 def _served_cap(client, model, key):
