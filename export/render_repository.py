@@ -41,6 +41,10 @@ DEFAULTS: dict[str, str] = {
     "decoder_max_batch_size": "8",
     "batch_queue_delay_us": "20000",
     "decoder_gpu_instances": "2",
+    # Work per request a served flow_decoder / vocoder accepts (CPU backend's feed validator): a default tts request
+    # (4096 generated ids) with a 30 s voice prompt (1250 ids, 2584 mel frames) needs 5346 ids and 11050 frames.
+    "decoder_max_tokens": "5400",
+    "decoder_max_mel_frames": "11100",
     "tokenizer_max_batch_size": "8",
     "max_text_chars": "1000",
     "chat_max_context_tokens": "30000",
@@ -116,8 +120,8 @@ def served_models(checkpoints: Path) -> list[ServedModel]:
         decoder_values = {"decoder": decoder, "decoder_dir": str(decoder_dir.resolve())} | own
         models += [
             ServedModel(own["tts_model"], "tts", decoder_values),
-            ServedModel(own["flow_model"], "flow_decoder", build=partial(_export_flow, decoder_dir)),
-            ServedModel(own["vocoder_model"], "vocoder", build=partial(_export_vocoder, decoder_dir)),
+            ServedModel(own["flow_model"], "flow_decoder", decoder_values, build=partial(_export_flow, decoder_dir)),
+            ServedModel(own["vocoder_model"], "vocoder", decoder_values, build=partial(_export_vocoder, decoder_dir)),
             ServedModel(f"ensemble_tts{suffix}", "ensemble_tts", decoder_values),
         ]
     return models

@@ -10,12 +10,22 @@ keys stay those of the native backend, so nothing in the repository is CPU-speci
 
 Behaviour matches the native backend where it matters: inputs/outputs by the names in the config, dynamic
 batching (requests arrive together; those with equal non-batch shapes run as one ORT call), ``reshape`` (a
-``[1]`` tensor the graph takes as a per-row scalar), the ``intra_op_thread_count`` / ``inter_op_thread_count``
-parameters, errors returned per request.
+``[1]`` tensor the graph takes as a per-row scalar), the ``intra_op_thread_count`` / ``inter_op_thread_count`` /
+``enable_mem_arena`` / ``memory.enable_memory_arena_shrinkage`` parameters, errors returned per request.
+
+Beyond it, one request never fails another:
+- ``feed_validator`` (``"module:factory"``): ``factory(parameters)`` (the model's string parameters) returns a check
+  of one request's feeds that raises ``ValueError``; each request is checked alone before batching and a bad one is
+  answered INVALID_ARG alone. Without it, ORT's own input errors are the only check.
+- A batched ORT call that fails is re-run request by request, so only the culprit fails (INTERNAL when it passed
+  the validator: then the fault is ours; logged with the traceback).
+- Every float output is checked finite per request; a NaN/infinity fails that request only (INTERNAL, logged).
 """
 
+import importlib
 import json
 import os
+import traceback
 from collections import defaultdict
 
 import numpy as np
@@ -23,20 +33,33 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
-def _parameter(config, key, default):
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
-    return default if value in (None, "") or value.startswith("${") else value
+def _parameters(config):
+    """The config's string parameters, less those a renderer left unfilled (``${...}``) or empty."""
+    values = {key: value.get("string_value") for key, value in config.get("parameters", {}).items()}
+    return {key: value for key, value in values.items() if value and not value.startswith("${")}
+
+
+def _error(message, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 
 class TritonPythonModel:
     def initialize(self, args):
         self.config = json.loads(args["model_config"])
+        self.name = self.config.get("name", args.get("model_name", "onnxruntime"))
+        self.parameters = _parameters(self.config)
         self.max_batch_size = int(self.config.get("max_batch_size", 0))
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         filename = self.config.get("default_model_filename") or "model.onnx"
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(_parameter(self.config, "intra_op_thread_count", "1"))
-        options.inter_op_num_threads = int(_parameter(self.config, "inter_op_thread_count", "1"))
+        options.intra_op_num_threads = int(self.parameters.get("intra_op_thread_count", "1"))
+        options.inter_op_num_threads = int(self.parameters.get("inter_op_thread_count", "1"))
+        options.enable_cpu_mem_arena = self.parameters.get("enable_mem_arena", "1") not in ("0", "false")
+        # Shrinking the arena after each run returns a large request's working memory to the system.
+        self.run_options = ort.RunOptions()
+        shrinkage = self.parameters.get("memory.enable_memory_arena_shrinkage")
+        if shrinkage:
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", shrinkage)
         self.session = ort.InferenceSession(
             os.path.join(version_dir, filename), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -55,51 +78,91 @@ class TritonPythonModel:
         missing = [name for name in self.inputs if name not in session_inputs]
         if missing:
             raise pb_utils.TritonModelException(f"config inputs {missing} are not inputs of {filename}")
+        self.validate = self._load_validator()
+
+    def _load_validator(self):
+        spec = self.parameters.get("feed_validator")
+        if not spec:
+            return None
+        module_name, _, factory = spec.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), factory)(self.parameters)
+        except Exception as exc:  # a model that should validate must not load without its validator
+            raise pb_utils.TritonModelException(f"{self.name}: feed_validator {spec!r}: {exc}") from exc
+
+    def _feed(self, request):
+        feed = {}
+        for name in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                value = tensor.as_numpy().astype(self.input_dtypes[name], copy=False)
+                if name in self.input_reshape:
+                    lead = [value.shape[0]] if self.max_batch_size else []
+                    value = value.reshape(lead + [int(d) for d in self.input_reshape[name]])
+                feed[name] = value
+        if self.validate is not None:
+            self.validate(feed)
+        return feed
+
+    def _fault(self, what, indices):
+        where = f"requests {indices} of this execution"
+        pb_utils.Logger.log_error(f"{self.name}: {what} ({where})\n{traceback.format_exc()}")
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        feeds = []
-        for request in requests:
-            feed = {}
-            for name in self.inputs:
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                if tensor is not None:
-                    value = tensor.as_numpy().astype(self.input_dtypes[name], copy=False)
-                    if name in self.input_reshape:
-                        lead = [value.shape[0]] if self.max_batch_size else []
-                        value = value.reshape(lead + [int(d) for d in self.input_reshape[name]])
-                    feed[name] = value
-            feeds.append(feed)
+        feeds = {}
+        for index, request in enumerate(requests):
+            try:
+                feeds[index] = self._feed(request)
+            except ValueError as exc:
+                responses[index] = _error(f"{self.name}: {exc}", pb_utils.TritonError.INVALID_ARG)
+            except Exception as exc:  # a fault in reading or validating: this request only
+                self._fault("reading the request failed", [index])
+                responses[index] = _error(f"{self.name}: {exc}", pb_utils.TritonError.INTERNAL)
 
         # Requests with identical shapes run as one batch (the dynamic batcher only groups such requests,
         # unless a config asks for ragged batching, which this backend does not support).
         groups = defaultdict(list)
-        for index, feed in enumerate(feeds):
-            key = tuple((name, feed[name].shape[1:] if self.max_batch_size else feed[name].shape) for name in sorted(feed))
+        for index, feed in feeds.items():
+            key = tuple((name, feed[name].shape[1:]) for name in sorted(feed))
             groups[key if self.max_batch_size else ("single", index)].append(index)
-
         for indices in groups.values():
-            try:
-                if len(indices) == 1:
-                    batch = feeds[indices[0]]
-                else:
-                    batch = {name: np.concatenate([feeds[i][name] for i in indices]) for name in feeds[indices[0]]}
-                results = self.session.run(self.outputs, batch)
-            except Exception as exc:  # ORT raises its own exception types; report them per request
-                for i in indices:
-                    responses[i] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"onnxruntime: {exc}", pb_utils.TritonError.INVALID_ARG)
-                    )
-                continue
-            offset = 0
-            for i in indices:
-                rows = next(iter(feeds[i].values())).shape[0] if self.max_batch_size else None
-                tensors = []
-                for name, value in zip(self.outputs, results):
-                    part = value[offset : offset + rows] if rows is not None else value
-                    if name in self.output_dims:
-                        part = part.reshape(list(part.shape[:1] if rows is not None else []) + self.output_dims[name])
-                    tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(part.astype(self.output_dtypes[name]))))
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-                offset += rows or 0
+            self._run_group(indices, feeds, responses)
         return responses
+
+    def _run_group(self, indices, feeds, responses):
+        if len(indices) == 1:
+            batch = feeds[indices[0]]
+        else:
+            batch = {name: np.concatenate([feeds[i][name] for i in indices]) for name in feeds[indices[0]]}
+        try:
+            results = self.session.run(self.outputs, batch, self.run_options)
+        except Exception as exc:  # ORT raises its own exception types
+            if len(indices) > 1:
+                # Find the culprit: each request again on its own; the others still get their answers.
+                for i in indices:
+                    self._run_group([i], feeds, responses)
+                return
+            self._fault("onnxruntime failed", indices)
+            # A request the validator passed must run: its failure is ours. Unvalidated, ORT judges the input.
+            invalid = self.validate is None and isinstance(exc, ort.capi.onnxruntime_pybind11_state.InvalidArgument)
+            code = pb_utils.TritonError.INVALID_ARG if invalid else pb_utils.TritonError.INTERNAL
+            responses[indices[0]] = _error(f"{self.name}: onnxruntime: {exc}", code)
+            return
+        offset = 0
+        for i in indices:
+            rows = next(iter(feeds[i].values())).shape[0] if self.max_batch_size else None
+            parts = {}
+            for name, value in zip(self.outputs, results):
+                part = value[offset : offset + rows] if rows is not None else value
+                if name in self.output_dims:
+                    part = part.reshape(list(part.shape[:1] if rows is not None else []) + self.output_dims[name])
+                parts[name] = np.ascontiguousarray(part.astype(self.output_dtypes[name]))
+            offset += rows or 0
+            bad = [name for name, part in parts.items() if part.dtype.kind == "f" and not np.all(np.isfinite(part))]
+            if bad:
+                message = f"{self.name}: the model produced NaN or infinity in {bad}"
+                pb_utils.Logger.log_error(f"{message} (request {i} of this execution)")
+                responses[i] = _error(message, pb_utils.TritonError.INTERNAL)
+            else:
+                responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(n, p) for n, p in parts.items()])
