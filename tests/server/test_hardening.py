@@ -123,6 +123,19 @@ def test_a_body_over_the_limit_is_refused_before_triton_sees_it(triton_server):
     assert ready(triton_server) == 200
 
 
+# --- finding 3 (GPU side): the decoders are internal --------------------------------------------------------------
+
+def test_internal_models_refuse_inference_over_http(triton_server):
+    assert {"flow_decoder", "flow_decoder_music", "vocoder", "vocoder_music"} <= triton_server.internal_models
+    assert "ensemble_tts" not in triton_server.internal_models
+    for model in ("flow_decoder", "vocoder_music"):
+        status, body = post(triton_server.http_url, f"/v2/models/{model}/infer", b'{"inputs":[]}')
+        assert status == 403 and b"internal" in body
+    # Triton's own endpoint (loopback only) still serves them to the launcher and trusted tools.
+    status, body = post(triton_server.triton_http_url, "/v2/models/flow_decoder/infer", b'{"inputs":[]}')
+    assert status == 400 and b"expected 8 inputs" in body
+
+
 # --- finding 4: work per request is capped -------------------------------------------------------------------
 
 def test_max_new_tokens_above_the_limit_is_invalid_arg(http_client, grpc_client):
