@@ -1,0 +1,47 @@
+"""Session fixtures shared by the live-server tests (``tests/server``) and the gateway tests (``tests/gateway``):
+one tiny checkpoint tree, one rendered repository and one tritonserver for the whole session."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from stepaudio.serve import TritonServer
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # pytest then runs fixture teardown, which stops the servers
+
+
+signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> Path:
+    """The whole tiny checkpoint tree in the published layout, written once per session."""
+    from stepaudio.checkpoints import write_tree
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    write_tree(root, "tiny", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
+    """Every served Step-Audio model rendered from the tiny checkpoints (one server for all their tests)."""
+    from export.render_repository import render
+    from stepaudio.checkpoints import layout
+
+    repo = tmp_path_factory.mktemp("model_repository")
+    # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
+    render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR, {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000"})
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton_server(model_repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server_log") / "server.log"
+    with TritonServer(model_repository, log_path=log) as server:
+        yield server
