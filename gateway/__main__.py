@@ -29,12 +29,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--max-upload-bytes", type=int, default=defaults.max_upload_bytes)
     parser.add_argument("--max-upload-seconds", type=float, default=defaults.max_upload_seconds)
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                        help="default and cap of speech ids per TTS request (about 41.7 per second)")
+                        help="speech ids per TTS request that names none (about 41.7 per second)")
+    parser.add_argument("--max-new-tokens-limit", type=int, default=defaults.max_new_tokens_limit,
+                        help="the most speech ids a request may ask for (extra body field max_new_tokens)")
     parser.add_argument("--chat-max-tokens", type=int, default=defaults.chat_max_tokens, help="default and cap of reply text tokens")
     parser.add_argument("--chat-tts-max-new-tokens", type=int, default=defaults.chat_tts_max_new_tokens,
                         help="speech ids per chat reply sentence")
     parser.add_argument("--preset-voice", action="append", default=None,
                         help="preset speaker the server knows, listed by /v1/audio/voices (default Tingting)")
+    parser.add_argument("--require-model", action="append", default=None,
+                        help="served model that /health waits for (repeat; default: the streaming models and their parts)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     keys = [k for k in os.environ.get("STEPAUDIO_GATEWAY_API_KEYS", "").split(",") if k.strip()]
@@ -44,8 +48,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         rate_per_minute=args.rate_per_minute, max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
         max_input_chars=args.max_input_chars, max_upload_bytes=args.max_upload_bytes,
         max_upload_seconds=args.max_upload_seconds, max_new_tokens=args.max_new_tokens,
+        max_new_tokens_limit=args.max_new_tokens_limit,
         chat_max_tokens=args.chat_max_tokens, chat_tts_max_new_tokens=args.chat_tts_max_new_tokens,
         preset_voices=tuple(args.preset_voice or defaults.preset_voices),
+        required_models=tuple(args.require_model or defaults.required_models),
     ), args.log_level
 
 

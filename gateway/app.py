@@ -166,10 +166,10 @@ def create_app(settings: Settings) -> FastAPI:
             raise APIError(400, "audio holds NaN or infinite samples", code="invalid_audio", param=param)
         return wave, rate
 
-    def capped(asked: int | None, cap: int, param: str) -> int:
+    def capped(asked: int | None, default: int, cap: int, param: str) -> int:
         if asked is not None and asked > cap:
             raise APIError(400, f"{param} is {asked}; this gateway allows at most {cap}", param=param)
-        return asked or cap
+        return asked or default
 
     def check_text(text: str, param: str) -> None:
         if len(text) > settings.max_input_chars:
@@ -218,7 +218,7 @@ def create_app(settings: Settings) -> FastAPI:
                 voice = await asyncio.to_thread(store.get, key, body.voice_id)
                 if voice is None:
                     raise APIError(404, f"voice {body.voice_id!r} does not exist", code="voice_not_found", param="voice")
-            tokens = capped(body.max_new_tokens, settings.max_new_tokens, "max_new_tokens")
+            tokens = capped(body.max_new_tokens, settings.max_new_tokens, settings.max_new_tokens_limit, "max_new_tokens")
             first, rest = await open_stream(model, tts_tensors(body, text, voice, tokens), _SPEECH_OUTPUTS)
         except BaseException:
             lease.release()
@@ -312,7 +312,8 @@ def create_app(settings: Settings) -> FastAPI:
                                param="audio.voice")
             fmt = body.audio_format if body.wants_audio else "pcm"
             audio = None if audio_file is None else await asyncio.to_thread(checked_audio, audio_file, "input_audio")
-            max_tokens = capped(body.max_completion_tokens or body.max_tokens, settings.chat_max_tokens, "max_completion_tokens")
+            max_tokens = capped(body.max_completion_tokens or body.max_tokens, settings.chat_max_tokens, settings.chat_max_tokens,
+                                "max_completion_tokens")
             tensors = chat_tensors(body, history, text, audio, max_tokens, settings.chat_tts_max_new_tokens)
             first, rest = await open_stream(model, tensors, _CHAT_OUTPUTS)
         except BaseException:

@@ -28,7 +28,8 @@ class Settings:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_upload_seconds: float = 30.0  # the served voice cache's limit
     min_upload_seconds: float = 0.5
-    max_new_tokens: int = 2048  # cap and default for TTS ids (≈41.7 per second of speech)
+    max_new_tokens: int = 2048  # TTS ids when a request names none (≈41.7 per second of speech)
+    max_new_tokens_limit: int = 4096  # the most a request may ask for
     chat_max_tokens: int = 512  # cap and default for reply text tokens
     chat_tts_max_new_tokens: int = 1024  # speech ids per reply sentence
     preset_voices: tuple[str, ...] = ("Tingting",)
@@ -40,9 +41,11 @@ class Settings:
         if not self.api_keys and not is_loopback(self.host):
             raise ValueError(f"refusing to serve {self.host} without API keys: give --api-key (auth may be off only on loopback)")
         for name in ("rate_per_minute", "max_concurrent", "max_body_bytes", "max_input_chars", "max_upload_bytes",
-                     "max_new_tokens", "chat_max_tokens", "chat_tts_max_new_tokens"):
+                     "max_new_tokens", "max_new_tokens_limit", "chat_max_tokens", "chat_tts_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("max_new_tokens must not exceed max_new_tokens_limit")
 
 
 def is_loopback(host: str) -> bool:
