@@ -1,21 +1,15 @@
-"""A live gateway (``python -m gateway`` in a subprocess) in front of the session's live tritonserver.
-
-``GatewayProcess`` starts one on a free loopback port and waits until it answers; tests that need other settings
-(rate limits, a restart, a missing model) start their own next to the session one.
-"""
+"""A live gateway (``python -m gateway`` in a subprocess, ``gateway.process.GatewayProcess``) in front of the
+session's live tritonserver; tests that need other settings (rate limits, a restart, a missing model) start their
+own next to the session one."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
-from stepaudio.serve import PROJECT_ROOT, free_port
+from gateway.process import GatewayProcess
 
 API_KEY = "test-key-1"
 TOKENS = 40  # default speech ids per request on the test gateway (the tiny LLM rarely samples the stop id)
@@ -26,57 +20,11 @@ TEST_ARGS = ["--max-new-tokens", str(TOKENS), "--max-new-tokens-limit", "2000", 
              "--max-concurrent", "8"]
 
 
-class GatewayProcess:
-    def __init__(self, triton_grpc: str, db: Path, log_path: Path, *args: str, keys: tuple[str, ...] = (API_KEY,)):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        command = [sys.executable, "-m", "gateway", "--triton-grpc", triton_grpc, "--port", str(self.port), "--db", str(db),
-                   *TEST_ARGS, *args]
-        for key in keys:
-            command += ["--api-key", key]
-        self._log = open(log_path, "w")
-        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/metrics", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"gateway did not answer within {timeout:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-    def __enter__(self) -> GatewayProcess:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 @pytest.fixture(scope="session")
 def gateway(triton_server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gateway")
-    with GatewayProcess(triton_server.grpc_url, folder / "voices.sqlite3", folder / "gateway.log") as process:
+    with GatewayProcess(triton_server.grpc_url, folder / "voices.sqlite3", folder / "gateway.log", *TEST_ARGS,
+                        keys=(API_KEY,)) as process:
         yield process
 
 
@@ -87,7 +35,7 @@ def start_gateway(triton_server, tmp_path):
 
     def start(*args: str, db: Path | None = None, keys: tuple[str, ...] = (API_KEY,), triton_grpc: str | None = None):
         process = GatewayProcess(triton_grpc or triton_server.grpc_url, db or tmp_path / "voices.sqlite3",
-                                 tmp_path / f"gateway{len(started)}.log", *args, keys=keys)
+                                 tmp_path / f"gateway{len(started)}.log", *TEST_ARGS, *args, keys=keys)
         started.append(process)
         return process
 
