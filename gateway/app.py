@@ -171,6 +171,12 @@ def create_app(settings: Settings) -> FastAPI:
             raise APIError(400, f"{param} is {asked}; this gateway allows at most {cap}", param=param)
         return asked or default
 
+    def served_model(table: dict[str, str], name: str, kind: str) -> str:
+        if name not in table:
+            raise APIError(404, f"model {name!r} does not exist; {kind} models: {', '.join(table)}", code="model_not_found",
+                           param="model")
+        return table[name]
+
     def check_text(text: str, param: str) -> None:
         if len(text) > settings.max_input_chars:
             raise APIError(400, f"{param} is {len(text)} characters; the limit is {settings.max_input_chars}",
@@ -205,10 +211,7 @@ def create_app(settings: Settings) -> FastAPI:
         start = time.perf_counter()
         lease = limiter.acquire(key)
         try:
-            model = settings.speech_models.get(body.model)
-            if model is None:
-                raise APIError(404, f"model {body.model!r} does not exist; speech models: {', '.join(settings.speech_models)}",
-                               code="model_not_found", param="model")
+            model = served_model(settings.speech_models, body.model, "speech")
             check_text(body.input, "input")
             if not body.input.strip():
                 raise APIError(400, "input is empty", param="input")
@@ -301,10 +304,7 @@ def create_app(settings: Settings) -> FastAPI:
         start = time.perf_counter()
         lease = limiter.acquire(key)
         try:
-            model = settings.chat_models.get(body.model)
-            if model is None:
-                raise APIError(404, f"model {body.model!r} does not exist; chat models: {', '.join(settings.chat_models)}",
-                               code="model_not_found", param="model")
+            model = served_model(settings.chat_models, body.model, "chat")
             history, text, audio_file = split_messages(body.messages)
             check_text(text, "messages")
             if body.voice.startswith("voice_"):

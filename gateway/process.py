@@ -16,8 +16,8 @@ from stepaudio.serve import PROJECT_ROOT, free_port
 class GatewayProcess:
     """A gateway child process; API keys travel in its environment, not on its command line (``ps`` shows that)."""
 
-    def __init__(self, triton_grpc: str, db: Path, log_path: Path, *args: str, keys: tuple[str, ...] = ()):
-        self.port = free_port()
+    def __init__(self, triton_grpc: str, db: Path, log_path: Path, *args: str, keys: tuple[str, ...] = (), port: int = 0):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         command = [sys.executable, "-m", "gateway", "--triton-grpc", triton_grpc, "--port", str(self.port), "--db", str(db), *args]
