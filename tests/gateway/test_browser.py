@@ -25,7 +25,11 @@ ARTIFACTS = PROJECT_ROOT / "build" / "test-artifacts"
 def chromium() -> str:
     """The system browser; installed from Debian's packages when missing and this user may (CI as root)."""
     if not os.path.exists(CHROMIUM) and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
+        for command in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
+                        ["apt-get", "install", "-y", "-q", "chromium"]):  # a fresh image may need its lists first
+            subprocess.run(command, capture_output=True, timeout=900)
+            if os.path.exists(CHROMIUM):
+                break
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no {CHROMIUM}: install Debian's chromium package (apt-get install chromium) to run the browser test")
     return CHROMIUM
