@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     outputs = build / "demo"
     outputs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with TritonServer(repository, http_port=0, grpc_port=0, metrics_port=0, log_path=build / "server.log") as server:
+    # A busy 2-core machine can need more than the launcher's default 120 s to load every model.
+    with TritonServer(repository, http_port=0, grpc_port=0, metrics_port=0, log_path=build / "server.log").start(timeout=300) as server:
         print(f"tritonserver ready in {time.perf_counter() - started:.1f} s: http://{server.http_url} grpc {server.grpc_url}")
         for name, stream, protocol, url in (("offline", False, "http", server.http_url),
                                             ("stream", True, "grpc", server.grpc_url)):
