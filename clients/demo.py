@@ -1,4 +1,6 @@
-"""One-command demo: checkpoints → rendered repository → real tritonserver → TTS offline and streamed → wavs.
+"""One-command demo: checkpoints → rendered repository → real tritonserver → TTS offline and streamed → wavs →
+the OpenAI-compatible gateway in front (one offline and one streamed request through it) → serves the web page
+until Ctrl-C (``--once`` stops after the requests).
 
     make demo                                            # tiny random checkpoints (noise, not speech)
     STEPAUDIO_CHECKPOINTS=/models make demo              # the downloaded Step-Audio-TTS-3B + Step-Audio-Tokenizer
@@ -46,12 +48,35 @@ def prepare_voices(checkpoints: Path, build: Path) -> Path:
     return build / layout.SPEAKERS_DIR
 
 
+def gateway_requests(url: str, text: str, outputs: Path) -> None:
+    """One offline and one streamed request through the gateway with the official openai client."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)  # auth is off on loopback
+    request = {"model": "step-audio-tts", "input": text, "voice": "Tingting", "extra_body": {"seed": 7}}
+    started = time.perf_counter()
+    path = outputs / "gateway_offline.wav"
+    client.audio.speech.create(**request, response_format="wav").write_to_file(path)
+    print(f"gateway  {path}: {(time.perf_counter() - started) * 1000:.0f} ms (POST /v1/audio/speech, wav)")
+    started, first = time.perf_counter(), None
+    path = outputs / "gateway_stream.mp3"
+    with client.audio.speech.with_streaming_response.create(**request, response_format="mp3") as response, \
+            open(path, "wb") as out:
+        for chunk in response.iter_bytes():
+            first = first if first is not None else time.perf_counter() - started
+            out.write(chunk)
+    print(f"gateway  {path}: {(time.perf_counter() - started) * 1000:.0f} ms, first audio {first * 1000:.0f} ms "
+          "(streamed mp3)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--build", type=Path, default=Path("build"))
     parser.add_argument("--text", default=TEXT)
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="cap on speech tokens (default: 150 with tiny checkpoints, none with real ones)")
+    parser.add_argument("--port", type=int, default=8080, help="gateway port (0 picks a free one)")
+    parser.add_argument("--once", action="store_true", help="stop after the demo requests instead of serving until Ctrl-C")
     args = parser.parse_args(argv)
     from clients import tts as tts_client
     from export.render_repository import render
@@ -68,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     outputs = build / "demo"
     outputs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with TritonServer(repository, http_port=0, grpc_port=0, metrics_port=0, log_path=build / "server.log") as server:
+    # A busy 2-core machine can need more than the launcher's default 120 s to load every model.
+    with TritonServer(repository, http_port=0, grpc_port=0, metrics_port=0, log_path=build / "server.log").start(timeout=300) as server:
         print(f"tritonserver ready in {time.perf_counter() - started:.1f} s: http://{server.http_url} grpc {server.grpc_url}")
         for name, stream, protocol, url in (("offline", False, "http", server.http_url),
                                             ("stream", True, "grpc", server.grpc_url)):
@@ -86,6 +112,20 @@ def main(argv: list[str] | None = None) -> int:
             if timing.get("first_chunk_s") is not None:
                 line += f", first chunk {timing['first_chunk_s'] * 1000:.0f} ms in {timing['chunks']} chunks"
             print(line + (f", RTF {timing['latency_s'] / seconds:.2f}" if seconds else ""))
+        from gateway.process import GatewayProcess
+
+        limits = ["--max-new-tokens", str(cap)] if cap else []
+        with GatewayProcess(server.grpc_url, build / "gateway_voices.sqlite3", build / "gateway.log", *limits,
+                            port=args.port) as gateway:
+            gateway_requests(gateway.url, args.text, outputs)
+            print(f"web page: {gateway.url}/   OpenAI base_url: {gateway.url}/v1")
+            if not args.once:
+                print("serving until Ctrl-C")
+                try:
+                    while gateway.process.poll() is None and server.process.poll() is None:
+                        time.sleep(0.5)
+                except KeyboardInterrupt:
+                    pass
     print("server stopped")
     return 0
 

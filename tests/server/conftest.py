@@ -1,14 +1,12 @@
 """One real tritonserver per test session, on free loopback ports, against a repository built for the tests.
 
 The server is stopped at session end whatever happened (the fixture's context manager), and every test that
-talks to it goes through ``triton_server``.
+talks to it goes through ``triton_server`` (defined in ``tests/conftest.py``: the gateway tests share it).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -16,16 +14,10 @@ import numpy as np
 import pytest
 
 from stepaudio.serve import TritonServer
-from stepaudio.serving.http_guard import GuardLimits
 
 SMOKE_REPOSITORY = Path(__file__).parent / "smoke_repository"
 
 
-def _interrupt_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # pytest then runs fixture teardown, which stops the servers
-
-
-signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
 def write_smoke_onnx(path: Path) -> None:
@@ -70,41 +62,6 @@ def smoke_repository(tmp_path_factory) -> Path:
 def smoke_server(smoke_repository, tmp_path_factory):
     """The foundation's smoke models only: protocol and server-feature tests do not wait for the Step-Audio models."""
     with TritonServer(smoke_repository, log_path=tmp_path_factory.mktemp("smoke_log") / "server.log") as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory) -> Path:
-    """The whole tiny checkpoint tree in the published layout, written once per session."""
-    from stepaudio.checkpoints import write_tree
-
-    root = tmp_path_factory.mktemp("checkpoints")
-    write_tree(root, "tiny", seed=0)
-    return root
-
-
-@pytest.fixture(scope="session")
-def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
-    """Every served Step-Audio model rendered from the tiny checkpoints (one server for all their tests)."""
-    from export.render_repository import render
-    from stepaudio.checkpoints import layout
-
-    if os.environ.get("STEPAUDIO_TEST_REPOSITORY"):  # development: reuse a repository rendered with these values
-        return Path(os.environ["STEPAUDIO_TEST_REPOSITORY"])
-    repo = tmp_path_factory.mktemp("model_repository")
-    # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
-    render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR, {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000",
-                                                                         "bls_stall_timeout_s": "20"})
-    return repo
-
-
-@pytest.fixture(scope="session")
-def triton_server(model_repository, tmp_path_factory):
-    log = tmp_path_factory.mktemp("server_log") / "server.log"
-    # A small body limit, so the test of the limit sends 16 MiB, not the production 64.
-    limits = GuardLimits(max_body_bytes=16 * 1024 * 1024)
-    server = TritonServer(model_repository, log_path=log, guard_limits=limits)
-    with server.start(timeout=300):  # a busy 2-core machine can take minutes to load every model
         yield server
 
 

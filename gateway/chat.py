@@ -1,0 +1,121 @@
+"""``POST /v1/chat/completions`` in OpenAI's audio-chat shape, backed by ``voice_chat_stream``.
+
+The served chat keeps history as text, so only the last user message may carry audio (``input_audio``); earlier
+turns are sent as text (the gateway returns each spoken turn's transcript as ``step_audio.user_transcript`` so a
+client can do that). Reply audio uses the server's preset speakers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway import triton
+from gateway.errors import APIError
+
+# OpenAI's audio.format names → the gateway's response formats.
+CHAT_AUDIO_FORMATS = {"wav": "wav", "pcm16": "pcm", "pcm": "pcm", "flac": "flac", "mp3": "mp3", "opus": "opus", "aac": "aac"}
+
+
+class AudioOptions(BaseModel):
+    voice: str | dict = "Tingting"
+    format: str = "wav"
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send many optional fields that do not apply here
+
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    modalities: list[Literal["text", "audio"]] = ["text"]
+    audio: AudioOptions | None = None
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @property
+    def wants_audio(self) -> bool:
+        return "audio" in self.modalities
+
+    @property
+    def audio_format(self) -> str:
+        name = (self.audio or AudioOptions()).format
+        if name not in CHAT_AUDIO_FORMATS:
+            raise APIError(400, f"audio.format must be one of {', '.join(CHAT_AUDIO_FORMATS)}", param="audio.format")
+        return CHAT_AUDIO_FORMATS[name]
+
+    @property
+    def voice(self) -> str:
+        voice = (self.audio or AudioOptions()).voice
+        return voice.get("id", "") if isinstance(voice, dict) else voice
+
+
+def _text_of(content, index: int, allow_audio: bool) -> tuple[str, bytes | None]:
+    """(text, audio file bytes or None) of one message's content."""
+    if content is None:
+        return "", None
+    if isinstance(content, str):
+        return content, None
+    if not isinstance(content, list):
+        raise APIError(400, "message content must be a string or a list of parts", param=f"messages[{index}].content")
+    texts, audio = [], None
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "input_audio":
+            if not allow_audio:
+                raise APIError(400, "only the last user message may carry audio: send earlier turns as text (their "
+                               "transcript, returned as step_audio.user_transcript)", param=f"messages[{index}].content")
+            if audio is not None:
+                raise APIError(400, "one input_audio part per message", param=f"messages[{index}].content")
+            try:
+                audio = base64.b64decode((part.get("input_audio") or {}).get("data", ""), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise APIError(400, "input_audio.data is not valid base64", param=f"messages[{index}].content") from exc
+        else:
+            raise APIError(400, f"unsupported content part type {kind!r} (text and input_audio are)",
+                           param=f"messages[{index}].content")
+    return "".join(texts), audio
+
+
+def split_messages(messages: list[dict]) -> tuple[list[dict], str, bytes | None]:
+    """(text history, last user text, last user audio file bytes or None)."""
+    history = []
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise APIError(400, f"unsupported role {role!r}", param=f"messages[{index}].role")
+        last = index == len(messages) - 1
+        if last and role != "user":
+            raise APIError(400, "the last message must come from the user", param=f"messages[{index}].role")
+        text, audio = _text_of(message.get("content"), index, allow_audio=last)
+        if role == "assistant" and not text:
+            text = str((message.get("audio") or {}).get("transcript", ""))
+        if last:
+            if not text and audio is None:
+                raise APIError(400, "the last user message has neither text nor audio", param=f"messages[{index}].content")
+            return history, text, audio
+        history.append({"role": "system" if role == "developer" else role, "content": text})
+    raise AssertionError("unreachable: messages is not empty")
+
+
+def chat_tensors(request: ChatRequest, history: list[dict], text: str, audio: tuple[np.ndarray, int] | None,
+                 max_tokens: int, tts_max_new_tokens: int) -> dict[str, np.ndarray]:
+    tensors = {"HISTORY": triton.string(json.dumps(history, ensure_ascii=False)),
+               "SPEAKER": triton.string(request.voice),
+               "MAX_NEW_TOKENS": triton.scalar(max_tokens, np.int32),
+               "TTS_MAX_NEW_TOKENS": triton.scalar(tts_max_new_tokens, np.int32)}
+    if text:
+        tensors["TEXT"] = triton.string(text)
+    if audio is not None:
+        tensors["AUDIO"], tensors["SAMPLE_RATE"] = audio[0], triton.scalar(audio[1], np.int32)
+    return {**tensors, **triton.sampling(request.seed, request.temperature, request.top_p)}

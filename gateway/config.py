@@ -1,0 +1,57 @@
+"""Gateway settings (CLI flags and environment map onto this one dataclass)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Served models behind each public model name. tts_stream routes RAP/humming texts to the music decoder itself.
+SPEECH_MODELS = {"step-audio-tts": "tts_stream", "tts-1": "tts_stream", "tts-1-hd": "tts_stream", "gpt-4o-mini-tts": "tts_stream"}
+CHAT_MODELS = {"step-audio-chat": "voice_chat_stream", "gpt-4o-audio-preview": "voice_chat_stream"}
+# /health is ready only when these answer: the two streaming models and every model they call over BLS.
+REQUIRED_MODELS = ("tts_stream", "voice_chat_stream", "tts_frontend", "tts_llm", "flow_decoder", "vocoder",
+                   "flow_decoder_music", "vocoder_music", "tokenizer", "chat_llm")
+
+
+@dataclass
+class Settings:
+    triton_grpc: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    db: Path = Path("gateway-voices.sqlite3")
+    api_keys: tuple[str, ...] = ()
+    rate_per_minute: int = 60  # requests per key per minute on the routes that run models (burst = the same)
+    max_concurrent: int = 4  # streams per key at once
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_input_chars: int = 1000  # the served TTS front end's own limit
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_upload_seconds: float = 30.0  # the served voice cache's limit
+    min_upload_seconds: float = 0.5
+    max_new_tokens: int = 2048  # TTS ids when a request names none (≈41.7 per second of speech)
+    max_new_tokens_limit: int = 4096  # the most a request may ask for
+    chat_max_tokens: int = 512  # cap and default for reply text tokens
+    chat_tts_max_new_tokens: int = 1024  # speech ids per reply sentence
+    preset_voices: tuple[str, ...] = ("Tingting",)
+    required_models: tuple[str, ...] = REQUIRED_MODELS
+    speech_models: dict[str, str] = field(default_factory=lambda: dict(SPEECH_MODELS))
+    chat_models: dict[str, str] = field(default_factory=lambda: dict(CHAT_MODELS))
+
+    def validate(self) -> None:
+        if not self.api_keys and not is_loopback(self.host):
+            raise ValueError(f"refusing to serve {self.host} without API keys: give --api-key (auth may be off only on loopback)")
+        for name in ("rate_per_minute", "max_concurrent", "max_body_bytes", "max_input_chars", "max_upload_bytes",
+                     "max_new_tokens", "max_new_tokens_limit", "chat_max_tokens", "chat_tts_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("max_new_tokens must not exceed max_new_tokens_limit")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,94 @@
+"""The gateway's one connection to Triton: gRPC asyncio streams to the decoupled models, readiness checks.
+
+Leaving a stream early (client gone, error, ``aclose``) cancels its gRPC call; Triton then marks the request
+cancelled and ``tts_stream`` / ``voice_chat_stream`` stop their LLM stream at its next step.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import AsyncIterator
+
+import numpy as np
+
+# error_response() in the served adapters: INVALID_ARG carries the bare message, INTERNAL "ExceptionType: message".
+_INTERNAL_ERROR = re.compile(r"^[A-Z]\w*(Error|Exception|Interrupt): ")
+
+
+class TritonError(RuntimeError):
+    """Triton answered a request with an error; ``bad_input`` when the served model judged the input invalid."""
+
+    def __init__(self, message: str, bad_input: bool):
+        super().__init__(message)
+        self.bad_input = bad_input
+
+
+class TritonUnavailable(RuntimeError):
+    """Triton cannot be reached."""
+
+
+def string(value: str) -> np.ndarray:
+    return np.array([value.encode()], dtype=np.object_)
+
+
+def scalar(value, dtype) -> np.ndarray:
+    return np.array([value], dtype=dtype)
+
+
+def sampling(seed: int | None, temperature: float | None, top_p: float | None) -> dict[str, np.ndarray]:
+    """The optional LLM sampling inputs that were given."""
+    given = (("SEED", seed, np.int64), ("TEMPERATURE", temperature, np.float32), ("TOP_P", top_p, np.float32))
+    return {name: scalar(value, dtype) for name, value, dtype in given if value is not None}
+
+
+class Triton:
+    def __init__(self, url: str):
+        import tritonclient.grpc.aio as grpcaio
+
+        self.url = url
+        self.client = grpcaio.InferenceServerClient(url)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def stream(self, model: str, tensors: dict[str, np.ndarray], outputs: list[str]) -> AsyncIterator[dict]:
+        """One request to a decoupled model; yields {output: array} for the outputs each response carries."""
+        import grpc
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import np_to_triton_dtype
+
+        inputs = []
+        for name, value in tensors.items():
+            tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+
+        async def one_request():
+            # The request side ends after one request; Triton closes the stream after that request's final response.
+            yield {"model_name": model, "inputs": inputs, "outputs": [grpcclient.InferRequestedOutput(n) for n in outputs]}
+
+        responses = self.client.stream_infer(one_request())
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    message = str(error.message() if hasattr(error, "message") else error)
+                    raise TritonError(message, bad_input=not _INTERNAL_ERROR.match(message))
+                present = {o.name for o in result.get_response().outputs}
+                values = {name: result.as_numpy(name) for name in outputs if name in present}
+                if values:
+                    yield values
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                raise
+            raise TritonUnavailable(f"Triton at {self.url}: {exc.code().name}: {exc.details()}") from exc
+        finally:
+            responses.cancel()  # no-op once the call is done; otherwise Triton sees the cancellation
+
+    async def not_ready(self, models: list[str], timeout_s: float = 5.0) -> list[str]:
+        """Models (or "server") that are not ready now; empty when all are."""
+        try:
+            if not await self.client.is_server_ready(client_timeout=timeout_s):
+                return ["server"]
+            return [m for m in models if not await self.client.is_model_ready(m, client_timeout=timeout_s)]
+        except Exception as exc:  # noqa: BLE001 - unreachable or timed out is "not ready", with the reason
+            return [f"server ({type(exc).__name__})"]

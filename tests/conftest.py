@@ -1,0 +1,56 @@
+"""Session fixtures shared by the live-server tests (``tests/server``) and the gateway tests (``tests/gateway``):
+one tiny checkpoint tree, one rendered repository and one tritonserver for the whole session."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from stepaudio.serve import TritonServer
+from stepaudio.serving.http_guard import GuardLimits
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # pytest then runs fixture teardown, which stops the servers
+
+
+signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> Path:
+    """The whole tiny checkpoint tree in the published layout, written once per session."""
+    from stepaudio.checkpoints import write_tree
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    write_tree(root, "tiny", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
+    """Every served Step-Audio model rendered from the tiny checkpoints (one server for all their tests)."""
+    from export.render_repository import render
+    from stepaudio.checkpoints import layout
+
+    if os.environ.get("STEPAUDIO_TEST_REPOSITORY"):  # development: reuse a repository rendered with these values
+        return Path(os.environ["STEPAUDIO_TEST_REPOSITORY"])
+    repo = tmp_path_factory.mktemp("model_repository")
+    # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
+    # A 20 s stall timeout: streams behind a killed stub fail within the fault-injection test.
+    render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR,
+           {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000", "bls_stall_timeout_s": "20"})
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton_server(model_repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server_log") / "server.log"
+    # A small body limit, so the test of the limit sends 16 MiB, not the production 64.
+    limits = GuardLimits(max_body_bytes=16 * 1024 * 1024)
+    server = TritonServer(model_repository, log_path=log, guard_limits=limits)
+    with server.start(timeout=300):  # a busy 2-core machine can take minutes to load every model
+        yield server
