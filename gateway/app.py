@@ -128,7 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise APIError(502, f"{model} ended without a response", code="upstream_error") from None
         except TritonError as exc:
             await stream.aclose()
-            raise APIError(400 if exc.bad_input else 502, str(exc), code="invalid_input" if exc.bad_input else "upstream_error") from exc
+            raise APIError(exc.status, str(exc), code="invalid_input" if exc.bad_input else "upstream_error") from exc
         except TritonUnavailable as exc:
             raise APIError(503, str(exc), code="upstream_unavailable") from exc
 

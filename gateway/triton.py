@@ -6,21 +6,26 @@ cancelled and ``tts_stream`` / ``voice_chat_stream`` stop their LLM stream at it
 
 from __future__ import annotations
 
-import re
 from typing import AsyncIterator
 
 import numpy as np
 
-# error_response() in the served adapters: INVALID_ARG carries the bare message, INTERNAL "ExceptionType: message".
-_INTERNAL_ERROR = re.compile(r"^[A-Z]\w*(Error|Exception|Interrupt): ")
+from stepaudio_triton import errors
+
+# The served model's error code (tagged into the message, gRPC stream errors carry none) → the gateway's status.
+_STATUS = {"INVALID_ARG": 400, "UNAVAILABLE": 503, "CANCELLED": 499, "INTERNAL": 502}
 
 
 class TritonError(RuntimeError):
-    """Triton answered a request with an error; ``bad_input`` when the served model judged the input invalid."""
+    """Triton answered a request with an error; ``status`` is the HTTP status its code maps to."""
 
-    def __init__(self, message: str, bad_input: bool):
+    def __init__(self, message: str, status: int):
         super().__init__(message)
-        self.bad_input = bad_input
+        self.status = status
+
+    @property
+    def bad_input(self) -> bool:
+        return self.status == 400
 
 
 class TritonUnavailable(RuntimeError):
@@ -65,14 +70,15 @@ class Triton:
 
         async def one_request():
             # The request side ends after one request; Triton closes the stream after that request's final response.
-            yield {"model_name": model, "inputs": inputs, "outputs": [grpcclient.InferRequestedOutput(n) for n in outputs]}
+            yield {"model_name": model, "inputs": inputs, "outputs": [grpcclient.InferRequestedOutput(n) for n in outputs],
+                   "parameters": {errors.TAGGED_CODES_PARAMETER: True}}
 
         responses = self.client.stream_infer(one_request())
         try:
             async for result, error in responses:
                 if error is not None:
-                    message = str(error.message() if hasattr(error, "message") else error)
-                    raise TritonError(message, bad_input=not _INTERNAL_ERROR.match(message))
+                    failure = errors.from_tagged(str(error.message() if hasattr(error, "message") else error), model)
+                    raise TritonError(str(failure), _STATUS[errors.code_name(failure)])
                 present = {o.name for o in result.get_response().outputs}
                 values = {name: result.as_numpy(name) for name in outputs if name in present}
                 if values:

@@ -75,9 +75,9 @@ def string_tensor(name: str, text: str):
     return pb_utils.Tensor(name, np.array([text.encode("utf-8")], dtype=np.object_))
 
 
-def _came_over_bls(request) -> bool:
+def _wants_tagged_codes(request) -> bool:
     try:
-        return bool(json.loads(request.parameters() or "{}").get(errors.BLS_PARAMETER))
+        return bool(json.loads(request.parameters() or "{}").get(errors.TAGGED_CODES_PARAMETER))
     except (ValueError, AttributeError):
         return False
 
@@ -88,7 +88,7 @@ def error_response(exc: BaseException, request):
     name = errors.code_name(exc)
     if name == "INTERNAL":
         pb_utils.Logger.log_error("".join(traceback.format_exception(exc)))
-    message = errors.for_bls(exc) if _came_over_bls(request) else errors.client_message(exc)
+    message = errors.tagged(exc) if _wants_tagged_codes(request) else errors.client_message(exc)
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, name)))
 
 

@@ -24,15 +24,15 @@ def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str]
         model_name=model,
         inputs=[pb_utils.Tensor(name, value) for name, value in tensors.items() if value is not None],
         requested_output_names=output_names,
-        # BLS_PARAMETER: the called model writes its error code into the message (see errors.py).
-        parameters={errors.BLS_PARAMETER: True, **(parameters or {})},
+        # The called model writes its error code into the message (see errors.py).
+        parameters={errors.TAGGED_CODES_PARAMETER: True, **(parameters or {})},
     )
 
 
 def raise_if_error(response, model: str) -> None:
-    """A called model's error → the exception type it raised (``errors.from_bls``)."""
+    """A called model's error → the exception type it raised (``errors.from_tagged``)."""
     if response.has_error():
-        raise errors.from_bls(response.error().message(), model)
+        raise errors.from_tagged(response.error().message(), model)
 
 
 def outputs(response, names: list[str]) -> dict[str, np.ndarray]:

@@ -6,10 +6,11 @@
 - anything else is our fault → INTERNAL, logged with its traceback.
 
 Across BLS the code needs help: Triton 2.51 hands every BLS error back to the caller as INTERNAL, whatever code
-the called model sent. Our BLS calls mark themselves with the request parameter ``BLS_PARAMETER``; a model
-answering such a call writes the code's name as a ``[NAME] `` prefix of the message (clients calling directly
-never see it), and the caller turns that prefix back into the same exception type. An error without the prefix
-comes from Triton or a backend, not from our code (a dead stub, a model that is not loaded): UNAVAILABLE.
+the called model sent, and gRPC stream errors carry no code at all. A caller that wants the code sets the request
+parameter ``TAGGED_CODES_PARAMETER`` (our BLS calls and the gateway do); a model answering such a request writes
+the code's name as a ``[NAME] `` prefix of the message (other clients never see it), and the caller turns that
+prefix back into the same exception type (``from_tagged``). An error without the prefix comes from Triton or a
+backend, not from our code (a dead stub, a model that is not loaded): UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 
 from stepaudio.errors import Cancelled, Unavailable
 
-BLS_PARAMETER = "stepaudio_bls"
+TAGGED_CODES_PARAMETER = "stepaudio_error_codes"
 
 
 # Exception type → Triton error code name (pb_utils.TritonError.<NAME>); the first match wins.
@@ -42,11 +43,11 @@ def client_message(exc: BaseException) -> str:
     return str(exc) if name != "INTERNAL" else f"internal error: {type(exc).__name__}: {exc}"
 
 
-def for_bls(exc: BaseException) -> str:
+def tagged(exc: BaseException) -> str:
     return f"[{code_name(exc)}] {client_message(exc)}"
 
 
-def from_bls(message: str, model: str) -> BaseException:
+def from_tagged(message: str, model: str) -> BaseException:
     """A BLS error message → the exception the called model raised (see the module docstring)."""
     match = _PREFIX.match(message)
     if match is None:

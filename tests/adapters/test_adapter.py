@@ -118,7 +118,7 @@ def test_error_codes_follow_the_exception_type_and_survive_bls(adapter):
     from stepaudio.errors import Cancelled, Unavailable
     from stepaudio_triton import errors
 
-    direct, over_bls = FakeRequest(), FakeRequest(parameters='{"stepaudio_bls": true}')
+    direct, over_bls = FakeRequest(), FakeRequest(parameters='{"stepaudio_error_codes": true}')
     for exc, code in ((ValueError("text is empty"), "INVALID_ARG"), (Unavailable("full"), "UNAVAILABLE"),
                       (Cancelled("gone"), "CANCELLED"), (KeyError("x"), "INTERNAL")):
         response = adapter.error_response(exc, direct)
@@ -126,12 +126,12 @@ def test_error_codes_follow_the_exception_type_and_survive_bls(adapter):
         assert not response.error.message.startswith("["), "direct clients read the plain message"
         tagged = adapter.error_response(exc, over_bls).error.message
         assert tagged.startswith(f"[{code}] ")
-        raised = errors.from_bls(tagged, "m")
+        raised = errors.from_tagged(tagged, "m")
         assert errors.code_name(raised) == code, "the caller raises the same kind of exception"
     # A bad-input message that looks like an exception name stays bad input (no guessing from the text).
-    assert errors.code_name(errors.from_bls("[INVALID_ARG] KeyError: looks internal", "m")) == "INVALID_ARG"
+    assert errors.code_name(errors.from_tagged("[INVALID_ARG] KeyError: looks internal", "m")) == "INVALID_ARG"
     # Untagged errors come from Triton itself (a dead stub, a model not loaded): unavailable, not bad input.
-    assert isinstance(errors.from_bls("Stub process 'tts_0_1' is not healthy.", "tts"), Unavailable)
+    assert isinstance(errors.from_tagged("Stub process 'tts_0_1' is not healthy.", "tts"), Unavailable)
 
 
 @pytest.mark.parametrize("pool", [None, ThreadPoolExecutor(2)])
