@@ -13,7 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.errors import Cancelled
-from stepaudio.llm.engine import FINISH_CANCELLED, GenerationRequest, TokenStream
+from stepaudio.llm.engine import GenerationRequest, TokenStream
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio_triton.adapter import error_response, optional_scalar, optional_string, required_input
 from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
@@ -160,7 +160,7 @@ def stream_tokens(
                     sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
             if sender.is_cancelled():
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            elif stream.finish_reason == FINISH_CANCELLED:
+            elif stream.cancel_requested:  # by a CANCEL naming its token (iteration ends before the engine retires it)
                 error = Cancelled(f"stream cancelled by its owner after {sent} ids")
                 sender.send(error_response(error, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             else:
