@@ -16,7 +16,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check stepaudio model_repository backends export clients gateway bench tests
+	$(VENV)/bin/ruff check stepaudio stepaudio_triton model_repository backends export clients gateway bench tests
 
 checkpoints: $(STAMP)
 	$(PY) -m stepaudio.checkpoints make-tiny --out $(CHECKPOINTS)
