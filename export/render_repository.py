@@ -60,7 +60,6 @@ DEFAULTS: dict[str, str] = {
     "chat_max_new_tokens_limit": "4096",
     "max_audio_seconds": "60",
     "llm_max_streams": "128",  # running + queued generations per LLM model; more → UNAVAILABLE
-    "bls_stall_timeout_s": "120",  # a called stream silent this long is lost (its stub died): UNAVAILABLE
     "stream_max_concurrent": "64",  # tts_stream / voice_chat_stream requests in flight per instance
 }
 

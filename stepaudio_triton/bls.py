@@ -3,9 +3,7 @@ concurrent requests overlap), with a called model's errors turned into exception
 
 from __future__ import annotations
 
-import queue
 import secrets
-import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -14,9 +12,6 @@ from stepaudio_triton import errors
 
 # The request parameter naming a stream's cancel token; generation.py reads it (one spelling for both sides).
 CANCEL_TOKEN_PARAMETER = "cancel_token"
-# Longest silence of a called stream before it counts as lost (a queued LLM stream waits for a free engine slot).
-DEFAULT_STALL_TIMEOUT_S = 120.0
-_END = object()
 
 
 def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str], parameters: dict | None = None):
@@ -50,53 +45,25 @@ class Stream:
 
     With ``cancellable`` the stream carries a secret cancel token (request parameter ``cancel_token``) and
     ``cancel()`` sends CANCEL = that token to the same model (see ``generation.LiveStreams``: the 2.51 python
-    backend has no BLS cancellation); only the LLM models accept CANCEL.
+    backend has no BLS cancellation); only the LLM models accept CANCEL."""
 
-    A called model whose stub dies never ends its decoupled streams (Triton 2.51 leaves them open), so responses
-    are read on a helper thread and a stream that sends nothing for ``stall_timeout_s`` fails with ``Unavailable``
-    instead of holding its client forever."""
-
-    def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str], cancellable: bool = False,
-                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
-        self.model, self.names, self.stall_timeout_s = model, output_names, stall_timeout_s
+    def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str], cancellable: bool = False):
+        self.model, self.names = model, output_names
         self.cancel_token = secrets.token_hex(16) if cancellable else None
         parameters = {CANCEL_TOKEN_PARAMETER: self.cancel_token} if cancellable else None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        responses = _request(model, tensors, output_names, parameters).exec(decoupled=True)
-        # Ends with the stream; blocks for good only if the called stub died (then it is the one thing left).
-        threading.Thread(target=self._read, args=(responses,), name=f"bls-{model}", daemon=True).start()
-        self._cancelled = self._ended = False
-
-    def _read(self, responses) -> None:
-        try:
-            for response in responses:
-                self._queue.put(response)
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer
-            self._queue.put(exc)
-        self._queue.put(_END)
-
-    def _next(self, timeout_s: float):
-        try:
-            item = self._queue.get(timeout=timeout_s)
-        except queue.Empty:
-            raise errors.Unavailable(f"{self.model} unavailable: no response for {timeout_s:.0f} s "
-                                     "(its stub may have died); retry") from None
-        if item is _END:
-            self._ended = True
-        elif isinstance(item, Exception):
-            raise item
-        return item
+        self._responses = _request(model, tensors, output_names, parameters).exec(decoupled=True)
+        self._cancelled = False
 
     def __iter__(self):
-        while (response := self._next(self.stall_timeout_s)) is not _END:
+        for response in self._responses:
             raise_if_error(response, self.model)
             if response.output_tensors():
                 yield outputs(response, self.names)
 
     def cancel(self) -> None:
-        """Stop the stream and wait (at most ``stall_timeout_s``) for its final response, so that the called model
-        has freed the stream's engine slot when this returns. The called model ends a cancelled stream within one
-        decode step.
+        """Stop the stream and wait for its final response, so that the called model has freed the stream's
+        engine slot when this returns and no response is left in flight for an abandoned iterator. The called
+        model ends a cancelled stream within one decode step.
 
         Best effort, never raises: callers cancel while ending a request, often while reporting another error."""
         if self._cancelled or self.cancel_token is None:
@@ -106,7 +73,7 @@ class Stream:
         try:
             for _ in _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True):
                 pass
-            while not self._ended:  # drain to the final response; a cancelled stream's errors do not matter
-                self._next(self.stall_timeout_s)
+            for _ in self._responses:  # drain to the final response; a cancelled stream's errors do not matter
+                pass
         except Exception:  # noqa: BLE001 - see the docstring
             pass

@@ -27,7 +27,6 @@ class ChatGraph:
     stream_tts_model: str
     default_speaker: str
     max_sentence_chars: int
-    stall_timeout_s: float
 
     @classmethod
     def from_config(cls, config: dict) -> ChatGraph:
@@ -38,7 +37,6 @@ class ChatGraph:
             parameter(config, "stream_tts_model", "tts_stream"),
             parameter(config, "default_speaker", "Tingting"),
             parameter(config, "max_sentence_chars", 200, int),
-            parameter(config, "stall_timeout_s", bls.DEFAULT_STALL_TIMEOUT_S, float),
         )
 
 
@@ -95,12 +93,11 @@ class ChatRun:
         chat_inputs = {"MESSAGES": _string(inputs.messages), **inputs.sampling}
         if self.audio_ids is not None:
             chat_inputs["AUDIO_IDS"] = self.audio_ids
-        self.reply = bls.Stream(graph.chat_model, chat_inputs, ["TEXT_DELTA"], cancellable=True,
-                                stall_timeout_s=graph.stall_timeout_s)
+        self.reply = bls.Stream(graph.chat_model, chat_inputs, ["TEXT_DELTA"], cancellable=True)
 
     def _transcribe(self) -> str:
         parts = bls.Stream(self.graph.chat_model, {"MODE": _string("asr"), "AUDIO_IDS": self.audio_ids}, ["TEXT_DELTA"],
-                           cancellable=True, stall_timeout_s=self.graph.stall_timeout_s)
+                           cancellable=True)
         return "".join(r["TEXT_DELTA"].reshape(-1)[0].decode() for r in parts)
 
     def reply_deltas(self):

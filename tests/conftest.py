@@ -40,9 +40,8 @@ def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
         return Path(os.environ["STEPAUDIO_TEST_REPOSITORY"])
     repo = tmp_path_factory.mktemp("model_repository")
     # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
-    # A 20 s stall timeout: streams behind a killed stub fail within the fault-injection test.
     render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR,
-           {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000", "bls_stall_timeout_s": "20"})
+           {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000"})
     return repo
 
 

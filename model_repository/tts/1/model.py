@@ -41,7 +41,6 @@ class TritonPythonModel:
         self.endpoint_for = {"speech": parameter(config, "speech_endpoint", "ensemble_tts"),
                              "music": parameter(config, "music_endpoint", "ensemble_tts_music")}
         self.decoder_config = load_config(parameter(config, "decoder_dir"))
-        self.stall_timeout_s = parameter(config, "stall_timeout_s", bls.DEFAULT_STALL_TIMEOUT_S, float)
 
     def execute(self, requests):
         return respond_each(requests, self._one)
@@ -57,8 +56,7 @@ class TritonPythonModel:
                 "(or to tts_stream, which routes by itself)"
             )
         generated = []
-        for response in bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"],
-                                   cancellable=True, stall_timeout_s=self.stall_timeout_s):
+        for response in bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"], cancellable=True):
             generated.extend(int(i) for i in response["OUTPUT_IDS"].reshape(-1))
         tokens = decoder_tokens(generated)
         prompt_tokens, prompt_mel = prepared["PROMPT_TOKENS"], prepared["PROMPT_MEL"]

@@ -49,7 +49,6 @@ class TritonPythonModel:
         self.schedule.validate()
         self.frontend_model = parameter(config, "frontend_model", "tts_frontend")
         self.llm_model = parameter(config, "llm_model", "tts_llm")
-        self.stall_timeout_s = parameter(config, "stall_timeout_s", bls.DEFAULT_STALL_TIMEOUT_S, float)
 
         self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "tts_stream")
 
@@ -85,7 +84,7 @@ class TritonPythonModel:
             )
             rate = np.array([decoder.sample_rate], dtype=np.int32)
             llm_responses = bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"],
-                                       cancellable=True, stall_timeout_s=self.stall_timeout_s)
+                                       cancellable=True)
             for response in llm_responses:
                 if sender.is_cancelled():
                     llm_responses.cancel()

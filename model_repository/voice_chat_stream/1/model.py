@@ -85,8 +85,7 @@ class TritonPythonModel:
             while (sentence := sentences.get()) is not _DONE:
                 if sender.is_cancelled():
                     continue
-                for chunk in bls.Stream(self.graph.stream_tts_model, run.tts_inputs(sentence, batched=False), ["WAVEFORM", "SAMPLE_RATE"],
-                                        stall_timeout_s=self.graph.stall_timeout_s):
+                for chunk in bls.Stream(self.graph.stream_tts_model, run.tts_inputs(sentence, batched=False), ["WAVEFORM", "SAMPLE_RATE"]):
                     send([tensor("WAVEFORM", chunk["WAVEFORM"].astype(np.float32)), tensor("SAMPLE_RATE", chunk["SAMPLE_RATE"])])
         except Exception as exc:  # noqa: BLE001 - reported by the turn thread
             errors.append(exc)
