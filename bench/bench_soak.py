@@ -100,6 +100,32 @@ def one_stream(url: str, seed: int, kind: str, tokens: int) -> tuple[str, float 
         client.close()
 
 
+def oversized_inputs(server: TritonServer) -> None:
+    """The QA's large inputs: a 10-minute voice prompt and a 230 MB clip to the tokenizer (over gRPC, which the
+    HTTP guard's body limit does not cover). Prints the time to the refusal and the memory they leave."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    cases = {
+        "10-minute prompt → ensemble_tts": ("ensemble_tts", {
+            "TEXT": np.array([["你好".encode()]], dtype=np.object_), "PROMPT_TEXT": np.array([["你好".encode()]], dtype=np.object_),
+            "PROMPT_AUDIO": np.zeros((1, 16_000 * 600), np.float32), "PROMPT_SAMPLE_RATE": np.array([[16_000]], np.int32)}),
+        "230 MB clip → tokenizer": ("tokenizer", {
+            "AUDIO": np.zeros((1, 1, 230 * 2**20 // 4), np.float32), "SAMPLE_RATE": np.array([[48_000]], np.int32)}),
+    }
+    for name, (model, tensors) in cases.items():
+        rss_before, _ = memory(server)
+        started = time.perf_counter()
+        try:
+            client.infer(model, [_input(k, v) for k, v in tensors.items()])
+            outcome = "accepted (unexpected)"
+        except Exception as exc:  # noqa: BLE001 - the refusal is the expected outcome
+            outcome = str(exc).split("] ", 1)[-1][:80]
+        seconds = time.perf_counter() - started
+        print(f"{name}: {seconds:.2f} s, RSS {memory(server)[0] - rss_before:+.0f} MiB, {outcome}")
+    client.close()
+
+
 def kind_of(i: int, args) -> str:
     if args.bad_every and i % args.bad_every == args.bad_every - 1:
         return ("long_text", "huge_cap", "nested")[(i // args.bad_every) % 3]
@@ -135,6 +161,7 @@ def main() -> int:
         url = f"{server.grpc_url}|{server.http_url}"
         for i in range(3):
             one_stream(url, i, "stream", args.tokens)
+        oversized_inputs(server)
         before = memory(server)
         print(f"baseline after warm-up: RSS {before[0]:.0f} MiB, shared memory {before[1]:.0f} MiB")
         unexpected = 0

@@ -49,6 +49,7 @@ _SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
 # Triton's restricted-API header: these endpoint groups answer only requests that carry it (Triton checks it).
 ADMIN_HEADER = "stepaudio-admin-key"
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # how gRPC clients must spell a restricted-protocol header
 LOOPBACK = "127.0.0.1"
 log = logging.getLogger("stepaudio.serve")
 
@@ -218,7 +219,13 @@ class TritonServer:
 
     @property
     def admin_headers(self) -> dict[str, str]:
+        """For HTTP admin calls (Triton's own endpoint or through the guard)."""
         return {} if self.open_admin_api else {ADMIN_HEADER: self.admin_key or ""}
+
+    @property
+    def grpc_admin_headers(self) -> dict[str, str]:
+        """For gRPC admin calls: Triton expects the restricted-protocol header with its gRPC prefix."""
+        return {} if self.open_admin_api else {f"{GRPC_HEADER_PREFIX}{ADMIN_HEADER}": self.admin_key or ""}
 
     def command(self, binary: ServerBinary) -> list[str]:
         config_name = self.model_config_name

@@ -141,14 +141,15 @@ def test_hostile_values_are_invalid_arg(grpc_client, decoder, model, case, chang
     assert_invalid_arg(grpc_client, model, feeds, message)
 
 
-def _served_cap(client, model, key):
-    return int(client.get_model_config(model, as_json=True)["config"]["parameters"][key]["string_value"])
+def _served_cap(client, server, model, key):
+    config = client.get_model_config(model, as_json=True, headers=server.grpc_admin_headers)  # an admin API
+    return int(config["config"]["parameters"][key]["string_value"])
 
 
 @pytest.mark.server
-def test_requests_above_the_caps_are_refused_before_any_work(grpc_client, decoder):
+def test_requests_above_the_caps_are_refused_before_any_work(grpc_client, triton_server, decoder):
     # At the cap the tiny flow would run for minutes: a refusal inside the client deadline means no work was done.
-    max_tokens = _served_cap(grpc_client, "flow_decoder", "max_tokens")
+    max_tokens = _served_cap(grpc_client, triton_server, "flow_decoder", "max_tokens")
     feeds = flow_feeds(decoder, 7, n_tokens=8)
     feeds["tokens"] = np.zeros((1, max_tokens + 1 - feeds["prompt_tokens"].shape[1]), np.int64)
     feeds["token_lens"] = np.array([feeds["tokens"].shape[1]], np.int64)
@@ -156,7 +157,7 @@ def test_requests_above_the_caps_are_refused_before_any_work(grpc_client, decode
         send(grpc_client, "flow_decoder", feeds, client_timeout=20)
     assert "INVALID_ARG" in str(info.value.status()) and f"exceeds the limit of {max_tokens}" in str(info.value)
 
-    max_frames = _served_cap(grpc_client, "vocoder", "max_mel_frames")
+    max_frames = _served_cap(grpc_client, triton_server, "vocoder", "max_mel_frames")
     feeds = vocoder_feeds(decoder, 4, frames=max_frames + 1)
     with pytest.raises(InferenceServerException) as info:
         send(grpc_client, "vocoder", feeds, client_timeout=20)
@@ -165,9 +166,10 @@ def test_requests_above_the_caps_are_refused_before_any_work(grpc_client, decode
 
 
 @pytest.mark.server
-def test_decoders_are_internal_in_both_configurations(grpc_client, model_repository):
+def test_decoders_are_internal_in_both_configurations(grpc_client, triton_server, model_repository):
     for model in ("flow_decoder", "vocoder", "flow_decoder_music", "vocoder_music"):
-        served = grpc_client.get_model_config(model, as_json=True)["config"]["parameters"]
+        served = grpc_client.get_model_config(model, as_json=True, headers=triton_server.grpc_admin_headers)
+        served = served["config"]["parameters"]
         assert served["access"]["string_value"] == "internal", model
         assert "internal" in (model_repository / model / "config.pbtxt").read_text().split('key: "access"')[1][:60]
 
