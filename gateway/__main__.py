@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--chat-max-tokens", type=int, default=defaults.chat_max_tokens, help="default and cap of reply text tokens")
     parser.add_argument("--chat-tts-max-new-tokens", type=int, default=defaults.chat_tts_max_new_tokens,
                         help="speech ids per chat reply sentence")
+    parser.add_argument("--stall-timeout", type=float, default=defaults.stall_timeout_s,
+                        help="seconds a Triton stream may send nothing before the request fails with 503")
     parser.add_argument("--preset-voice", action="append", default=None,
                         help="preset speaker the server knows, listed by /v1/audio/voices (default Tingting)")
     parser.add_argument("--require-model", action="append", default=None,
@@ -50,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         max_upload_seconds=args.max_upload_seconds, max_new_tokens=args.max_new_tokens,
         max_new_tokens_limit=args.max_new_tokens_limit,
         chat_max_tokens=args.chat_max_tokens, chat_tts_max_new_tokens=args.chat_tts_max_new_tokens,
+        stall_timeout_s=args.stall_timeout,
         preset_voices=tuple(args.preset_voice or defaults.preset_voices),
         required_models=tuple(args.require_model or defaults.required_models),
     ), args.log_level

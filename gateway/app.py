@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app):
-        state["triton"] = Triton(settings.triton_grpc)  # grpc.aio binds to the running loop
+        state["triton"] = Triton(settings.triton_grpc, settings.stall_timeout_s)  # grpc.aio binds to the running loop
         try:
             yield
         finally:

@@ -6,6 +6,7 @@ cancelled and ``tts_stream`` / ``voice_chat_stream`` stop their LLM stream at it
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 import numpy as np
@@ -47,10 +48,10 @@ def sampling(seed: int | None, temperature: float | None, top_p: float | None) -
 
 
 class Triton:
-    def __init__(self, url: str):
+    def __init__(self, url: str, stall_timeout_s: float = 120.0):
         import tritonclient.grpc.aio as grpcaio
 
-        self.url = url
+        self.url, self.stall_timeout_s = url, stall_timeout_s
         self.client = grpcaio.InferenceServerClient(url)
 
     async def close(self) -> None:
@@ -75,7 +76,13 @@ class Triton:
 
         responses = self.client.stream_infer(one_request())
         try:
-            async for result, error in responses:
+            while True:
+                try:
+                    result, error = await asyncio.wait_for(anext(responses), self.stall_timeout_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise TritonError(f"{model} sent nothing for {self.stall_timeout_s:.0f} s; retry", 503) from None
                 if error is not None:
                     failure = errors.from_tagged(str(error.message() if hasattr(error, "message") else error), model)
                     raise TritonError(str(failure), _STATUS[errors.code_name(failure)])
