@@ -17,8 +17,10 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from stepaudio.checkpoints.layout import LLM_CONFIG, LLM_CONFIG_MODULE, LLM_WEIGHTS
+from stepaudio.checkpoints.layout import LLM_CONFIG, LLM_CONFIG_MODULE
 from stepaudio.llm.config import Step1Config
+
+LLAMA_WEIGHTS = "model.safetensors"  # the one-shard name transformers and vLLM look for without an index
 
 # Written as a file next to config.json; transformers imports it by path, so it must not import this package.
 CONFIGURATION_STEP1 = '''\
@@ -94,7 +96,7 @@ def write_tiny_llama(folder: Path | str, config: Step1Config, seed: int, max_pos
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(random_state_dict(config, seed), str(folder / LLM_WEIGHTS), metadata={"format": "pt"})
+    save_file(random_state_dict(config, seed), str(folder / LLAMA_WEIGHTS), metadata={"format": "pt"})
     text = json.dumps(llama_config_dict(config, max_position_embeddings), indent=2) + "\n"
     (folder / LLM_CONFIG).write_text(text, encoding="utf-8")
     return folder
