@@ -268,6 +268,22 @@ class VllmEngine:
         streams = [self.submit(request) for request in requests]
         return [list(stream) for stream in streams]
 
+    def top_logprobs(self, prompt_ids: Sequence[int], params: VllmSamplingParams) -> list[dict[int, float]]:
+        """Run one request with vLLM's own ``params`` (``logprobs=k``) and return, per generated step, the top ids
+        with their values: log-probabilities, or raw logits for an engine built with ``logprobs_mode="raw_logits"``
+        (the GPU validation compares those with our model's logits)."""
+        params = params.clone()
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+
+        async def run():
+            final = None
+            async for output in self._llm.generate({"prompt_token_ids": [int(t) for t in prompt_ids]}, params, f"probe-{next(self._ids)}"):
+                final = output
+            return final
+
+        steps = self._call(run()).outputs[0].logprobs or []
+        return [{int(token): float(entry.logprob) for token, entry in step.items()} for step in steps]
+
     def running_requests(self) -> int:
         """Requests vLLM still holds (waiting or running); an aborted or finished request no longer counts."""
         return self._llm.get_num_unfinished_requests()

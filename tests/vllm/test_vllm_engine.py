@@ -172,6 +172,16 @@ def test_sampling_parameters_map_to_vllm():
     assert allowed_token_ids(((0, 2), (1, 4)), 10) == [0, 1, 2, 3]
 
 
+def test_top_logprobs_probe_follows_the_greedy_ids(engine):
+    from vllm import SamplingParams as VllmSamplingParams
+
+    prompt = random_prompt(10, 10)
+    ids = engine.generate([GenerationRequest(prompt, _greedy(8, repetition_threshold=0))])[0]
+    steps = engine.top_logprobs(prompt, VllmSamplingParams(temperature=0, max_tokens=8, logprobs=5, ignore_eos=True, detokenize=False))
+    assert [max(step, key=step.get) for step in steps] == ids  # what the GPU script compares logits on
+    assert all(len(step) >= 5 and max(step.values()) <= 0 for step in steps)  # log-probabilities by default
+
+
 def test_shutdown_ends_running_streams_and_refuses_new_requests(engine):
     # Last in the module on purpose: it shuts the shared engine down (the fixture's shutdown is then a no-op).
     running = engine.submit(_endless(4))

@@ -1,0 +1,147 @@
+"""tts_llm served by a real tritonserver with ``engine: vllm`` (rendered with --set tts_llm_engine=vllm) on the
+tiny Llama twin: ids stream over gRPC, equal the transformers reference, follow the seed, stop on CANCEL, and bad
+input is INVALID_ARG."""
+
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+import pytest
+import torch
+
+from stepaudio.checkpoints.layout import TTS_DIR
+from stepaudio.llm.hf_compat import write_tiny_llama
+from stepaudio.llm.sampling import SamplingParams, next_token
+from tests.llm.helpers import random_prompt
+from tests.vllm.conftest import TINY_LLAMA
+
+pytestmark = pytest.mark.server
+AUDIO_RANGES = ((3, 4), (65536, 70656))  # tts_llm's allowed_token_ranges
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from export.render_repository import render
+    from stepaudio.serve import TritonServer
+
+    checkpoints = tmp_path_factory.mktemp("vllm_checkpoints")
+    write_tiny_llama(checkpoints / TTS_DIR, TINY_LLAMA, seed=5, max_position_embeddings=TINY_LLAMA.max_seq_len)
+    repo = tmp_path_factory.mktemp("vllm_repository")
+    values = {"tts_llm_engine": "vllm", "llm_max_model_len": "512", "llm_gpu_memory_utilization": "0.1", "llm_max_batch_size": "2"}
+    render(checkpoints, repo, None, values, only=["tts_llm"])
+    log = tmp_path_factory.mktemp("vllm_server_log") / "server.log"
+    with TritonServer(repo, log_path=log) as running:  # waits for readiness: the vLLM engine has started
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    import tritonclient.grpc as grpcclient
+
+    responses: queue.Queue = queue.Queue()
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    grpc.start_stream(callback=lambda result, error: responses.put((result, error)))
+    yield grpc, responses
+    grpc.stop_stream(cancel_requests=True)
+    grpc.close()
+
+
+def _inputs(tensors: dict):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for name, array in tensors.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def _request(prompt, max_new_tokens, temperature=0.0, seed=None) -> dict:
+    tensors = {
+        "INPUT_IDS": np.asarray(prompt, np.int32),
+        "MAX_NEW_TOKENS": np.array([max_new_tokens], np.int32),
+        "TEMPERATURE": np.array([temperature], np.float32),
+    }
+    if seed is not None:
+        tensors["SEED"] = np.array([seed], np.int64)
+    return tensors
+
+
+def _collect(responses, request_id: str, stop_after: int | None = None):
+    """(ids, error) of one stream, in arrival order; returns early after ``stop_after`` ids."""
+    ids = []
+    while True:
+        result, error = responses.get(timeout=120)
+        if error is not None:
+            return ids, error
+        response = result.get_response()
+        if response.id != request_id:
+            continue
+        output = result.as_numpy("OUTPUT_IDS")
+        if output is not None:
+            ids += output.tolist()
+        if stop_after is not None and len(ids) >= stop_after:
+            return ids, None
+        if response.parameters["triton_final_response"].bool_param:
+            return ids, None
+
+
+def _stream(client, tensors, request_id, stop_after=None):
+    grpc, responses = client
+    grpc.async_stream_infer("tts_llm", _inputs(tensors), request_id=request_id, enable_empty_final_response=True)
+    return _collect(responses, request_id, stop_after)
+
+
+def test_greedy_ids_stream_and_equal_transformers_with_our_sampler(client, llama_dir):
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
+    prompt = random_prompt(12, 31)
+    params = SamplingParams(temperature=0, max_new_tokens=10, allowed_token_ranges=AUDIO_RANGES)  # served defaults
+    context, expected = list(prompt), []
+    with torch.inference_mode():
+        for _ in range(params.max_new_tokens):
+            token = next_token(model(torch.tensor([context])).logits[0, -1], context, params, torch.Generator())
+            if token == 3:
+                break
+            expected.append(token)
+            context.append(token)
+    ids, error = _stream(client, _request(prompt, 10), "greedy")
+    assert error is None
+    assert ids == expected and all(65536 <= i < 70656 for i in ids)
+
+
+def test_same_seed_same_ids_other_seed_other_ids(client):
+    prompt = random_prompt(9, 32)
+    first, error = _stream(client, _request(prompt, 16, temperature=1.0, seed=7), "seed-a")
+    assert error is None and len(first) > 0
+    assert _stream(client, _request(prompt, 16, temperature=1.0, seed=7), "seed-b") == (first, None)
+    assert _stream(client, _request(prompt, 16, temperature=1.0, seed=8), "seed-c")[0] != first
+
+
+def test_cancel_request_stops_the_stream(client):
+    grpc, responses = client
+    long = _request(random_prompt(8, 33), 450, temperature=1.0, seed=3)
+    ids, error = _stream(client, long, "long", stop_after=3)
+    assert error is None and len(ids) >= 3
+    grpc.async_stream_infer("tts_llm", _inputs({"CANCEL": np.array([b"long"], np.object_)}), request_id="cancel")
+    rest, error = _collect(responses, "long")
+    assert error is None and len(ids) + len(rest) < 450
+    assert _stream(client, _request(random_prompt(5, 34), 4), "after")[0]  # the model keeps serving
+
+
+@pytest.mark.parametrize(
+    "tensors, message",
+    [
+        ({"INPUT_IDS": np.array([5, 80000], np.int32)}, "outside the vocabulary"),
+        ({"INPUT_IDS": np.array([5] * 512, np.int32)}, "leaves no room"),
+        ({"INPUT_IDS": np.array([5, 6], np.int32), "TOP_P": np.array([0.0], np.float32)}, "top_p"),
+    ],
+    ids=["out-of-vocab", "too-long", "bad-top-p"],
+)
+def test_bad_input_is_invalid_arg(client, tensors, message):
+    ids, error = _stream(client, tensors, f"bad-{message}")
+    assert ids == [] and error is not None
+    assert message in str(error) and "INVALID_ARG" in str(error.status())
