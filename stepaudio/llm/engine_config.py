@@ -18,6 +18,7 @@ adapter (``stepaudio.llm.vllm_engine``, imported only when asked for, so the nat
 from __future__ import annotations
 
 import dataclasses
+import locale
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -122,6 +123,20 @@ class LLMEngineOptions:
         return options
 
 
+def ensure_utf8_text_files() -> None:
+    """Make ``open()`` without an encoding read UTF-8. Triton's python stub embeds Python without PEP 538's C-locale
+    coercion, so under ``LANG=C`` text files decode as ASCII and importing vLLM fails on torch's UTF-8 kernel
+    templates; ``open()`` follows ``LC_CTYPE`` at call time, so setting it before the import is enough."""
+    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        return
+    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+            return
+        except locale.Error:
+            continue
+
+
 def build_engine(
     checkpoint: str,
     options: LLMEngineOptions,
@@ -134,6 +149,7 @@ def build_engine(
     itself: ``CUDA_VISIBLE_DEVICES`` and the parallel sizes decide which GPUs it spans)."""
     options.validate()
     if options.engine == "vllm":
+        ensure_utf8_text_files()
         from stepaudio.llm.vllm_engine import VllmEngine  # vLLM is imported only where it is used
 
         return VllmEngine.from_checkpoint(checkpoint, options, dtype=dtype, max_batch_size=max_batch_size)
