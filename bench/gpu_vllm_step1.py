@@ -19,6 +19,8 @@ Setup on the GPU machine (CUDA torch + vLLM, not the CPU wheels of .venv-vllm)::
     /tmp/v/bin/pip install sentencepiece safetensors protobuf
     /tmp/v/bin/python bench/gpu_vllm_step1.py --out /tmp/gpu_vllm_step1.json [--sizes tiny mid tts]
 
+Each size starts one vLLM engine (CUDA graph capture included); --sizes tiny mid keeps a short device lease short.
+
 Exit status: 0 when every check passed or the script was skipped, 1 when a check failed.
 """
 
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 
 STEPS = 64
+MAX_MODEL_LEN = 2048  # both engines: prompts up to 513 ids + 128 new fit; the native KV cache stays small
 TOP_LOGITS = 20
 THROUGHPUT_NEW_TOKENS = 128
 BATCHES = (1, 8, 32)
@@ -91,7 +94,9 @@ def throughput(engine, batch: int) -> float:
 def native_stage(folder: Path) -> dict:
     from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
 
-    with TorchStep1Engine.from_checkpoint(folder, dtype="bf16", device="cuda", max_batch_size=max(BATCHES)) as engine:
+    with TorchStep1Engine.from_checkpoint(
+        folder, dtype="bf16", device="cuda", max_batch_size=max(BATCHES), max_seq_len=MAX_MODEL_LEN
+    ) as engine:
         ids = engine.generate([GenerationRequest(p, greedy()) for p in prompts()])
         speed = {batch: throughput(engine, batch) for batch in BATCHES}
     return {"greedy_ids": ids, "tokens_per_s": speed}
@@ -104,7 +109,7 @@ def vllm_stage(folder: Path, gpu_memory_utilization: float) -> dict:
     from stepaudio.llm.engine_config import LLMEngineOptions
     from stepaudio.llm.vllm_engine import VllmEngine
 
-    options = LLMEngineOptions(engine="vllm", max_model_len=2048, gpu_memory_utilization=gpu_memory_utilization)
+    options = LLMEngineOptions(engine="vllm", max_model_len=MAX_MODEL_LEN, gpu_memory_utilization=gpu_memory_utilization)
     result = {}
     with VllmEngine.from_checkpoint(folder, options, dtype="bfloat16", max_batch_size=max(BATCHES), logprobs_mode="raw_logits") as engine:
         result["greedy_ids"] = engine.generate([GenerationRequest(p, greedy()) for p in prompts()])
