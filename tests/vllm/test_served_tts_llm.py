@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from clients.triton_io import inputs
 from stepaudio.checkpoints.layout import TTS_DIR
 from stepaudio.llm.hf_compat import write_tiny_llama
 from stepaudio.llm.sampling import SamplingParams, next_token
@@ -47,18 +48,6 @@ def client(server):
     grpc.close()
 
 
-def _inputs(tensors: dict):
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    inputs = []
-    for name, array in tensors.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
-
 def _request(prompt, max_new_tokens, temperature=0.0, seed=None) -> dict:
     tensors = {
         "INPUT_IDS": np.asarray(prompt, np.int32),
@@ -91,7 +80,7 @@ def _collect(responses, request_id: str, stop_after: int | None = None):
 
 def _stream(client, tensors, request_id, stop_after=None):
     grpc, responses = client
-    grpc.async_stream_infer("tts_llm", _inputs(tensors), request_id=request_id, enable_empty_final_response=True)
+    grpc.async_stream_infer("tts_llm", inputs("grpc", tensors), request_id=request_id, enable_empty_final_response=True)
     return _collect(responses, request_id, stop_after)
 
 
@@ -126,7 +115,7 @@ def test_cancel_request_stops_the_stream(client):
     long = _request(random_prompt(8, 33), 450, temperature=1.0, seed=3)
     ids, error = _stream(client, long, "long", stop_after=3)
     assert error is None and len(ids) >= 3
-    grpc.async_stream_infer("tts_llm", _inputs({"CANCEL": np.array([b"long"], np.object_)}), request_id="cancel")
+    grpc.async_stream_infer("tts_llm", inputs("grpc", {"CANCEL": np.array([b"long"], np.object_)}), request_id="cancel")
     rest, error = _collect(responses, "long")
     assert error is None and len(ids) + len(rest) < 450
     assert _stream(client, _request(random_prompt(5, 34), 4), "after")[0]  # the model keeps serving
