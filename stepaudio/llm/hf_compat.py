@@ -21,6 +21,17 @@ from stepaudio.checkpoints.layout import LLM_CONFIG, LLM_CONFIG_MODULE
 from stepaudio.llm.config import Step1Config
 
 LLAMA_WEIGHTS = "model.safetensors"  # the one-shard name transformers and vLLM look for without an index
+# The twin the vLLM-CPU tests and bench run: real vocabulary and special ids, head_dim 64 (2 heads of 64, 1 group).
+TINY_LLAMA = Step1Config(
+    hidden_size=128,
+    intermediate_size=256,
+    num_attention_heads=2,
+    num_attention_groups=1,
+    num_hidden_layers=2,
+    vocab_size=74752,
+    max_seq_len=2048,
+    torch_dtype="float32",
+)
 
 # Written as a file next to config.json; transformers imports it by path, so it must not import this package.
 CONFIGURATION_STEP1 = '''\
@@ -66,7 +77,7 @@ def write_configuration_module(folder: Path | str) -> Path:
     return path
 
 
-def llama_config_dict(config: Step1Config, max_position_embeddings: int = 2048) -> dict:
+def llama_config_dict(config: Step1Config) -> dict:
     """config.json of the Llama twin of ``config`` (same widths, heads, groups, vocabulary and special ids)."""
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -78,7 +89,7 @@ def llama_config_dict(config: Step1Config, max_position_embeddings: int = 2048) 
         "head_dim": config.head_dim,
         "num_hidden_layers": config.num_hidden_layers,
         "vocab_size": config.vocab_size,
-        "max_position_embeddings": max_position_embeddings,
+        "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.rms_norm_eps,
         "hidden_act": "silu",
         "rope_theta": 10000.0,
@@ -90,13 +101,13 @@ def llama_config_dict(config: Step1Config, max_position_embeddings: int = 2048) 
     }
 
 
-def write_tiny_llama(folder: Path | str, config: Step1Config, seed: int, max_position_embeddings: int = 2048) -> Path:
+def write_tiny_llama(folder: Path | str, config: Step1Config, seed: int) -> Path:
     """A Llama-architecture folder with random Step1-named weights of ``config``; returns the folder."""
     from stepaudio.llm.checkpoint import random_state_dict  # the writer imports this module
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(random_state_dict(config, seed), str(folder / LLAMA_WEIGHTS), metadata={"format": "pt"})
-    text = json.dumps(llama_config_dict(config, max_position_embeddings), indent=2) + "\n"
+    text = json.dumps(llama_config_dict(config), indent=2) + "\n"
     (folder / LLM_CONFIG).write_text(text, encoding="utf-8")
     return folder

@@ -10,32 +10,21 @@ import pytest
 
 from stepaudio.checkpoints.layout import TTS_DIR
 from stepaudio.llm.checkpoint import write_llm
-from stepaudio.llm.config import Step1Config
 from stepaudio.llm.engine_config import LLMEngineOptions
-from stepaudio.llm.hf_compat import write_tiny_llama
+from stepaudio.llm.hf_compat import TINY_LLAMA, write_tiny_llama
 
 try:
     import vllm  # noqa: F401
 except ImportError:  # the main venv: these tests belong to make test-vllm
     collect_ignore_glob = ["test_*.py"]
 
-# Read when an engine starts. Small KV cache (GiB) and no core pinning: the build machine has 2 shared cores and 24 GiB.
+# Read when an engine starts: a 1 GiB KV cache (the machine has 24 GiB, shared). OpenMP threads keep vLLM's default
+# core binding: unbound ("nobind") decoding measured 5-6x slower on the shared 2-core machine (bench/bench_vllm_cpu.py).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
-MAX_MODEL_LEN = 2048
+MAX_MODEL_LEN = TINY_LLAMA.max_seq_len
 MAX_BATCH = 2  # two running requests: a third one waits for a free slot
-TINY_LLAMA = Step1Config(
-    hidden_size=128,
-    intermediate_size=256,
-    num_attention_heads=2,
-    num_attention_groups=1,
-    num_hidden_layers=2,
-    vocab_size=74752,
-    max_seq_len=MAX_MODEL_LEN,
-    torch_dtype="float32",
-)
 
 
 def engine_options(**changes) -> LLMEngineOptions:
@@ -44,7 +33,7 @@ def engine_options(**changes) -> LLMEngineOptions:
 
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory):
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), TINY_LLAMA, seed=5, max_position_embeddings=MAX_MODEL_LEN)
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), TINY_LLAMA, seed=5)
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,9 @@ import torch
 
 from clients.triton_io import inputs
 from stepaudio.checkpoints.layout import TTS_DIR
-from stepaudio.llm.hf_compat import write_tiny_llama
+from stepaudio.llm.hf_compat import TINY_LLAMA, write_tiny_llama
 from stepaudio.llm.sampling import SamplingParams, next_token
 from tests.llm.helpers import random_prompt
-from tests.vllm.conftest import TINY_LLAMA
 
 pytestmark = pytest.mark.server
 AUDIO_RANGES = ((3, 4), (65536, 70656))  # tts_llm's allowed_token_ranges
@@ -27,7 +26,7 @@ def server(tmp_path_factory):
     from stepaudio.serve import TritonServer
 
     checkpoints = tmp_path_factory.mktemp("vllm_checkpoints")
-    write_tiny_llama(checkpoints / TTS_DIR, TINY_LLAMA, seed=5, max_position_embeddings=TINY_LLAMA.max_seq_len)
+    write_tiny_llama(checkpoints / TTS_DIR, TINY_LLAMA, seed=5)
     repo = tmp_path_factory.mktemp("vllm_repository")
     values = {"tts_llm_engine": "vllm", "llm_max_model_len": "512", "llm_gpu_memory_utilization": "0.1", "llm_max_batch_size": "2"}
     render(checkpoints, repo, None, values, only=["tts_llm"])
