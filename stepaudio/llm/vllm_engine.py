@@ -29,6 +29,7 @@ False}`` (the published config lacks the key and vLLM's Step1 then ties ``lm_hea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import threading
@@ -38,6 +39,7 @@ from typing import Sequence
 import torch
 from vllm import SamplingParams as VllmSamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
@@ -86,6 +88,16 @@ class RepetitionAwareLogitsProcessor(AdapterLogitsProcessor):
         return ban_repeat
 
 
+@contextlib.contextmanager
+def _as_value_error():
+    # vLLM's request validation errors are not ValueError (vllm.exceptions); the adapters answer ValueError with
+    # INVALID_ARG, so bad input stays a client error whichever side finds it.
+    try:
+        yield
+    except VLLMClientError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def allowed_token_ids(ranges: Sequence[tuple[int, int]] | None, vocab_size: int) -> list[int] | None:
     if ranges is None:
         return None
@@ -104,21 +116,22 @@ def vllm_sampling_params(
     extra = None
     if params.repetition_threshold > 0:
         extra = {REPETITION_WINDOW: params.repetition_window, REPETITION_THRESHOLD: float(params.repetition_threshold)}
-    return VllmSamplingParams(
-        n=1,
-        temperature=float(params.temperature),
-        top_k=params.top_k,
-        top_p=float(params.top_p),
-        seed=params.seed,
-        max_tokens=max_tokens,
-        stop_token_ids=[eos_token_id],
-        ignore_eos=True,  # the stop id above is the only stop; the model's own eos setting plays no part
-        allowed_token_ids=allowed_token_ids(params.allowed_token_ranges, vocab_size),
-        extra_args=extra,
-        detokenize=False,
-        skip_special_tokens=False,
-        output_kind=RequestOutputKind.DELTA,
-    )
+    with _as_value_error():
+        return VllmSamplingParams(
+            n=1,
+            temperature=float(params.temperature),
+            top_k=params.top_k,
+            top_p=float(params.top_p),
+            seed=params.seed,
+            max_tokens=max_tokens,
+            stop_token_ids=[eos_token_id],
+            ignore_eos=True,  # the stop id above is the only stop; the model's own eos setting plays no part
+            allowed_token_ids=allowed_token_ids(params.allowed_token_ranges, vocab_size),
+            extra_args=extra,
+            detokenize=False,
+            skip_special_tokens=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
 
 
 class VllmTokenStream(TokenStream):
@@ -255,7 +268,8 @@ class VllmEngine:
         # vLLM appends a random suffix to the id it uses inside; ours only has to be readable in its logs.
         vllm_id = f"{request.request_id or 'request'}-{next(self._ids)}"
         try:
-            self._call(self._add(stream, vllm_id, ids, params))
+            with _as_value_error():
+                self._call(self._add(stream, vllm_id, ids, params))
         except BaseException:
             with self._lock:
                 self._streams.discard(stream)

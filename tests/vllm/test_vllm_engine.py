@@ -170,6 +170,8 @@ def test_sampling_parameters_map_to_vllm():
     plain = vllm_sampling_params(SamplingParams(temperature=0, repetition_threshold=0), eos_token_id=3, max_tokens=5, vocab_size=74752)
     assert plain.allowed_token_ids is None and not plain.extra_args and plain.temperature == 0
     assert allowed_token_ids(((0, 2), (1, 4)), 10) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="max_tokens"):  # vLLM's own validation error, as the ValueError we answer
+        vllm_sampling_params(SamplingParams(), eos_token_id=3, max_tokens=0, vocab_size=74752)
 
 
 def test_top_logprobs_probe_follows_the_greedy_ids(engine):
