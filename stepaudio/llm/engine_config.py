@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import locale
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -137,6 +138,23 @@ def ensure_utf8_text_files() -> None:
             continue
 
 
+def vllm_visible_devices(device: str, visible: str | None) -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` for a one-GPU vLLM engine of a ``KIND_GPU`` instance on ``device`` ("cuda:N").
+
+    vLLM ignores torch device names and takes the first visible GPU, so every ``KIND_GPU`` instance would land on
+    GPU 0; narrowing the (process-wide, per-instance) visibility to GPU N places it. N indexes the GPUs already
+    visible, as CUDA numbers them. None: leave the environment alone (CPU, or a KIND_MODEL instance)."""
+    if not device.startswith("cuda:"):
+        return None
+    index = int(device.split(":", 1)[1])
+    if visible is None or not visible.strip():
+        return str(index)
+    ids = [item.strip() for item in visible.split(",") if item.strip()]
+    if index >= len(ids):
+        raise ValueError(f"device {device} is not among CUDA_VISIBLE_DEVICES={visible!r}")
+    return ids[index]
+
+
 def build_engine(
     checkpoint: str,
     options: LLMEngineOptions,
@@ -145,10 +163,19 @@ def build_engine(
     dtype: str | None = None,
     max_batch_size: int = 8,
 ):
-    """The engine ``options`` ask for, on ``checkpoint``. ``device`` is the native engine's device (vLLM places
-    itself: ``CUDA_VISIBLE_DEVICES`` and the parallel sizes decide which GPUs it spans)."""
+    """The engine ``options`` ask for, on ``checkpoint``. ``device`` is the instance's device: the native engine
+    runs there; a one-GPU vLLM engine is pinned there through ``CUDA_VISIBLE_DEVICES``; a parallel vLLM engine
+    spans the visible GPUs and needs a ``KIND_MODEL`` instance (device "cpu" from Triton's point of view)."""
     options.validate()
     if options.engine == "vllm":
+        if device.startswith("cuda:") and options.world_size > 1:
+            raise ValueError(
+                f"a vLLM engine over {options.world_size} GPUs must own them: give the model instance_group "
+                "kind KIND_MODEL (count 1), not one KIND_GPU instance per GPU"
+            )
+        visible = vllm_visible_devices(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if visible is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible  # this python stub serves this one instance only
         ensure_utf8_text_files()
         from stepaudio.llm.vllm_engine import VllmEngine  # vLLM is imported only where it is used
 

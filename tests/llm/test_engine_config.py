@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
-from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
+from stepaudio.llm.engine_config import LLMEngineOptions, build_engine, vllm_visible_devices
 from stepaudio.llm.sampling import SamplingParams
 
 
@@ -67,3 +67,18 @@ def test_native_engine_is_built_with_the_model_length(tts_dir):
         assert engine.max_seq_len == 64
         assert len(engine.generate([GenerationRequest([5, 6, 7], SamplingParams(temperature=0, max_new_tokens=3))])[0]) == 3
 
+
+
+def test_one_gpu_vllm_instances_see_only_their_gpu():
+    assert vllm_visible_devices("cuda:3", None) == "3"
+    assert vllm_visible_devices("cuda:1", "4,5,6") == "5"  # Triton's N indexes the GPUs already visible
+    assert vllm_visible_devices("cpu", "0,1") is None
+    with pytest.raises(ValueError, match="not among"):
+        vllm_visible_devices("cuda:2", "0,1")
+
+
+def test_parallel_vllm_on_a_kind_gpu_instance_is_refused(tts_dir):
+    # Eight KIND_GPU instances each starting a TP-8 engine would load the model eight times over the same GPUs.
+    options = LLMEngineOptions(engine="vllm", tensor_parallel_size=8)
+    with pytest.raises(ValueError, match="KIND_MODEL"):
+        build_engine(str(tts_dir), options, device="cuda:0")
