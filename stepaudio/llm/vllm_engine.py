@@ -226,6 +226,7 @@ class VllmEngine:
         self.vocab_size = model_config.get_vocab_size()
         self.max_seq_len = model_config.max_model_len
         if not 0 <= eos_token_id < self.vocab_size:
+            self.shutdown()
             raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary")
 
     @classmethod
@@ -355,15 +356,21 @@ class VllmEngine:
                     stream.finish(_FINISH_REASONS.get(reason, FINISH_ERROR))
                     return
         except asyncio.CancelledError:
-            await self._llm.abort(collector.request_id, internal=True)
+            await self._abort(collector.request_id)
             stream.finish(FINISH_CANCELLED)
         except Exception as exc:  # noqa: BLE001 - the failure belongs to this stream; the engine keeps serving
-            await self._llm.abort(collector.request_id, internal=True)
+            await self._abort(collector.request_id)
             stream.finish(FINISH_ERROR, error=exc)
         finally:
             collector.close()
             with self._lock:
                 self._streams.discard(stream)
+
+    async def _abort(self, vllm_id: str) -> None:
+        try:
+            await self._llm.abort(vllm_id, internal=True)
+        except Exception:  # noqa: BLE001 - a dead engine has nothing left to free; the stream must still end
+            pass
 
     @staticmethod
     async def _settle(task: asyncio.Task | None) -> None:
