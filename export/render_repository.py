@@ -38,6 +38,14 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULTS: dict[str, str] = {
     "llm_max_batch_size": "8",  # running streams per LLM step (continuous batching)
     "llm_gpu_dtype": "bfloat16",
+    # Generation engine per LLM model (stepaudio/llm/engine_config.py): native (one device) | vllm.
+    "tts_llm_engine": "native",
+    "chat_llm_engine": "native",
+    "chat_llm_tensor_parallel_size": "1",  # vllm only: GPUs one chat_llm instance spans (heads 96 must divide)
+    "chat_llm_pipeline_parallel_size": "1",  # vllm only: > 1 splits the layers across nodes (Ray)
+    "chat_llm_instance_kind": "KIND_GPU",  # KIND_MODEL for vllm: one instance owns all its GPUs
+    "llm_max_model_len": "",  # empty: the checkpoint's max_seq_len (32768)
+    "llm_gpu_memory_utilization": "0.9",  # vllm only: share of each GPU for weights + KV cache
     "decoder_max_batch_size": "8",
     "batch_queue_delay_us": "20000",
     "decoder_gpu_instances": "2",

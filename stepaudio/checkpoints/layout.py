@@ -14,6 +14,7 @@ LLM_WEIGHTS = "model-00001.safetensors"
 LLM_WEIGHTS_INDEX = "model.safetensors.index.json"
 LLM_SPM = "tokenizer.model"
 LLM_TOKENIZER_CONFIG = "tokenizer_config.json"
+LLM_CONFIG_MODULE = "configuration_step1.py"  # reached through config.json's auto_map (trust_remote_code)
 
 # Hybrid decoders live inside the TTS folder.
 SPEECH_DECODER_DIR = "CosyVoice-300M-25Hz"

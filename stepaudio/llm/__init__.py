@@ -1,5 +1,6 @@
 """Step1 LLMs (Step-Audio-TTS-3B, Step-Audio-Chat): checkpoint-compatible model, tokenizer, sampling and the
-continuous-batching generation engine. The tiny checkpoint writer lives in ``stepaudio.llm.checkpoint``."""
+continuous-batching generation engine (or vLLM, chosen by ``LLMEngineOptions``). The tiny checkpoint writer lives in
+``stepaudio.llm.checkpoint``."""
 
 from stepaudio.llm.config import Step1Config, resolve_dtype
 from stepaudio.llm.engine import (
@@ -8,6 +9,7 @@ from stepaudio.llm.engine import (
     TokenStream,
     TorchStep1Engine,
 )
+from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
 from stepaudio.llm.model import KVCache, Step1ForCausalLM, alibi_slopes, alibi_sqrt_bias
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio.llm.tokenizer import Step1Tokenizer
@@ -17,6 +19,7 @@ __all__ = [
     "GenerationEngine",
     "GenerationRequest",
     "KVCache",
+    "LLMEngineOptions",
     "SamplingParams",
     "Step1Config",
     "Step1ForCausalLM",
@@ -25,6 +28,7 @@ __all__ = [
     "TorchStep1Engine",
     "alibi_slopes",
     "alibi_sqrt_bias",
+    "build_engine",
     "load_step1",
     "resolve_dtype",
 ]

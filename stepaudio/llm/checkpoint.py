@@ -31,6 +31,7 @@ from stepaudio.checkpoints.layout import (
     TTS_DIR,
 )
 from stepaudio.llm.config import Step1Config
+from stepaudio.llm.hf_compat import write_configuration_module
 from stepaudio.llm.model import Step1ForCausalLM
 from stepaudio.llm.tokenizer import (
     AUDIO_ID_OFFSET,
@@ -190,6 +191,8 @@ def write_step1_folder(folder: Path, config: Step1Config, seed: int, tokenizer_c
     paths[2].write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     paths[3].write_bytes(spm)
     paths[4].write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # The published folders reach their config class through auto_map; ours must too (trust_remote_code loaders).
+    paths.append(write_configuration_module(folder))
     return paths
 
 

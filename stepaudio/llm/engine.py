@@ -131,20 +131,20 @@ class TokenStream:
 
 
 class GenerationEngine(Protocol):
-    """What the served LLM models call; ``TorchStep1Engine`` implements it, a vLLM engine can later.
+    """What the served LLM models call; ``TorchStep1Engine`` and ``stepaudio.llm.vllm_engine.VllmEngine`` implement
+    it (``engine_config.build_engine`` picks one per model).
 
-    A vLLM implementation (upstream vLLM has ``Step1ForCausalLM`` with ``use_alibi_sqrt=True``) must map:
+    The vLLM implementation (upstream vLLM has ``Step1ForCausalLM`` with ``use_alibi_sqrt=True``) maps:
 
     - ``hf_overrides={"tie_word_embeddings": False}``: the published config.json has no such key, HF's default
       is True, and vLLM's Step1 then ties ``lm_head`` to ``embed_tokens`` and ignores the stored ``lm_head.weight``;
     - ``SamplingParams``: temperature (0 = greedy), ``top_k`` (pass 50 explicitly — vLLM's default is no top-k,
       the reference inherits HF's 50), ``top_p``, ``max_tokens=max_new_tokens``, ``seed``,
       ``stop_token_ids=[3]`` with the stop id excluded from the output, ``detokenize=False``;
-    - the repetition-aware rule as a per-request logits processor over prompt + output ids (``sampling.py``);
+    - the repetition-aware rule as a vLLM logits processor over prompt + output ids, settings in ``extra_args``;
     - ``max_model_len`` as ``max_seq_len``; tensor-parallel size must divide the heads (48 / 96) and divide or
       be a multiple of the KV groups (4 / 8);
-    - its output loop pushes ids into a ``TokenStream`` (``put`` / ``finish``) and aborts requests whose stream
-      reports ``cancel_requested``.
+    - a pump task per request pushes ids into a ``TokenStream``; its ``cancel()`` aborts the vLLM request.
     """
 
     max_seq_len: int

@@ -15,7 +15,8 @@ import triton_python_backend_utils as pb_utils
 
 from stepaudio.chat.session import TextDeltas, chat_prompt_ids
 from stepaudio.chat.template import ChatTurn, asr_max_new_tokens, asr_turns, turns_from_json
-from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
+from stepaudio.llm.engine import GenerationRequest
+from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio.llm.tokenizer import Step1Tokenizer
 from stepaudio_triton.adapter import device_for, optional_input, optional_string, parameter, parse_config
@@ -51,8 +52,10 @@ class TritonPythonModel:
         device = device_for(args, config)
         checkpoint = parameter(config, "checkpoint")
         self.tokenizer = Step1Tokenizer.from_pretrained(checkpoint)
-        self.engine = TorchStep1Engine.from_checkpoint(
+        # engine: native | vllm (tensor parallel for the 130B model), from this model's parameters.
+        self.engine = build_engine(
             checkpoint,
+            LLMEngineOptions.from_parameters(config.get("parameters", {})),
             dtype=parameter(config, "dtype", "bfloat16" if device != "cpu" else "float32"),
             device=device,
             max_batch_size=parameter(config, "max_batch_size", 8, int),

@@ -5,7 +5,8 @@ Inputs: INPUT_IDS (the full prompt, built by ``tts_frontend``) and the optional 
 stop id is not sent), then an empty final response. Every concurrent stream shares one forward per decode step.
 """
 
-from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
+from stepaudio.llm.engine import GenerationRequest
+from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio_triton.adapter import device_for, parameter, parse_config
 from stepaudio_triton.generation import (
@@ -24,8 +25,10 @@ class TritonPythonModel:
         config = parse_config(args)
         device = device_for(args, config)
         on_gpu = device != "cpu"
-        self.engine = TorchStep1Engine.from_checkpoint(
+        # engine: native | vllm, and vLLM's parallel/memory settings, from this model's parameters.
+        self.engine = build_engine(
             parameter(config, "checkpoint"),
+            LLMEngineOptions.from_parameters(config.get("parameters", {})),
             dtype=parameter(config, "dtype", "bfloat16" if on_gpu else "float32"),
             device=device,
             max_batch_size=parameter(config, "max_batch_size", 8, int),
