@@ -166,7 +166,11 @@ def main() -> int:
         print(f"baseline after warm-up: RSS {before[0]:.0f} MiB, shared memory {before[1]:.0f} MiB")
         unexpected = 0
         started = time.perf_counter()
-        outcomes = [one_stream(url, 1000 + i, kind_of(i, args), args.tokens) for i in range(args.sequential)]
+        outcomes = []
+        for i in range(args.sequential):
+            outcomes.append(one_stream(url, 1000 + i, kind_of(i, args), args.tokens))
+            if (i + 1) % 100 == 0:
+                report(f"  after {i + 1}", outcomes, time.perf_counter() - started)
         unexpected += report(f"sequential ×{args.sequential}", outcomes, time.perf_counter() - started)
         started = time.perf_counter()
         with ThreadPoolExecutor(args.concurrent) as pool:
