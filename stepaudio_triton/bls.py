@@ -31,7 +31,9 @@ def raise_if_error(response, model: str) -> None:
 
 
 def outputs(response, names: list[str]) -> dict[str, np.ndarray]:
-    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in names}
+    """Copies, never views: ``as_numpy()`` of a BLS output can point into the response's shared memory, which is
+    released with the response while an array taken from it may still be in use."""
+    return {name: np.array(pb_utils.get_output_tensor_by_name(response, name).as_numpy(), copy=True) for name in names}
 
 
 def call(model: str, tensors: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
