@@ -28,20 +28,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stepaudio.serve import TritonServer  # noqa: E402
 from stepaudio.serving.supervisor import list_stubs  # noqa: E402
 
+REFUSALS = {"long_text": "characters; the limit is", "huge_cap": "MAX_NEW_TOKENS must be at most"}
 NESTED = b'{"TEXT":' + b"[" * 50_000 + b"]" * 50_000 + b',"SPEAKER":"Tingting"}'
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        return next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def rss_by_process(server: TritonServer) -> dict[str, float]:
+    """MiB per model (its stubs together) and for tritonserver itself."""
+    by = {"tritonserver": _rss_kib(server.process.pid) / 1024}
+    for stub in list_stubs(server.process.pid):
+        by[stub.model] = by.get(stub.model, 0.0) + _rss_kib(stub.pid) / 1024
+    return by
 
 
 def memory(server: TritonServer) -> tuple[float, float]:
     """(RSS MiB of tritonserver + its stubs, MiB of this server's /dev/shm regions)."""
-    pids = [server.process.pid] + [s.pid for s in list_stubs(server.process.pid)]
-    rss = 0
-    for pid in pids:
-        try:
-            for line in open(f"/proc/{pid}/status"):
-                if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1])
-        except OSError:
-            pass
+    rss = sum(rss_by_process(server).values()) * 1024
     server.supervisor.scan()
     shm = sum(os.path.getsize(f"/dev/shm/{r}") for r in server.supervisor.shm_regions if os.path.exists(f"/dev/shm/{r}"))
     return rss / 1024, shm / 2**20
@@ -84,7 +92,8 @@ def one_stream(url: str, seed: int, kind: str, tokens: int) -> tuple[str, float 
         while True:
             result, error = responses.get(timeout=300)
             if error is not None:
-                if kind in ("long_text", "huge_cap") and "INVALID_ARGUMENT" in str(error.status()):
+                # gRPC stream errors carry a message, no code: the refusal is recognised by its message.
+                if kind in ("long_text", "huge_cap") and REFUSALS[kind] in str(error):
                     return "refused", None
                 return f"unexpected: {error}", first
             if kind in ("long_text", "huge_cap"):
@@ -162,7 +171,7 @@ def main() -> int:
         for i in range(3):
             one_stream(url, i, "stream", args.tokens)
         oversized_inputs(server)
-        before = memory(server)
+        before, by_before = memory(server), rss_by_process(server)
         print(f"baseline after warm-up: RSS {before[0]:.0f} MiB, shared memory {before[1]:.0f} MiB")
         unexpected = 0
         started = time.perf_counter()
@@ -179,9 +188,11 @@ def main() -> int:
         unexpected += report(f"concurrent ×{args.concurrent}", outcomes, time.perf_counter() - started)
         after = memory(server)
         time.sleep(args.idle_seconds)
-        idle = memory(server)
+        idle, by_idle = memory(server), rss_by_process(server)
         print(f"RSS MiB: baseline {before[0]:.0f}, after {after[0]:.0f}, after {args.idle_seconds:.0f} s idle {idle[0]:.0f} "
               f"({idle[0] - before[0]:+.0f}); shared memory MiB: {before[1]:.0f} → {after[1]:.0f} → {idle[1]:.0f}")
+        grown = {m: by_idle.get(m, 0) - v for m, v in by_before.items() if abs(by_idle.get(m, 0) - v) >= 5}
+        print("RSS change by process after idle (MiB, ≥5): " + ", ".join(f"{m} {d:+.0f}" for m, d in sorted(grown.items())))
         print(f"stub restarts: {server.supervisor.restarts or 'none'}; ready: {not server.down_models()}")
     return 1 if unexpected else 0
 
