@@ -26,9 +26,16 @@ def parameter(config: dict, key: str, default: Any = None, cast: Callable[[str],
     return cast(value)
 
 
+def owned(tensor) -> np.ndarray:
+    """A tensor's values as an array that owns its memory. ``as_numpy()`` is a view into the stub's shared-memory
+    region, and the python backend remaps that region when it grows (a large input, more BLS traffic): a view kept
+    across that point reads unmapped memory and the stub dies (docs/hardening.md, the stub crash)."""
+    return np.array(tensor.as_numpy(), copy=True)
+
+
 def optional_input(request, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
+    return None if tensor is None else owned(tensor)
 
 
 def required_input(request, name: str) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio_triton import errors
+from stepaudio_triton.adapter import owned
 
 # The request parameter naming a stream's cancel token; generation.py reads it (one spelling for both sides).
 CANCEL_TOKEN_PARAMETER = "cancel_token"
@@ -31,9 +32,8 @@ def raise_if_error(response, model: str) -> None:
 
 
 def outputs(response, names: list[str]) -> dict[str, np.ndarray]:
-    """Copies, never views: ``as_numpy()`` of a BLS output can point into the response's shared memory, which is
-    released with the response while an array taken from it may still be in use."""
-    return {name: np.array(pb_utils.get_output_tensor_by_name(response, name).as_numpy(), copy=True) for name in names}
+    """Copies, never views (``adapter.owned``): the arrays outlive the response and any growth of shared memory."""
+    return {name: owned(pb_utils.get_output_tensor_by_name(response, name)) for name in names}
 
 
 def call(model: str, tensors: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:

@@ -73,6 +73,20 @@ def test_parameters_treat_unfilled_placeholders_as_unset(adapter):
     assert adapter.parameter(config, "missing", "x") == "x"
 
 
+def test_inputs_and_bls_outputs_own_their_memory(adapter):
+    """A view into the stub's shared memory dies when the region is remapped: every array we keep is a copy."""
+    buffer = np.arange(6, dtype=np.float32)
+    request = {"X": FakeTensor("X", buffer)}
+    value = adapter.optional_input(request, "X")
+    assert np.array_equal(value, buffer) and not np.shares_memory(value, buffer)
+    sys.modules.pop("stepaudio_triton.bls", None)
+    bls = importlib.import_module("stepaudio_triton.bls")
+    bls.pb_utils.get_output_tensor_by_name = lambda response, name: FakeTensor(name, buffer)
+    out = bls.outputs(object(), ["Y"])["Y"]
+    assert np.array_equal(out, buffer) and not np.shares_memory(out, buffer)
+    sys.modules.pop("stepaudio_triton.bls", None)
+
+
 def test_string_and_scalar_inputs(adapter):
     request = {"TEXT": FakeTensor("TEXT", np.array([["你好".encode()]], dtype=object)),
                "N": FakeTensor("N", np.array([3], np.int32)),
