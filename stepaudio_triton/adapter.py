@@ -28,8 +28,8 @@ def parameter(config: dict, key: str, default: Any = None, cast: Callable[[str],
 
 def owned(tensor) -> np.ndarray:
     """A tensor's values as an array that owns its memory. ``as_numpy()`` is a view into the stub's shared-memory
-    region, and the python backend remaps that region when it grows (a large input, more BLS traffic): a view kept
-    across that point reads unmapped memory and the stub dies (docs/hardening.md, the stub crash)."""
+    region, whose allocator hands a released response's memory out again: a view kept past its tensor reads
+    someone else's data (docs/hardening.md, the stub crash)."""
     return np.array(tensor.as_numpy(), copy=True)
 
 

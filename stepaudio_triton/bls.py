@@ -32,7 +32,7 @@ def raise_if_error(response, model: str) -> None:
 
 
 def outputs(response, names: list[str]) -> dict[str, np.ndarray]:
-    """Copies, never views (``adapter.owned``): the arrays outlive the response and any growth of shared memory."""
+    """Copies, never views (``adapter.owned``): the arrays outlive the response and its shared memory."""
     return {name: owned(pb_utils.get_output_tensor_by_name(response, name)) for name in names}
 
 
