@@ -83,6 +83,8 @@ def string_tensor(name: str, text: str):
 
 
 def _wants_tagged_codes(request) -> bool:
+    if request.request_id().startswith(errors.BLS_REQUEST_ID_PREFIX):
+        return True
     try:
         return bool(json.loads(request.parameters() or "{}").get(errors.TAGGED_CODES_PARAMETER))
     except (ValueError, AttributeError):

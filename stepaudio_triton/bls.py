@@ -15,13 +15,14 @@ from stepaudio_triton.adapter import owned
 CANCEL_TOKEN_PARAMETER = "cancel_token"
 
 
-def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str], parameters: dict | None = None):
+def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str], token: str | None = None):
+    """The id marks the request as ours (the called model writes its error code into the message, errors.py) and
+    carries the stream's cancel token when there is one."""
     return pb_utils.InferenceRequest(
         model_name=model,
         inputs=[pb_utils.Tensor(name, value) for name, value in tensors.items() if value is not None],
         requested_output_names=output_names,
-        # The called model writes its error code into the message (see errors.py).
-        parameters={errors.TAGGED_CODES_PARAMETER: True, **(parameters or {})},
+        request_id=errors.BLS_REQUEST_ID_PREFIX + (token or secrets.token_hex(8)),
     )
 
 
@@ -52,8 +53,7 @@ class Stream:
     def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str], cancellable: bool = False):
         self.model, self.names = model, output_names
         self.cancel_token = secrets.token_hex(16) if cancellable else None
-        parameters = {CANCEL_TOKEN_PARAMETER: self.cancel_token} if cancellable else None
-        self._responses = _request(model, tensors, output_names, parameters).exec(decoupled=True)
+        self._responses = _request(model, tensors, output_names, self.cancel_token).exec(decoupled=True)
         self._cancelled = False
 
     def __iter__(self):

@@ -7,7 +7,8 @@
 
 Across BLS the code needs help: Triton 2.51 hands every BLS error back to the caller as INTERNAL, whatever code
 the called model sent, and gRPC stream errors carry no code at all. A caller that wants the code sets the request
-parameter ``TAGGED_CODES_PARAMETER`` (our BLS calls and the gateway do); a model answering such a request writes
+parameter ``TAGGED_CODES_PARAMETER`` (the gateway does) or a request id starting with ``BLS_REQUEST_ID_PREFIX``
+(our BLS calls do); a model answering such a request writes
 the code's name as a ``[NAME] `` prefix of the message (other clients never see it), and the caller turns that
 prefix back into the same exception type (``from_tagged``). An error without the prefix comes from Triton or a
 backend, not from our code (a dead stub, a model that is not loaded): UNAVAILABLE.
@@ -20,6 +21,9 @@ import re
 from stepaudio.errors import Cancelled, Unavailable
 
 TAGGED_CODES_PARAMETER = "stepaudio_error_codes"
+# Our BLS requests carry their ask in the request id instead of request parameters: BLS requests are sent the way
+# this python backend build has always carried them (an id), and the id also holds a stream's cancel token.
+BLS_REQUEST_ID_PREFIX = "stepaudio-bls-"
 
 
 # Exception type → Triton error code name (pb_utils.TritonError.<NAME>); the first match wins.

@@ -17,6 +17,7 @@ from stepaudio.llm.engine import GenerationRequest, TokenStream
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio_triton.adapter import error_response, optional_scalar, optional_string, required_input
 from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
+from stepaudio_triton.errors import BLS_REQUEST_ID_PREFIX
 from stepaudio_triton.threads import BoundedThreads
 
 MIN_CANCEL_TOKEN_CHARS = 16
@@ -67,12 +68,14 @@ def cancel_token(request) -> str | None:
     """The request parameter ``CANCEL_TOKEN_PARAMETER``: a secret chosen by the stream's owner (BLS callers use
     16 random bytes), the only key a CANCEL request can name. No token: cancellable by its client only."""
     try:
-        parameters = json.loads(request.parameters() or "{}")
+        token = json.loads(request.parameters() or "{}").get(CANCEL_TOKEN_PARAMETER)
     except ValueError:
-        return None
-    token = parameters.get(CANCEL_TOKEN_PARAMETER)
+        token = None
     if token is None:
-        return None
+        request_id = request.request_id()
+        if not request_id.startswith(BLS_REQUEST_ID_PREFIX):
+            return None
+        token = request_id[len(BLS_REQUEST_ID_PREFIX):]  # our BLS callers: 16 random bytes after the prefix
     if not isinstance(token, str) or len(token) < MIN_CANCEL_TOKEN_CHARS:
         raise ValueError(f"parameter {CANCEL_TOKEN_PARAMETER} must be a string of at least {MIN_CANCEL_TOKEN_CHARS} characters")
     return token

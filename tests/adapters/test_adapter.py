@@ -42,12 +42,15 @@ logged: list[str] = []
 class FakeRequest(dict):
     """Input tensors by name, and the request parameters a BLS caller sets."""
 
-    def __init__(self, tensors=(), parameters="{}"):
+    def __init__(self, tensors=(), parameters="{}", request_id=""):
         super().__init__(tensors)
-        self._parameters = parameters
+        self._parameters, self._request_id = parameters, request_id
 
     def parameters(self):
         return self._parameters
+
+    def request_id(self):
+        return self._request_id
 
 
 @pytest.fixture
@@ -132,7 +135,8 @@ def test_error_codes_follow_the_exception_type_and_survive_bls(adapter):
     from stepaudio.errors import Cancelled, Unavailable
     from stepaudio_triton import errors
 
-    direct, over_bls = FakeRequest(), FakeRequest(parameters='{"stepaudio_error_codes": true}')
+    direct, over_bls = FakeRequest(), FakeRequest(request_id="stepaudio-bls-0123456789abcdef")
+    assert adapter.error_response(ValueError("x"), FakeRequest(parameters='{"stepaudio_error_codes": true}')).error.message == "[INVALID_ARG] x"
     for exc, code in ((ValueError("text is empty"), "INVALID_ARG"), (Unavailable("full"), "UNAVAILABLE"),
                       (Cancelled("gone"), "CANCELLED"), (KeyError("x"), "INTERNAL")):
         response = adapter.error_response(exc, direct)
@@ -215,13 +219,13 @@ def test_a_cancel_that_overtakes_its_stream_still_cancels_it(adapter):
 def test_cancelling_a_bls_stream_waits_for_its_final_response(adapter, monkeypatch):
     sys.modules.pop("stepaudio_triton.bls", None)
     bls = importlib.import_module("stepaudio_triton.bls")
-    sent, consumed, parameter_sets = [], [], []
+    sent, consumed, request_ids = [], [], []
 
     class Request:
-        def __init__(self, model_name, inputs, requested_output_names, parameters):
+        def __init__(self, model_name, inputs, requested_output_names, request_id):
             self.inputs = {t.name: t.value for t in inputs}
             sent.append(self.inputs)
-            parameter_sets.append(parameters)
+            request_ids.append(request_id)
 
         def exec(self, decoupled):
             if "CANCEL" in self.inputs:
@@ -233,9 +237,9 @@ def test_cancelling_a_bls_stream_waits_for_its_final_response(adapter, monkeypat
     stream.cancel()
     stream.cancel()  # a second cancel sends nothing
     assert [list(s) for s in sent] == [["INPUT_IDS"], ["CANCEL"]]
-    token = parameter_sets[0]["cancel_token"]
-    assert len(token) == 32 and sent[1]["CANCEL"][0].decode() == token, "CANCEL names the stream's secret token"
-    assert "cancel_token" not in parameter_sets[1]
+    assert request_ids[0] == "stepaudio-bls-" + stream.cancel_token and len(stream.cancel_token) == 32
+    assert sent[1]["CANCEL"][0].decode() == stream.cancel_token, "CANCEL names the stream's secret token"
+    assert request_ids[1] != request_ids[0]
     assert consumed == [0, 1, 2], "every response up to the final one must be consumed"
     sys.modules.pop("stepaudio_triton.bls", None)
 
@@ -245,7 +249,7 @@ def test_a_failing_bls_cancel_does_not_raise(adapter, monkeypatch):
     bls = importlib.import_module("stepaudio_triton.bls")
 
     class Request:
-        def __init__(self, model_name, inputs, requested_output_names, parameters):
+        def __init__(self, model_name, inputs, requested_output_names, request_id):
             self.cancel = any(t.name == "CANCEL" for t in inputs)
 
         def exec(self, decoupled):
