@@ -223,11 +223,11 @@ def _instances(server: TritonServer, model: str) -> dict[str, int]:
     return {s.instance: s.pid for s in list_stubs(server.process.pid) if s.model == model and not s.zombie}
 
 
-def _await_ready(server: TritonServer, timeout_s: float) -> float:
+def _await_ready(server: TritonServer, timeout_s: float) -> None:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         if ready(server) == 200:
-            return time.monotonic() - started
+            return
         time.sleep(0.25)
     raise AssertionError(f"not ready {timeout_s:.0f} s after the fault\n{server.log_tail(30)}")
 
@@ -284,8 +284,7 @@ def test_killed_stubs_are_replaced_while_streams_run(triton_server, http_client)
         time.sleep(0.1)
     assert ready(triton_server) != 200, "readiness kept answering 200 with dead stubs"
 
-    healed_after = _await_ready(triton_server, 90)
-    assert healed_after < 90
+    _await_ready(triton_server, 90)  # raises with the server log if the service is not back in time
     for model, (instance, pid) in victims.items():
         replaced = _instances(triton_server, model)
         assert instance in replaced and replaced[instance] != pid, f"{model}: {instance} was not replaced"
