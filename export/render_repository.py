@@ -69,6 +69,9 @@ DEFAULTS: dict[str, str] = {
     "max_audio_seconds": "60",
     "llm_max_streams": "128",  # running + queued generations per LLM model; more → UNAVAILABLE
     "stream_max_concurrent": "64",  # tts_stream / voice_chat_stream requests in flight per instance
+    # A BLS stream that sends nothing for this long is abandoned with UNAVAILABLE (a called stub died; Triton 2.51
+    # never ends such a stream).
+    "bls_stall_timeout_s": "60",
 }
 
 

@@ -101,6 +101,18 @@ def error_response(exc: BaseException, request):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, name)))
 
 
+def send(sender, request, outputs: list, final: bool = False) -> None:
+    """Send one response of a decoupled model: only the outputs the request asked for, and the tensors stay
+    referenced here until the send returns. Triton 2.51's response sender drops unrequested outputs with the GIL
+    released, so a tensor it drops last frees its numpy array without the GIL and corrupts the interpreter
+    (fixed upstream in python_backend PR #390; docs/hardening.md)."""
+    wanted = set(request.requested_output_names())
+    kept = [t for t in outputs if t.name() in wanted]
+    flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+    sender.send(pb_utils.InferenceResponse(output_tensors=kept), flags=flags)
+    del kept  # released here, with the GIL held, after the sender is done with it
+
+
 def _answer(handle: Callable[[Any], list], request):
     """One request → its response. The exception is turned into a response here and dropped: a kept exception
     holds its traceback's frames, which hold the request and BLS responses past ``execute`` (see

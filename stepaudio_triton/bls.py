@@ -3,13 +3,18 @@ concurrent requests overlap), with a called model's errors turned into exception
 
 from __future__ import annotations
 
+import collections
+import queue
 import secrets
+import threading
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from stepaudio.errors import Unavailable
 from stepaudio_triton import errors
-from stepaudio_triton.adapter import owned
+from stepaudio_triton.adapter import owned, parameter
 
 # The request parameter naming a stream's cancel token; generation.py reads it (one spelling for both sides).
 CANCEL_TOKEN_PARAMETER = "cancel_token"
@@ -46,36 +51,135 @@ def call(model: str, tensors: dict[str, np.ndarray], output_names: list[str]) ->
 class Stream:
     """A decoupled model's responses as dicts of outputs (its empty final response is skipped).
 
+    One reader thread per stream makes the request, reads every response and releases it; only copies (arrays,
+    error messages) cross to the consumer. Two reasons: a response's Python objects crashed the stub when they
+    were read on one thread and used on another (docs/hardening.md), and Triton 2.51 never ends the decoupled
+    streams of a stub that died, so the consumer must be able to stop waiting: a stream that sends nothing for
+    ``stall_timeout_s`` raises ``Unavailable``. Its reader stays blocked on the dead stub's stream (nothing can
+    end it); it is a daemon thread and is counted in ``abandoned_readers``.
+
     With ``cancellable`` the stream carries a secret cancel token (request parameter ``cancel_token``) and
     ``cancel()`` sends CANCEL = that token to the same model (see ``generation.LiveStreams``: the 2.51 python
     backend has no BLS cancellation); only the LLM models accept CANCEL."""
 
-    def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str], cancellable: bool = False):
+    def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str], cancellable: bool = False,
+                 stall_timeout_s: float | None = None):
         self.model, self.names = model, output_names
         self.cancel_token = secrets.token_hex(16) if cancellable else None
-        self._responses = _request(model, tensors, output_names, self.cancel_token).exec(decoupled=True)
-        self._cancelled = False
+        self.stall_timeout_s = stall_timeout_s or stall_timeout.seconds
+        self._items: queue.Queue = queue.Queue()
+        self._ended = self._cancelled = self._stalled = False
+        self._submitted = threading.Event()
+        self._reader = threading.Thread(target=self._read, args=(tensors,), name=f"bls-{model}", daemon=True)
+        self._reader.start()
+        self._submitted.wait()  # the request is on its way when the constructor returns (a CANCEL comes after it)
+
+    def _read(self, tensors: dict[str, np.ndarray]) -> None:
+        responses = None
+        try:
+            try:
+                responses = _request(self.model, tensors, self.names, self.cancel_token).exec(decoupled=True)
+            finally:
+                self._submitted.set()
+            for response in responses:
+                if response.has_error():
+                    self._items.put((_ERROR, response.error().message()))
+                elif response.output_tensors():
+                    self._items.put((_OUTPUTS, outputs(response, self.names)))
+        except Exception as exc:  # noqa: BLE001 - the request could not be made (e.g. the model is not loaded)
+            self._items.put((_ERROR, str(exc)))
+        finally:
+            if responses is not None:
+                retired.keep(responses)
+            self._items.put((_END, None))
+
+    def _next(self, timeout_s: float) -> tuple[str, object]:
+        try:
+            return self._items.get(timeout=timeout_s)
+        except queue.Empty:
+            self._stalled = True
+            stall_timeout.abandoned_readers += 1
+            message = f"{self.model} sent nothing for {timeout_s:g} s (its instance may have died); request abandoned"
+            pb_utils.Logger.log_error(f"{message} ({stall_timeout.abandoned_readers} abandoned in this stub)")
+            raise Unavailable(message) from None
 
     def __iter__(self):
-        for response in self._responses:
-            raise_if_error(response, self.model)
-            if response.output_tensors():
-                yield outputs(response, self.names)
+        while not self._ended:
+            kind, item = self._next(self.stall_timeout_s)
+            if kind == _END:
+                self._ended = True
+            elif kind == _ERROR:
+                raise errors.from_tagged(item, self.model)
+            else:
+                yield item
 
     def cancel(self) -> None:
         """Stop the stream and wait for its final response, so that the called model has freed the stream's
-        engine slot when this returns and no response is left in flight for an abandoned iterator. The called
-        model ends a cancelled stream within one decode step.
+        engine slot when this returns and no response is left in flight. The called model ends a cancelled stream
+        within one decode step.
 
         Best effort, never raises: callers cancel while ending a request, often while reporting another error."""
-        if self._cancelled or self.cancel_token is None:
+        if self._cancelled or self._stalled or self.cancel_token is None:
             return
         self._cancelled = True
         cancel = np.array([self.cancel_token.encode()], dtype=np.object_)
         try:
-            for _ in _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True):
+            acknowledgement = _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True)
+            for _ in acknowledgement:
                 pass
-            for _ in self._responses:  # drain to the final response; a cancelled stream's errors do not matter
-                pass
+            retired.keep(acknowledgement)
+            while not self._ended:  # drain to the final response; a cancelled stream's errors do not matter
+                self._ended = self._next(self.stall_timeout_s)[0] == _END
         except Exception:  # noqa: BLE001 - see the docstring
             pass
+
+
+_OUTPUTS, _ERROR, _END = "outputs", "error", "end"
+
+
+class RetiredIterators:
+    """Finished BLS response iterators, kept for ``grace_s`` and then released here, with the GIL held.
+
+    In Triton 2.51 an iterator is owned twice: by Python and by the stub's own table, from which a background
+    thread erases it, without the GIL, shortly after the final response. If that erase drops the last owner, the
+    iterator's responses are destroyed on that thread and their tensors' numpy arrays are freed without the GIL,
+    corrupting the interpreter's memory: the random stub segfaults (python_backend PR #390 fixed the tensor
+    destructor upstream, after 2.51). Keeping our reference well past the erase makes ours the last one."""
+
+    def __init__(self, grace_s: float = 30.0):
+        self.grace_s = grace_s
+        self._lock = threading.Lock()
+        self._kept: collections.deque = collections.deque()
+
+    def keep(self, iterator) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._kept.append((now, iterator))
+            expired = []
+            while self._kept and self._kept[0][0] + self.grace_s <= now:
+                expired.append(self._kept.popleft()[1])
+        del expired  # the last references, dropped by this Python thread
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+retired = RetiredIterators()
+
+
+class _StallTimeout:
+    """The stub-wide default of ``Stream.stall_timeout_s``, from the model config (``configure``)."""
+
+    PARAMETER = "bls_stall_timeout_s"
+
+    def __init__(self):
+        self.seconds = 60.0
+        self.abandoned_readers = 0  # reader threads left blocked on a stream that never ended
+
+
+stall_timeout = _StallTimeout()
+
+
+def configure(config: dict) -> None:
+    """Read this stub's BLS settings from its model config (call in ``initialize``)."""
+    stall_timeout.seconds = parameter(config, _StallTimeout.PARAMETER, stall_timeout.seconds, float)

@@ -15,7 +15,7 @@ import triton_python_backend_utils as pb_utils
 from stepaudio.errors import Cancelled
 from stepaudio.llm.engine import GenerationRequest, TokenStream
 from stepaudio.llm.sampling import SamplingParams
-from stepaudio_triton.adapter import error_response, optional_scalar, optional_string, required_input
+from stepaudio_triton.adapter import error_response, optional_scalar, optional_string, required_input, send
 from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
 from stepaudio_triton.errors import BLS_REQUEST_ID_PREFIX
 from stepaudio_triton.threads import BoundedThreads
@@ -160,7 +160,7 @@ def stream_tokens(
                 outputs = respond([token_id])
                 sent += 1
                 if outputs:
-                    sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
+                    send(sender, request, outputs)
             if sender.is_cancelled():
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             elif stream.cancel_requested:  # by a CANCEL naming its token (iteration ends before the engine retires it)

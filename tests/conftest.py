@@ -20,6 +20,11 @@ def _interrupt_on_sigterm(signum, frame):
 signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
+# Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
+# A BLS stream on a killed stub is abandoned after 30 s, not the production 60 (the fault-injection test waits for it).
+TEST_RENDER_VALUES = {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000", "bls_stall_timeout_s": "30"}
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> Path:
     """The whole tiny checkpoint tree in the published layout, written once per session."""
@@ -39,9 +44,7 @@ def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
     if os.environ.get("STEPAUDIO_TEST_REPOSITORY"):  # development: reuse a repository rendered with these values
         return Path(os.environ["STEPAUDIO_TEST_REPOSITORY"])
     repo = tmp_path_factory.mktemp("model_repository")
-    # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
-    render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR,
-           {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000"})
+    render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR, TEST_RENDER_VALUES)
     return repo
 
 

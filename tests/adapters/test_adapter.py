@@ -230,7 +230,8 @@ def test_cancelling_a_bls_stream_waits_for_its_final_response(adapter, monkeypat
         def exec(self, decoupled):
             if "CANCEL" in self.inputs:
                 return iter([])
-            return (consumed.append(i) or types.SimpleNamespace(has_error=lambda: False) for i in range(3))
+            return (consumed.append(i) or types.SimpleNamespace(has_error=lambda: False, output_tensors=lambda: [])
+                    for i in range(3))
 
     monkeypatch.setattr(bls.pb_utils, "InferenceRequest", Request, raising=False)
     stream = bls.Stream("tts_llm", {"INPUT_IDS": np.array([1, 2])}, ["OUTPUT_IDS"], cancellable=True)
@@ -259,4 +260,151 @@ def test_a_failing_bls_cancel_does_not_raise(adapter, monkeypatch):
 
     monkeypatch.setattr(bls.pb_utils, "InferenceRequest", Request, raising=False)
     bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"], cancellable=True).cancel()  # callers are ending
+    sys.modules.pop("stepaudio_triton.bls", None)
+
+
+def _bls_with_requests(monkeypatch, request_class):
+    sys.modules.pop("stepaudio_triton.bls", None)
+    bls = importlib.import_module("stepaudio_triton.bls")
+    monkeypatch.setattr(bls.pb_utils, "InferenceRequest", request_class, raising=False)
+    monkeypatch.setattr(bls.pb_utils, "get_output_tensor_by_name",
+                        lambda response, name: response.tensor(name), raising=False)
+    return bls
+
+
+def test_bls_stream_objects_live_on_one_reader_thread(adapter, monkeypatch):
+    """Every Triton object of a stream is made, read and dropped on its reader thread; the consumer gets copies."""
+    import threading
+
+    threads_used = set()
+
+    class Response:
+        def __init__(self, ids, error=None):
+            threads_used.add(threading.get_ident())
+            self.ids, self._error = ids, error
+
+        def has_error(self):
+            threads_used.add(threading.get_ident())
+            return self._error is not None
+
+        def error(self):
+            return types.SimpleNamespace(message=lambda: self._error)
+
+        def output_tensors(self):
+            threads_used.add(threading.get_ident())
+            return [self.ids]
+
+        def tensor(self, name):
+            threads_used.add(threading.get_ident())
+            return FakeTensor(name, self.ids)
+
+    class Request:
+        def __init__(self, model_name, inputs, requested_output_names, request_id):
+            threads_used.add(threading.get_ident())
+
+        def exec(self, decoupled):
+            threads_used.add(threading.get_ident())
+            return iter([Response(np.array([1, 2])), Response(np.array([3])),
+                         Response(None, "[INVALID_ARG] bad ids"), Response(np.array([4]))])
+
+    bls = _bls_with_requests(monkeypatch, Request)
+    stream = bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"])
+    received = []
+    with pytest.raises(ValueError, match="^bad ids$"):  # the called model's code survives the thread hop
+        for outputs in stream:
+            received.append(outputs["OUTPUT_IDS"].tolist())
+    assert received == [[1, 2], [3]]
+    assert len(threads_used) == 1 and threading.get_ident() not in threads_used
+    stream._reader.join(5)
+    assert not stream._reader.is_alive(), "the reader drains the stream to its end by itself"
+    sys.modules.pop("stepaudio_triton.bls", None)
+
+
+def test_a_stalled_bls_stream_is_abandoned_as_unavailable(adapter, monkeypatch):
+    """Triton 2.51 never ends the stream of a stub that died: the consumer stops waiting after the stall timeout."""
+    import threading
+
+    from stepaudio.errors import Unavailable
+
+    never = threading.Event()
+    sent = []
+
+    class Request:
+        def __init__(self, model_name, inputs, requested_output_names, request_id):
+            sent.append([t.name for t in inputs])
+
+        def exec(self, decoupled):
+            def responses():  # a dead stub: nothing, ever
+                never.wait()
+                yield from ()
+            return responses()
+
+    bls = _bls_with_requests(monkeypatch, Request)
+    bls.configure({"parameters": {"bls_stall_timeout_s": {"string_value": "0.2"}}})
+    stream = bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"], cancellable=True)
+    assert stream.stall_timeout_s == 0.2
+    with pytest.raises(Unavailable, match="tts_llm sent nothing for 0.2 s"):
+        next(iter(stream))
+    assert bls.stall_timeout.abandoned_readers == 1 and any("abandoned" in line for line in logged)
+    stream.cancel()  # returns at once: nothing to cancel on a dead stub
+    assert sent == [["INPUT_IDS"]]
+    never.set()
+    sys.modules.pop("stepaudio_triton.bls", None)
+
+
+def test_a_decoupled_response_holds_only_the_requested_outputs(adapter, monkeypatch):
+    """2.51's response sender drops unrequested outputs without the GIL (freeing numpy arrays without it):
+    ``adapter.send`` never gives it one to drop."""
+
+    class Tensor:
+        def __init__(self, name):
+            self._name = name
+
+        def name(self):
+            return self._name
+
+    class Sender:
+        sent = []
+
+        def send(self, response, flags=0):
+            self.sent.append(([t.name() for t in response.output_tensors], flags))
+
+    monkeypatch.setattr(adapter.pb_utils, "TRITONSERVER_RESPONSE_COMPLETE_FINAL", 1, raising=False)
+    request = types.SimpleNamespace(requested_output_names=lambda: ["WAVEFORM"])
+    sender = Sender()
+    adapter.send(sender, request, [Tensor("WAVEFORM"), Tensor("SAMPLE_RATE")])
+    adapter.send(sender, request, [Tensor("SAMPLE_RATE"), Tensor("WAVEFORM")], final=True)
+    assert sender.sent == [(["WAVEFORM"], 0), (["WAVEFORM"], 1)]
+
+
+def test_a_finished_bls_iterator_outlives_its_reader_for_the_grace_period(adapter, monkeypatch):
+    """The stub's table drops its reference to a finished iterator on a thread without the GIL; ours must be the
+    last, so the iterator is kept for a grace period after its stream ends and released by a Python thread."""
+
+    class Responses:
+        def __iter__(self):
+            return iter([])
+
+    made = []
+
+    class Request:
+        def __init__(self, model_name, inputs, requested_output_names, request_id):
+            pass
+
+        def exec(self, decoupled):
+            made.append(Responses())
+            return made[-1]
+
+    bls = _bls_with_requests(monkeypatch, Request)
+    bls.retired.grace_s = 60
+    stream = bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"])
+    assert list(stream) == []
+    stream._reader.join(5)
+    kept = weakref.ref(made.pop())
+    gc.collect()
+    assert kept() is not None and len(bls.retired) == 1, "released when its reader ended"
+    bls.retired.grace_s = 0  # the next stream's end releases every iterator past its grace period
+    list(bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"]))
+    gc.collect()
+    assert kept() is None
     sys.modules.pop("stepaudio_triton.bls", None)

@@ -35,6 +35,7 @@ def _unbatched(request, names):
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
+        bls.configure(config)
         self.decoder = parameter(config, "decoder", "speech")
         self.frontend_model = parameter(config, "frontend_model", "tts_frontend")
         self.llm_model = parameter(config, "llm_model", "tts_llm")

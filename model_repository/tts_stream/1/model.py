@@ -20,6 +20,7 @@ from stepaudio_triton.adapter import (
     optional_scalar,
     parameter,
     parse_config,
+    send,
     tensor,
 )
 from stepaudio_triton.generation import SAMPLING_INPUTS
@@ -33,6 +34,7 @@ FRONTEND_OUTPUTS = ["INPUT_IDS", "PROMPT_TOKENS", "PROMPT_MEL", "SPEAKER_EMBEDDI
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
+        bls.configure(config)
         self.decoders = {
             decoder: ServedToken2Wav(
                 parameter(config, f"{decoder}_decoder_dir"),
@@ -92,12 +94,9 @@ class TritonPythonModel:
                     return
                 chunk = speech.feed(response["OUTPUT_IDS"])
                 if chunk.size:
-                    sender.send(pb_utils.InferenceResponse([tensor("WAVEFORM", chunk), tensor("SAMPLE_RATE", rate)]))
+                    send(sender, request, [tensor("WAVEFORM", chunk), tensor("SAMPLE_RATE", rate)])
             last = speech.finish()
-            sender.send(
-                pb_utils.InferenceResponse([tensor("WAVEFORM", last), tensor("SAMPLE_RATE", rate)]),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-            )
+            send(sender, request, [tensor("WAVEFORM", last), tensor("SAMPLE_RATE", rate)], final=True)
         except Exception as exc:  # noqa: BLE001 - the client gets the error; the model stays READY
             if llm_responses is not None:
                 llm_responses.cancel()

@@ -16,6 +16,7 @@ from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
+        bls.configure(config)
         self.graph = ChatGraph.from_config(config)
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="voice_chat")
         self.asr_pool = ThreadPoolExecutor(8, thread_name_prefix="voice_chat-asr")  # separate: turns wait on transcriptions

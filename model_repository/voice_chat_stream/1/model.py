@@ -13,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 from stepaudio.chat.speech import SentenceSplitter
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import error_response, parameter, parse_config, string_tensor, tensor
+from stepaudio_triton.adapter import send as send_response  # its own `send` sends under a lock
 from stepaudio_triton.threads import BoundedThreads
 from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
 
@@ -22,6 +23,7 @@ _DONE = object()
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
+        bls.configure(config)
         self.graph = ChatGraph.from_config(config)
         limit = parameter(config, "max_streams", 64, int)
         self.pool = ThreadPoolExecutor(limit, thread_name_prefix="voice_chat_stream-asr")
@@ -49,8 +51,7 @@ class TritonPythonModel:
 
         def send(outputs, final=False):
             with send_lock:
-                flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
-                sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
+                send_response(sender, request, outputs, final)
 
         run = None
         try:
