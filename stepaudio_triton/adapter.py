@@ -91,12 +91,17 @@ def _wants_tagged_codes(request) -> bool:
         return False
 
 
-def error_response(exc: BaseException, request):
-    """The error response for ``request``, its code decided by the exception's type (``errors.CODES``).
-    Our faults (INTERNAL) are logged with the traceback; the client gets a short message."""
+def _log_if_internal(exc: BaseException) -> str:
     name = errors.code_name(exc)
     if name == "INTERNAL":
         pb_utils.Logger.log_error("".join(traceback.format_exception(exc)))
+    return name
+
+
+def error_response(exc: BaseException, request):
+    """The error response for ``request``, its code decided by the exception's type (``errors.CODES``).
+    Our faults (INTERNAL) are logged with the traceback; the client gets a short message."""
+    name = _log_if_internal(exc)
     message = errors.tagged(exc) if _wants_tagged_codes(request) else errors.client_message(exc)
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, name)))
 
@@ -111,6 +116,17 @@ def send(sender, request, outputs: list, final: bool = False) -> None:
     flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
     sender.send(pb_utils.InferenceResponse(output_tensors=kept), flags=flags)
     del kept  # released here, with the GIL held, after the sender is done with it
+
+
+def send_error(sender, request, exc: BaseException) -> None:
+    """End a decoupled request with ``exc``: for our BLS callers as the ``ERROR`` output of a normal final
+    response (an error response after the first one never reaches them in 2.51, see ``errors.ERROR_OUTPUT``),
+    for every other client as an error response."""
+    if request.request_id().startswith(errors.BLS_REQUEST_ID_PREFIX):
+        _log_if_internal(exc)
+        send(sender, request, [string_tensor(errors.ERROR_OUTPUT, errors.tagged(exc))], final=True)
+    else:
+        sender.send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 def _answer(handle: Callable[[Any], list], request):

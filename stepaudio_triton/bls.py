@@ -78,12 +78,15 @@ class Stream:
         responses = None
         try:
             try:
-                responses = _request(self.model, tensors, self.names, self.cancel_token).exec(decoupled=True)
+                responses = _request(self.model, tensors, [*self.names, errors.ERROR_OUTPUT],
+                                     self.cancel_token).exec(decoupled=True)
             finally:
                 self._submitted.set()
             for response in responses:
-                if response.has_error():
+                if response.has_error():  # only a first response arrives as an error response (see ERROR_OUTPUT)
                     self._items.put((_ERROR, response.error().message()))
+                elif (error := pb_utils.get_output_tensor_by_name(response, errors.ERROR_OUTPUT)) is not None:
+                    self._items.put((_ERROR, owned(error).reshape(-1)[0].decode("utf-8")))
                 elif response.output_tensors():
                     self._items.put((_OUTPUTS, outputs(response, self.names)))
         except Exception as exc:  # noqa: BLE001 - the request could not be made (e.g. the model is not loaded)

@@ -24,6 +24,11 @@ TAGGED_CODES_PARAMETER = "stepaudio_error_codes"
 # Our BLS requests carry their ask in the request id instead of request parameters: BLS requests are sent the way
 # this python backend build has always carried them (an id), and the id also holds a stream's cancel token.
 BLS_REQUEST_ID_PREFIX = "stepaudio-bls-"
+# Every decoupled model declares this optional output. A stream that a BLS caller consumes ends with its error in
+# this output (a tagged message) instead of an error response: Triton 2.51 does not write the stream's id into an
+# error response that follows the first one, so the caller's stub never receives it and waits forever (fixed
+# upstream in python_backend PR #398, after 2.51; docs/hardening.md).
+ERROR_OUTPUT = "ERROR"
 
 
 # Exception type → Triton error code name (pb_utils.TritonError.<NAME>); the first match wins.

@@ -15,7 +15,7 @@ import triton_python_backend_utils as pb_utils
 from stepaudio.errors import Cancelled
 from stepaudio.llm.engine import GenerationRequest, TokenStream
 from stepaudio.llm.sampling import SamplingParams
-from stepaudio_triton.adapter import error_response, optional_scalar, optional_string, required_input, send
+from stepaudio_triton.adapter import optional_scalar, optional_string, required_input, send, send_error
 from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
 from stepaudio_triton.errors import BLS_REQUEST_ID_PREFIX
 from stepaudio_triton.threads import BoundedThreads
@@ -164,13 +164,12 @@ def stream_tokens(
             if sender.is_cancelled():
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             elif stream.cancel_requested:  # by a CANCEL naming its token (iteration ends before the engine retires it)
-                error = Cancelled(f"stream cancelled by its owner after {sent} ids")
-                sender.send(error_response(error, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                send_error(sender, request, Cancelled(f"stream cancelled by its owner after {sent} ids"))
             else:
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as exc:  # noqa: BLE001 - the client gets the error, the model stays up
             stream.cancel()
-            sender.send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            send_error(sender, request, exc)
         finally:
             if token is not None:
                 live.discard(token)
@@ -196,7 +195,7 @@ def serve_generation(request, live: LiveStreams, workers: BoundedThreads, submit
         stream = submit(request)
         stream_tokens(stream, request, respond_for(stream), live, token, workers)
     except Exception as exc:  # noqa: BLE001 - bad input or a full model answers this request only
-        request.get_response_sender().send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        send_error(request.get_response_sender(), request, exc)
 
 
 def ids_tensor(name: str, ids: list[int]):

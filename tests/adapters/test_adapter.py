@@ -60,6 +60,7 @@ def adapter(monkeypatch):
     fake.InferenceResponse = FakeResponse
     fake.TritonError = FakeError
     fake.get_input_tensor_by_name = lambda request, name: request.get(name)
+    fake.get_output_tensor_by_name = lambda response, name: getattr(response, "tensor", lambda name: None)(name)
     fake.Logger = types.SimpleNamespace(log_error=lambda message: logged.append(message))
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
     sys.modules.pop("stepaudio_triton.adapter", None)
@@ -267,8 +268,6 @@ def _bls_with_requests(monkeypatch, request_class):
     sys.modules.pop("stepaudio_triton.bls", None)
     bls = importlib.import_module("stepaudio_triton.bls")
     monkeypatch.setattr(bls.pb_utils, "InferenceRequest", request_class, raising=False)
-    monkeypatch.setattr(bls.pb_utils, "get_output_tensor_by_name",
-                        lambda response, name: response.tensor(name), raising=False)
     return bls
 
 
@@ -279,9 +278,9 @@ def test_bls_stream_objects_live_on_one_reader_thread(adapter, monkeypatch):
     threads_used = set()
 
     class Response:
-        def __init__(self, ids, error=None):
+        def __init__(self, ids, error=None, error_output=None):
             threads_used.add(threading.get_ident())
-            self.ids, self._error = ids, error
+            self.ids, self._error, self._error_output = ids, error, error_output
 
         def has_error(self):
             threads_used.add(threading.get_ident())
@@ -296,6 +295,8 @@ def test_bls_stream_objects_live_on_one_reader_thread(adapter, monkeypatch):
 
         def tensor(self, name):
             threads_used.add(threading.get_ident())
+            if name == "ERROR":
+                return None if self._error_output is None else FakeTensor(name, np.array([self._error_output.encode()], object))
             return FakeTensor(name, self.ids)
 
     class Request:
@@ -304,9 +305,14 @@ def test_bls_stream_objects_live_on_one_reader_thread(adapter, monkeypatch):
 
         def exec(self, decoupled):
             threads_used.add(threading.get_ident())
-            return iter([Response(np.array([1, 2])), Response(np.array([3])),
-                         Response(None, "[INVALID_ARG] bad ids"), Response(np.array([4]))])
+            return iter(next(scripts)())  # the responses are made on the calling (reader) thread
 
+    scripts = iter([
+        lambda: [Response(np.array([1, 2])), Response(np.array([3])), Response(None, "[INVALID_ARG] bad ids"),
+                 Response(np.array([4]))],
+        # a later error arrives as the ERROR output of a normal response (errors.ERROR_OUTPUT)
+        lambda: [Response(np.array([5])), Response(None, error_output="[CANCELLED] stream cancelled by its owner after 1 ids")],
+    ])
     bls = _bls_with_requests(monkeypatch, Request)
     stream = bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"])
     received = []
@@ -317,6 +323,12 @@ def test_bls_stream_objects_live_on_one_reader_thread(adapter, monkeypatch):
     assert len(threads_used) == 1 and threading.get_ident() not in threads_used
     stream._reader.join(5)
     assert not stream._reader.is_alive(), "the reader drains the stream to its end by itself"
+    from stepaudio.errors import Cancelled
+
+    with pytest.raises(Cancelled, match="after 1 ids"):
+        for outputs in bls.Stream("tts_llm", {"INPUT_IDS": np.array([1])}, ["OUTPUT_IDS"]):
+            received.append(outputs["OUTPUT_IDS"].tolist())
+    assert received[-1] == [5]
     sys.modules.pop("stepaudio_triton.bls", None)
 
 
@@ -408,3 +420,37 @@ def test_a_finished_bls_iterator_outlives_its_reader_for_the_grace_period(adapte
     gc.collect()
     assert kept() is None
     sys.modules.pop("stepaudio_triton.bls", None)
+
+
+def test_a_stream_error_reaches_bls_callers_as_an_output_and_other_clients_as_an_error(adapter, monkeypatch):
+    """2.51 loses a decoupled model's error responses after the first on their way to a BLS caller."""
+
+    class Sender:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, response=None, flags=0):
+            self.sent.append((response, flags))
+
+    monkeypatch.setattr(adapter.pb_utils, "TRITONSERVER_RESPONSE_COMPLETE_FINAL", 1, raising=False)
+
+    def request(request_id):
+        return types.SimpleNamespace(request_id=lambda: request_id, parameters=lambda: "{}",
+                                     requested_output_names=lambda: ["OUTPUT_IDS", "ERROR"])
+
+    class Named:
+        def __init__(self, name, value):
+            self._name, self.value = name, value
+
+        def name(self):
+            return self._name
+
+    monkeypatch.setattr(adapter.pb_utils, "Tensor", Named)
+    bls_caller, client = Sender(), Sender()
+    adapter.send_error(bls_caller, request("stepaudio-bls-" + "a" * 32), ValueError("too many ids"))
+    adapter.send_error(client, request("client-7"), ValueError("too many ids"))
+    (response, flags), = bls_caller.sent
+    assert flags == 1 and response.error is None
+    assert [t.value[0].decode() for t in response.output_tensors] == ["[INVALID_ARG] too many ids"]
+    (response, flags), = client.sent
+    assert flags == 1 and response.error.code == "INVALID_ARG" and response.error.message == "too many ids"

@@ -15,12 +15,12 @@ import triton_python_backend_utils as pb_utils
 from stepaudio.tts.streaming import ChunkSchedule, SpeechStream
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
-    error_response,
     optional_input,
     optional_scalar,
     parameter,
     parse_config,
     send,
+    send_error,
     tensor,
 )
 from stepaudio_triton.generation import SAMPLING_INPUTS
@@ -59,7 +59,7 @@ class TritonPythonModel:
             try:
                 self.workers.submit(lambda request=request: self._serve(request))
             except Exception as exc:  # noqa: BLE001 - all workers busy: UNAVAILABLE for this request
-                request.get_response_sender().send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                send_error(request.get_response_sender(), request, exc)
         return None
 
     def finalize(self):
@@ -100,4 +100,4 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 - the client gets the error; the model stays READY
             if llm_responses is not None:
                 llm_responses.cancel()
-            sender.send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            send_error(sender, request, exc)

@@ -8,11 +8,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
 from stepaudio.chat.speech import SentenceSplitter
 from stepaudio_triton import bls
-from stepaudio_triton.adapter import error_response, parameter, parse_config, string_tensor, tensor
+from stepaudio_triton.adapter import parameter, parse_config, send_error, string_tensor, tensor
 from stepaudio_triton.adapter import send as send_response  # its own `send` sends under a lock
 from stepaudio_triton.threads import BoundedThreads
 from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
@@ -37,7 +36,7 @@ class TritonPythonModel:
             try:
                 self.turns.submit(lambda request=request: self._turn(request))
             except Exception as exc:  # noqa: BLE001 - all workers busy: UNAVAILABLE for this request
-                request.get_response_sender().send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                send_error(request.get_response_sender(), request, exc)
         return None
 
     def finalize(self):
@@ -79,7 +78,7 @@ class TritonPythonModel:
             if run is not None:
                 run.cancel()
             with send_lock:
-                sender.send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                send_error(sender, request, exc)
 
     def _speak(self, run, sentences, send, sender, errors, spoken):
         try:
