@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/bench_soak.py --repository build/model_repository --sequential 1000 --concurrent 64
 
-Phases: warm-up, then ``--sequential`` streams one after another, then ``--concurrent`` streams at once (a gRPC
-client each). Every ``--cancel-every``-th stream is cancelled after its first chunk; every ``--bad-every``-th
+Phases: warm-up, then ``--rounds`` rounds of ``--sequential`` streams one after another and ``--concurrent`` streams
+at once (a gRPC client each). Every ``--cancel-every``-th stream is cancelled after its first chunk; every ``--bad-every``-th
 request is hostile (100 kB text, MAX_NEW_TOKENS 2^31-1, the nested-JSON body to the HTTP endpoint) and must be
 refused with INVALID_ARG / 400. Prints unexpected failures, first-chunk p50/p95, and the server's memory (RSS of
-tritonserver + stubs) and shared memory before, right after, and after a short idle.
+tritonserver + stubs) and shared memory before, right after, and after a short idle, per round; the change from
+the first round to the last separates a leak from the first round's high water.
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ def main() -> int:
     parser.add_argument("--cancel-every", type=int, default=7)
     parser.add_argument("--bad-every", type=int, default=10)
     parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of sequential + concurrent streams; growth "
+                        "after the first round (high water) is what a leak would show")
     args = parser.parse_args()
 
     with TritonServer(args.repository, log_path=Path("build/soak_server.log")) as server:
@@ -174,25 +177,35 @@ def main() -> int:
         before, by_before = memory(server), rss_by_process(server)
         print(f"baseline after warm-up: RSS {before[0]:.0f} MiB, shared memory {before[1]:.0f} MiB")
         unexpected = 0
-        started = time.perf_counter()
-        outcomes = []
-        for i in range(args.sequential):
-            outcomes.append(one_stream(url, 1000 + i, kind_of(i, args), args.tokens))
-            if (i + 1) % 100 == 0:
-                report(f"  after {i + 1}", outcomes, time.perf_counter() - started)
-        unexpected += report(f"sequential ×{args.sequential}", outcomes, time.perf_counter() - started)
-        started = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrent) as pool:
-            outcomes = list(pool.map(lambda i: one_stream(url, 5000 + i, kind_of(i, args), args.tokens),
-                                     range(args.concurrent)))
-        unexpected += report(f"concurrent ×{args.concurrent}", outcomes, time.perf_counter() - started)
-        after = memory(server)
-        time.sleep(args.idle_seconds)
-        idle, by_idle = memory(server), rss_by_process(server)
-        print(f"RSS MiB: baseline {before[0]:.0f}, after {after[0]:.0f}, after {args.idle_seconds:.0f} s idle {idle[0]:.0f} "
-              f"({idle[0] - before[0]:+.0f}); shared memory MiB: {before[1]:.0f} → {after[1]:.0f} → {idle[1]:.0f}")
-        grown = {m: by_idle.get(m, 0) - v for m, v in by_before.items() if abs(by_idle.get(m, 0) - v) >= 5}
-        print("RSS change by process after idle (MiB, ≥5): " + ", ".join(f"{m} {d:+.0f}" for m, d in sorted(grown.items())))
+        idle_by_round = []
+        for round_number in range(1, args.rounds + 1):
+            seeds = 100_000 * round_number
+            started = time.perf_counter()
+            outcomes = []
+            for i in range(args.sequential):
+                outcomes.append(one_stream(url, seeds + i, kind_of(i, args), args.tokens))
+                if (i + 1) % 100 == 0:
+                    report(f"  after {i + 1}", outcomes, time.perf_counter() - started)
+            unexpected += report(f"round {round_number}: sequential ×{args.sequential}", outcomes, time.perf_counter() - started)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.concurrent) as pool:
+                outcomes = list(pool.map(lambda i, seeds=seeds: one_stream(url, seeds + 50_000 + i, kind_of(i, args), args.tokens),
+                                         range(args.concurrent)))
+            unexpected += report(f"round {round_number}: concurrent ×{args.concurrent}", outcomes, time.perf_counter() - started)
+            after = memory(server)
+            time.sleep(args.idle_seconds)
+            idle = memory(server)
+            idle_by_round.append(rss_by_process(server))
+            print(f"round {round_number} RSS MiB: baseline {before[0]:.0f}, after {after[0]:.0f}, after "
+                  f"{args.idle_seconds:.0f} s idle {idle[0]:.0f} ({idle[0] - before[0]:+.0f}); shared memory MiB: "
+                  f"{before[1]:.0f} → {after[1]:.0f} → {idle[1]:.0f}")
+        # The first round fills caches and pools to their working size (high water); a leak keeps growing after it.
+        for name, earlier, later in (("warm-up → round 1", by_before, idle_by_round[0]),
+                                     ("round 1 → last round", idle_by_round[0], idle_by_round[-1])):
+            grown = {m: later.get(m, 0) - v for m, v in earlier.items() if abs(later.get(m, 0) - v) >= 5}
+            total = sum(later.values()) - sum(earlier.values())
+            print(f"RSS change {name}: {total:+.0f} MiB; by process (≥5 MiB): "
+                  + (", ".join(f"{m} {d:+.0f}" for m, d in sorted(grown.items())) or "none"))
         print(f"stub restarts: {server.supervisor.restarts or 'none'}; ready: {not server.down_models()}")
     return 1 if unexpected else 0
 

@@ -53,7 +53,7 @@ def _s(text: str) -> np.ndarray:
 
 def llm_stream(grpc_url: str, request_id: str, max_new_tokens: int, parameters: dict | None = None,
                started: threading.Event | None = None) -> tuple[int, Exception | None]:
-    """(ids received, error) from a direct tts_llm stream."""
+    """(ids received, error) from a direct tts_llm stream; an ERROR output comes back as its text."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
@@ -77,6 +77,8 @@ def llm_stream(grpc_url: str, request_id: str, max_new_tokens: int, parameters: 
                 count += ids.size
                 if started is not None:
                     started.set()
+            if result.as_numpy("ERROR") is not None:  # how a BLS caller is told (stepaudio_triton/errors.py)
+                return count, result.as_numpy("ERROR")[0].decode()
             if result.get_response().parameters["triton_final_response"].bool_param:
                 return count, None
     finally:
@@ -193,6 +195,24 @@ def test_the_owner_cancels_with_its_token_and_the_stream_says_so(triton_server):
     count, error = outcome["result"]
     assert 0 < count < 1500 and error is not None, outcome
     assert "stream cancelled by its owner" in str(error)
+
+
+def test_a_bls_caller_gets_a_streams_error_as_an_output(triton_server):
+    """Triton 2.51 never delivers an error response that follows a stream's first response to a BLS caller (which
+    then waits forever): our models end a BLS caller's stream with the ERROR output instead. A client with a BLS
+    request id sees what our BLS callers see."""
+    token = os.urandom(16).hex()
+    started = threading.Event()
+    outcome = {}
+    owner = threading.Thread(target=lambda: outcome.update(
+        result=llm_stream(triton_server.grpc_url, "stepaudio-bls-" + token, 1500, started=started)))
+    owner.start()
+    assert started.wait(60)
+    send_cancel(triton_server.grpc_url, token)
+    owner.join(120)
+    count, error = outcome["result"]
+    assert 0 < count < 1500 and isinstance(error, str), outcome
+    assert error.startswith("[CANCELLED] stream cancelled by its owner")
 
 
 def test_a_short_cancel_token_is_refused(triton_server):

@@ -143,7 +143,8 @@ def test_stream_joins_to_the_offline_audio(http_client, grpc_client):
     assert snr > 10.0, f"stream vs offline SNR {snr:.1f} dB"
 
 
-def test_cancel_mid_stream_then_twenty_streams_work(http_client, grpc_client):
+def test_cancel_mid_stream_then_twenty_streams_work(triton_server, http_client, grpc_client):
+    abandoned_before = triton_server.log_path.read_text().count("request abandoned")
     chunks, error = stream(grpc_client, tts_inputs(batched=False, MAX_NEW_TOKENS=np.array([400], np.int32)), cancel_after=1)
     assert error is None and len(chunks) == 1
     for i in range(20):
@@ -153,6 +154,9 @@ def test_cancel_mid_stream_then_twenty_streams_work(http_client, grpc_client):
         # Same seed offline: the stream must carry all of its audio (some seeds sample the stop id early).
         offline_ids = infer(http_client, "ensemble_tts", tts_inputs(seed=seed))["AUDIO_IDS"]
         assert sum(c.size for c in chunks) == 256 * mel_frames_for_tokens(offline_ids.size), f"stream {i}"
+    # The cancelled stream's tts_llm stream ended when tts_stream cancelled it: tts_stream did not have to abandon
+    # it after bls_stall_timeout_s (30 s in the tests; the twenty streams usually take longer than that).
+    assert triton_server.log_path.read_text().count("request abandoned") == abandoned_before
 
 
 def test_fifty_sequential_streams(triton_server):
