@@ -10,6 +10,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio_triton import errors
+from stepaudio_triton.memory import idle_trim
 
 
 def parse_config(args: dict) -> dict:
@@ -142,9 +143,10 @@ def _answer(handle: Callable[[Any], list], request):
 def respond_each(requests, handle: Callable[[Any], list], pool=None) -> list:
     """Non-decoupled execute: one response per request; a failing request never fails its batch neighbours.
     With a thread ``pool`` the requests of one batch run concurrently (BLS calls and ONNX Runtime release the GIL)."""
-    if pool is None:
-        return [_answer(handle, request) for request in requests]
-    return [future.result() for future in [pool.submit(_answer, handle, request) for request in requests]]
+    with idle_trim:
+        if pool is None:
+            return [_answer(handle, request) for request in requests]
+        return [future.result() for future in [pool.submit(_answer, handle, request) for request in requests]]
 
 
 def device_for(args: dict, config: dict) -> str:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from stepaudio.errors import Unavailable
+from stepaudio_triton.memory import idle_trim
 
 
 class BoundedThreads:
@@ -25,7 +26,8 @@ class BoundedThreads:
 
         def run():
             try:
-                work()
+                with idle_trim:
+                    work()
             finally:
                 self._slots.release()
 
