@@ -68,7 +68,7 @@ class Stream:
         self.cancel_token = secrets.token_hex(16) if cancellable else None
         self.stall_timeout_s = stall_timeout_s or stall_timeout.seconds
         self._items: queue.Queue = queue.Queue()
-        self._ended = self._cancelled = self._stalled = False
+        self._ended = self._cancelled = self._cancel_sent = self._stalled = False
         self._submitted = threading.Event()
         self._reader = threading.Thread(target=self._read, args=(tensors,), name=f"bls-{model}", daemon=True)
         self._reader.start()
@@ -116,21 +116,32 @@ class Stream:
             else:
                 yield item
 
-    def cancel(self) -> None:
-        """Stop the stream and wait for its final response, so that the called model has freed the stream's
-        engine slot when this returns and no response is left in flight. The called model ends a cancelled stream
-        within one decode step.
-
-        Best effort, never raises: callers cancel while ending a request, often while reporting another error."""
-        if self._cancelled or self._stalled or self.cancel_token is None:
+    def request_cancel(self) -> None:
+        """Send CANCEL = this stream's token and return; the thread iterating the stream then ends with the called
+        model's ``Cancelled`` within one of its steps. Best effort, never raises."""
+        if self._cancel_sent or self._stalled or self.cancel_token is None:
             return
-        self._cancelled = True
+        self._cancel_sent = True
         cancel = np.array([self.cancel_token.encode()], dtype=np.object_)
         try:
             acknowledgement = _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True)
             for _ in acknowledgement:
                 pass
             retired.keep(acknowledgement)
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass
+
+    def cancel(self) -> None:
+        """Stop the stream and wait for its final response, so that the called model has freed the stream's
+        engine slot when this returns. The called model ends a cancelled stream within one decode step. Only for
+        the thread that iterates the stream.
+
+        Best effort, never raises: callers cancel while ending a request, often while reporting another error."""
+        if self._cancelled or self._stalled or self.cancel_token is None:
+            return
+        self._cancelled = True
+        self.request_cancel()
+        try:
             while not self._ended:  # drain to the final response; a cancelled stream's errors do not matter
                 self._ended = self._next(self.stall_timeout_s)[0] == _END
         except Exception:  # noqa: BLE001 - see the docstring

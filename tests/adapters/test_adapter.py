@@ -454,3 +454,59 @@ def test_a_stream_error_reaches_bls_callers_as_an_output_and_other_clients_as_an
     assert [t.value[0].decode() for t in response.output_tensors] == ["[INVALID_ARG] too many ids"]
     (response, flags), = client.sent
     assert flags == 1 and response.error.code == "INVALID_ARG" and response.error.message == "too many ids"
+
+
+def test_request_cancel_ends_a_stream_another_thread_iterates(adapter, monkeypatch):
+    import threading
+
+    from stepaudio.errors import Cancelled
+
+    cancelled = threading.Event()
+
+    class Response:
+        def __init__(self, error_output=None):
+            self._error_output = error_output
+
+        def has_error(self):
+            return False
+
+        def output_tensors(self):
+            return ["OUTPUT_IDS"]
+
+        def tensor(self, name):
+            if name == "ERROR":
+                return None if self._error_output is None else FakeTensor(name, np.array([self._error_output.encode()], object))
+            return FakeTensor(name, np.array([7]))
+
+    class Request:
+        def __init__(self, model_name, inputs, requested_output_names, request_id):
+            self.cancel = any(t.name == "CANCEL" for t in inputs)
+
+        def exec(self, decoupled):
+            if self.cancel:
+                cancelled.set()
+                return iter([])
+
+            def responses():  # ids until the model sees the CANCEL, then its CANCELLED end as the ERROR output
+                while not cancelled.wait(0.01):
+                    yield Response()
+                yield Response("[CANCELLED] stream cancelled by its owner after 3 ids")
+            return responses()
+
+    bls = _bls_with_requests(monkeypatch, Request)
+    stream = bls.Stream("chat_llm", {"MESSAGES": np.array([b"[]"], object)}, ["OUTPUT_IDS"], cancellable=True)
+    outcome = []
+
+    def consume():
+        try:
+            for _ in stream:
+                pass
+        except Cancelled as exc:
+            outcome.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    stream.request_cancel()
+    consumer.join(5)
+    assert not consumer.is_alive() and outcome and "cancelled by its owner" in str(outcome[0])
+    sys.modules.pop("stepaudio_triton.bls", None)
