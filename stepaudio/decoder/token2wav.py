@@ -197,6 +197,128 @@ def vocoder_feed_validator(parameters: dict[str, str]) -> Callable[[dict[str, np
     max_frames = _int_parameter(parameters, "max_mel_frames")
     return lambda feeds: validate_vocoder_feeds(feeds, config, max_frames)
 
+
+# -- Ragged batching ------------------------------------------------------------------------------------------------
+# Requests of different lengths share one graph run: each input is zero-padded at the end of its free dims, and each
+# output is cut back to the shape the request gets alone. The graphs mask every row by its own lengths, so padding
+# changes no valid value (test_batched_equals_one_at_a_time); outside the valid part both are zero. The CPU backend
+# uses these through its ``ragged_batching`` parameter (with ``allow_ragged_batch`` inputs in the config).
+
+# A bucket's longest row is at most this many times its shortest: bounds the work spent on padding.
+BUCKET_RATIO = 1.5
+
+
+def _pad_to(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+    if array.shape[axis] == size:
+        return array
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, size - array.shape[axis])
+    return np.pad(array, widths)
+
+
+def length_buckets(lengths: dict[int, int], ratio: float = BUCKET_RATIO) -> list[list[int]]:
+    """Request index → length ⇒ groups of indices, shortest first, each group's longest ≤ ratio × its shortest."""
+    groups: list[list[int]] = []
+    smallest = 0
+    for index in sorted(lengths, key=lambda i: (lengths[i], i)):
+        if not groups or lengths[index] > ratio * smallest:
+            groups.append([])
+            smallest = max(lengths[index], 1)
+        groups[-1].append(index)
+    return groups
+
+
+class _RaggedBatching:
+    """Group, pad and cut one decoder graph's requests (feeds by graph input name, batch rows first)."""
+
+    length_input: str  # the input whose last dim is a request's length for bucketing
+
+    def buckets(self, feeds: dict[int, dict[str, np.ndarray]]) -> list[list[int]]:
+        return length_buckets({i: feed[self.length_input].shape[-1] for i, feed in feeds.items()})
+
+    def sizes(self, feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[int, int]]:
+        """Input name → (axis, padded size)."""
+        raise NotImplementedError
+
+    def trims(self, feed: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+        """Output name → (axis, size) this request gets alone."""
+        raise NotImplementedError
+
+    def pad(self, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        sizes = self.sizes(feeds)
+        padded = {}
+        for name in feeds[0]:
+            parts = [feed[name] for feed in feeds]
+            if name in sizes:
+                axis, size = sizes[name]
+                parts = [_pad_to(part, axis, size) for part in parts]
+            padded[name] = np.concatenate(parts)
+        return padded
+
+    def cut(self, outputs: dict[str, np.ndarray], feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Outputs of ``pad(feeds)`` → each request's own outputs."""
+        results, row = [], 0
+        for feed in feeds:
+            rows = next(iter(feed.values())).shape[0]
+            own = {}
+            for name, value in outputs.items():
+                part = value[row : row + rows]
+                if name in (trims := self.trims(feed)):
+                    axis, size = trims[name]
+                    part = np.take(part, np.arange(size), axis=axis)
+                own[name] = part
+            results.append(own)
+            row += rows
+        return results
+
+
+class FlowBatching(_RaggedBatching):
+    """flow_decoder: ids, prompt ids and prompt mel pad at their ends; noise pads to the padded prompt mel plus the
+    widest target part, so each row's target (output mel = noise width − prompt mel width) fits."""
+
+    length_input = "noise"
+
+    def sizes(self, feeds):
+        prompt = max(f["prompt_mel"].shape[1] for f in feeds)
+        target = max(f["noise"].shape[2] - f["prompt_mel"].shape[1] for f in feeds)
+        return {
+            "tokens": (1, max(f["tokens"].shape[1] for f in feeds)),
+            "prompt_tokens": (1, max(f["prompt_tokens"].shape[1] for f in feeds)),
+            "prompt_mel": (1, prompt),
+            "noise": (2, prompt + target),
+        }
+
+    def trims(self, feed):
+        return {"mel": (2, feed["noise"].shape[2] - feed["prompt_mel"].shape[1])}
+
+
+class VocoderBatching(_RaggedBatching):
+    """vocoder: mel pads in frames, source noise by 256 samples per frame; wave and f0 are cut to the request's own."""
+
+    length_input = "mel"
+
+    def __init__(self, samples_per_frame: int):
+        self.hop = samples_per_frame
+
+    def sizes(self, feeds):
+        frames = max(f["mel"].shape[2] for f in feeds)
+        return {"mel": (2, frames), "source_noise": (2, frames * self.hop)}
+
+    def trims(self, feed):
+        frames = feed["mel"].shape[2]
+        return {"wave": (1, frames * self.hop), "f0": (1, frames)}
+
+
+def flow_batching(parameters: dict[str, str]) -> FlowBatching:
+    """The CPU backend's ``ragged_batching`` factory for flow_decoder (the model's string parameters, unused)."""
+    return FlowBatching()
+
+
+def vocoder_batching(parameters: dict[str, str]) -> VocoderBatching:
+    """The CPU backend's ``ragged_batching`` factory for vocoder (``decoder_dir`` gives the samples per frame)."""
+    return VocoderBatching(_decoder_config(parameters).hift.samples_per_frame)
+
+
 _FLOW_STREAM, _PHASE_STREAM, _SOURCE_STREAM = 0, 1, 2
 
 
