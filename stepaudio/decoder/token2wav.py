@@ -16,7 +16,9 @@ is exact, so the stream differs from the offline output only through the flow's 
 statistics and length-regulator grid see the window, not the whole utterance). Measured on the tiny test checkpoint
 (random weights, fixed seed, 150 ids fed 17 at a time, defaults): joined stream vs offline max |Δ| = 0.0026,
 SNR 39 dB (300 ids: 0.0037, 37.5 dB); the vocoder part alone matches to 6e-8. Per commit the flow costs one window
-(≤ prompt + ``max_window_tokens`` ids), so an utterance of n ids costs about n / chunk_tokens windows.
+(≤ prompt + ``max_window_tokens`` ids), so an utterance of n ids costs about n / chunk_tokens windows. Nothing else
+grows with the stream's position: noise is drawn forward once per stream (``NoiseTape``), the source phase is summed
+once per frame, and only the mel / f0 frames a later window reaches are held (``bench/bench_stream_chunks.py``).
 """
 
 from __future__ import annotations
