@@ -4,7 +4,7 @@
 
 Runs each graph once to warm up, then once with ORT profiling on ``--seconds`` of speech (+ 3 s prompt), and prints
 the time per op type (share of the graph's node time) and the slowest single nodes. A plain fp32 matmul (torch, same
-threads) is measured in the same run, with the decoder's FLOP count (``--gflop``, real size: flow 1.96 + HiFT 0.52
+threads) is measured in the same run, with the decoder's FLOP count (``--gflop``, real size: flow 1.96 + HiFT 0.52 TFLOP
 per 10 s of speech, issue 14) giving the fraction of that peak the graphs sustain. The decoder folder is the one
 ``bench/bench_token2wav.py`` writes and exports.
 """
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_token2wav import requests_for  # noqa: E402
 from bench.report import sgemm_gflops  # noqa: E402
 from stepaudio.checkpoints import layout  # noqa: E402
-from stepaudio.decoder.token2wav import FLOW_OUTPUTS, VOCODER_OUTPUTS, DecoderNoise, Token2WavBase  # noqa: E402
 from stepaudio.decoder.checkpoint import load_config  # noqa: E402
+from stepaudio.decoder.token2wav import FLOW_OUTPUTS, VOCODER_OUTPUTS, DecoderNoise, Token2WavBase  # noqa: E402
 
 
 def node_times(profile: Path) -> list[tuple[str, str, float]]:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--gflop", type=float, default=2.48, help="decoder GFLOP per 10 s of speech")
+    parser.add_argument("--gflop", type=float, default=2480.0, help="decoder GFLOP per 10 s of speech")
     args = parser.parse_args(argv)
     config = load_config(args.decoder_dir)
     builder = Token2WavBase()
