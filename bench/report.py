@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     audio_per_request = args.max_new_tokens / IDS_PER_SECOND
     pa: dict[str, dict[int, dict]] = {"ensemble_tts": {}, "tts_stream": {}}
     streams = {}
-    with TritonServer(args.model_repository, log_path=ROOT / "build" / "report_server.log") as server:
+    server = TritonServer(args.model_repository, log_path=ROOT / "build" / "report_server.log")
+    with server.start(timeout=900):  # every model of the repository loads; a busy 2-core box takes minutes
         client_streams(server, 1, args.max_new_tokens)  # warm-up
         for c in args.concurrency:
             for model in pa:
