@@ -42,9 +42,13 @@ def perf_analyzer(server: TritonServer, model: str, concurrency: int, max_new_to
                STEPAUDIO_ADMIN_KEY=server.admin_key or "", PERF_MAX_NEW_TOKENS=str(max_new_tokens))
     command = [str(ROOT / "bench" / "perf_analyzer.sh"), model, "--concurrency-range", str(concurrency),
                "--request-count", str(3 * concurrency), "-f", str(csv_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(f"perf_analyzer {model} c={concurrency} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    for _attempt in range(2):  # perf_analyzer 2.51 has been seen to exit without output now and then: retry once
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+        if done.returncode == 0 and csv_path.exists():
+            break
+    else:
+        raise RuntimeError(f"perf_analyzer {model} c={concurrency} failed (exit {done.returncode}):\n"
+                           f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
     with csv_path.open() as f:
         row = next(csv.DictReader(f))
     csv_path.unlink()
