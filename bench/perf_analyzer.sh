@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Installs perf_analyzer 2.51 (from the tritonclient==2.51.0 wheel, in its own venv so the project's client is not
-# downgraded) and runs it against a running server. Usage:
-#   bench/perf_analyzer.sh ensemble_tts [extra perf_analyzer args]     # offline, HTTP, batch 1
+# perf_analyzer 2.51 (the binary in the tritonclient==2.51.0 wheel, installed in its own venv so the project's client
+# is not downgraded) against a running server. Usage:
+#   bench/perf_analyzer.sh --install                                   # install only (`make perf-analyzer`)
+#   bench/perf_analyzer.sh ensemble_tts [extra perf_analyzer args]     # offline, HTTP through the guard, batch 1
 #   bench/perf_analyzer.sh tts_stream   [extra perf_analyzer args]     # decoupled, gRPC streaming
+# Environment: STEPAUDIO_ADMIN_KEY (the key the server printed; perf_analyzer reads model configs, an admin API),
+# STEPAUDIO_HTTP_URL / STEPAUDIO_GRPC_URL (default 127.0.0.1:8000 / :8001), PERF_MAX_NEW_TOKENS (ids per request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${1:?model name: ensemble_tts or tts_stream}; shift
 tools=build/perf_analyzer
-if [ ! -x "$tools/venv/bin/perf_analyzer" ]; then
+binary=$tools/venv/bin/perf_analyzer
+if [ ! -x "$binary" ]; then
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install -q "tritonclient[all]==2.51.0"
 fi
@@ -16,14 +19,27 @@ libs=$(.venv/bin/python -c "import pathlib, pytriton; print(pathlib.Path(pytrito
 mkdir -p "$tools/lib"
 ln -sf "$libs"/libb64-*.so.0d "$tools/lib/libb64.so.0d"
 ln -sf "$libs"/libcudart-*.so.12* "$tools/lib/libcudart.so.12"
-.venv/bin/python -m clients.perf_inputs --out build/perf >/dev/null
 export LD_LIBRARY_PATH="$PWD/$tools/lib:${LD_LIBRARY_PATH:-}"
-# perf_analyzer reads the model config, an admin API: send the key the server was started with.
-admin=()
-if [ -n "${STEPAUDIO_ADMIN_KEY:-}" ]; then admin=(-H "stepaudio-admin-key:$STEPAUDIO_ADMIN_KEY"); fi
-if [ "$model" = tts_stream ]; then
-  exec "$tools/venv/bin/perf_analyzer" -m tts_stream -i grpc -u 127.0.0.1:8001 --streaming \
-    --input-data build/perf/tts_stream.json -s 30 --measurement-interval 20000 "${admin[@]}" "$@"
+model=${1:?model name: ensemble_tts or tts_stream (or --install)}; shift
+if [ "$model" = --install ]; then
+  "$binary" --version >/dev/null 2>&1 || "$binary" --help >/dev/null
+  echo "$binary"
+  exit 0
 fi
-exec "$tools/venv/bin/perf_analyzer" -m "$model" -u 127.0.0.1:8000 -b 1 \
-  --input-data "build/perf/$model.json" -s 30 --measurement-interval 20000 "${admin[@]}" "$@"
+inputs=build/perf/$$
+.venv/bin/python -m clients.perf_inputs --out "$inputs" --max-new-tokens "${PERF_MAX_NEW_TOKENS:-120}" >/dev/null
+trap 'rm -rf "$inputs"' EXIT
+key=${STEPAUDIO_ADMIN_KEY:-}
+common=(-s 30 --measurement-interval 20000)
+if [ "$model" = tts_stream ]; then
+  # Over gRPC, Triton's restricted-protocol header carries the gRPC prefix (stepaudio/serve.py GRPC_HEADER_PREFIX).
+  admin=()
+  if [ -n "$key" ]; then admin=(-H "triton-grpc-protocol-stepaudio-admin-key:$key"); fi
+  "$binary" -m tts_stream -i grpc -u "${STEPAUDIO_GRPC_URL:-127.0.0.1:8001}" --streaming \
+    --input-data "$inputs/tts_stream.json" "${common[@]}" "${admin[@]}" "$@"
+else
+  admin=()
+  if [ -n "$key" ]; then admin=(-H "stepaudio-admin-key:$key"); fi
+  "$binary" -m "$model" -i http -u "${STEPAUDIO_HTTP_URL:-127.0.0.1:8000}" -b 1 \
+    --input-data "$inputs/ensemble_tts.json" "${common[@]}" "${admin[@]}" "$@"
+fi

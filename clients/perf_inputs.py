@@ -2,7 +2,9 @@
 
     python -m clients.perf_inputs --out build/perf            # writes ensemble_tts.json and tts_stream.json
 
-``ensemble_tts`` takes a batch dimension (shapes ``[1, ...]`` with ``-b 1``); ``tts_stream`` does not. Each file
+perf_analyzer's input-data shapes never include the batch dimension (``ensemble_tts`` is run with ``-b 1``, which
+adds it), so both files hold ``[1]`` tensors. Every entry caps ``MAX_NEW_TOKENS``: a model that seldom samples the
+stop id (the tiny test checkpoints) would otherwise generate up to the 4,096-id server limit per request. Each file
 cycles through several texts and seeds so that responses are not all alike. See the README for the commands.
 """
 
@@ -19,29 +21,30 @@ TEXTS = (
     "(慢速1)请在听到提示音之后留言。",
     "Hello, this is a streaming speech synthesis test.",
 )
+MODELS = ("ensemble_tts", "tts_stream")
+DEFAULT_MAX_NEW_TOKENS = 120  # ≈ 2.9 s of speech per request
 
 
-def entries(batched: bool, speaker: str, max_new_tokens: int | None) -> list[dict]:
-    lead = [1] if batched else []
-    data = []
-    for index, text in enumerate(TEXTS):
-        entry = {
-            "TEXT": {"content": [text], "shape": lead + [1]},
-            "SPEAKER": {"content": [speaker], "shape": lead + [1]},
-            "SEED": {"content": [index], "shape": lead + [1]},
+def entries(speaker: str, max_new_tokens: int) -> list[dict]:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    return [
+        {
+            "TEXT": {"content": [text], "shape": [1]},
+            "SPEAKER": {"content": [speaker], "shape": [1]},
+            "SEED": {"content": [index], "shape": [1]},
+            "MAX_NEW_TOKENS": {"content": [max_new_tokens], "shape": [1]},
         }
-        if max_new_tokens:
-            entry["MAX_NEW_TOKENS"] = {"content": [max_new_tokens], "shape": lead + [1]}
-        data.append(entry)
-    return data
+        for index, text in enumerate(TEXTS)
+    ]
 
 
-def write(out: Path, speaker: str = "Tingting", max_new_tokens: int | None = None) -> list[Path]:
+def write(out: Path, speaker: str = "Tingting", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for model, batched in (("ensemble_tts", True), ("tts_stream", False)):
+    for model in MODELS:
         path = out / f"{model}.json"
-        path.write_text(json.dumps({"data": entries(batched, speaker, max_new_tokens)}, ensure_ascii=False, indent=1))
+        path.write_text(json.dumps({"data": entries(speaker, max_new_tokens)}, ensure_ascii=False, indent=1))
         paths.append(path)
     return paths
 
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.perf_inputs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("build/perf"))
     parser.add_argument("--speaker", default="Tingting")
-    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     args = parser.parse_args(argv)
     for path in write(args.out, args.speaker, args.max_new_tokens):
         print(path)

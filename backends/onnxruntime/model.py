@@ -20,6 +20,11 @@ Beyond it, one request never fails another:
 - A batched ORT call that fails is re-run request by request, so only the culprit fails (INTERNAL when it passed
   the validator: then the fault is ours; logged with the traceback).
 - Every float output is checked finite per request; a NaN/infinity fails that request only (INTERNAL, logged).
+
+Ragged batching: with ``ragged_batching`` (``"module:factory"``, same call as ``feed_validator``) and
+``allow_ragged_batch`` inputs, requests of different lengths run together: the factory's object groups them into
+length buckets (``buckets``), zero-pads each bucket into one batch (``pad``) and cuts each request's outputs back to
+what it gets alone (``cut``); the graph's masks keep padding exact. Without it only equal shapes batch.
 """
 
 import importlib
@@ -78,17 +83,18 @@ class TritonPythonModel:
         missing = [name for name in self.inputs if name not in session_inputs]
         if missing:
             raise pb_utils.TritonModelException(f"config inputs {missing} are not inputs of {filename}")
-        self.validate = self._load_validator()
+        self.validate = self._load_factory("feed_validator")
+        self.ragged = self._load_factory("ragged_batching") if self.max_batch_size else None
 
-    def _load_validator(self):
-        spec = self.parameters.get("feed_validator")
+    def _load_factory(self, key):
+        spec = self.parameters.get(key)
         if not spec:
             return None
         module_name, _, factory = spec.partition(":")
         try:
             return getattr(importlib.import_module(module_name), factory)(self.parameters)
-        except Exception as exc:  # a model that should validate must not load without its validator
-            raise pb_utils.TritonModelException(f"{self.name}: feed_validator {spec!r}: {exc}") from exc
+        except Exception as exc:  # a model configured to validate or pad must not load without it
+            raise pb_utils.TritonModelException(f"{self.name}: {key} {spec!r}: {exc}") from exc
 
     def _feed(self, request):
         feed = {}
@@ -120,23 +126,44 @@ class TritonPythonModel:
                 self._fault("reading the request failed", [index])
                 responses[index] = _error(f"{self.name}: {exc}", pb_utils.TritonError.INTERNAL)
 
-        # Requests with identical shapes run as one batch (the dynamic batcher only groups such requests,
-        # unless a config asks for ragged batching, which this backend does not support).
-        groups = defaultdict(list)
-        for index, feed in feeds.items():
-            key = tuple((name, feed[name].shape[1:]) for name in sorted(feed))
-            groups[key if self.max_batch_size else ("single", index)].append(index)
-        for indices in groups.values():
+        if self.ragged is not None and feeds:
+            groups = self.ragged.buckets(feeds)
+        else:
+            # Requests with identical shapes run as one batch (the dynamic batcher only groups such requests
+            # unless the config allows ragged batches).
+            by_shape = defaultdict(list)
+            for index, feed in feeds.items():
+                key = tuple((name, feed[name].shape[1:]) for name in sorted(feed))
+                by_shape[key if self.max_batch_size else ("single", index)].append(index)
+            groups = list(by_shape.values())
+        for indices in groups:
             self._run_group(indices, feeds, responses)
         return responses
 
-    def _run_group(self, indices, feeds, responses):
+    def _batch(self, indices, feeds):
         if len(indices) == 1:
-            batch = feeds[indices[0]]
-        else:
-            batch = {name: np.concatenate([feeds[i][name] for i in indices]) for name in feeds[indices[0]]}
+            return feeds[indices[0]]
+        if self.ragged is not None:
+            return self.ragged.pad([feeds[i] for i in indices])
+        return {name: np.concatenate([feeds[i][name] for i in indices]) for name in feeds[indices[0]]}
+
+    def _split(self, indices, feeds, results):
+        """One ORT result list → each request's outputs by name (its rows; cut to its own shapes when ragged)."""
+        outputs = dict(zip(self.outputs, results))
+        if not self.max_batch_size:
+            return [outputs]
+        if self.ragged is not None and len(indices) > 1:
+            return self.ragged.cut(outputs, [feeds[i] for i in indices])
+        parts, offset = [], 0
+        for i in indices:
+            rows = next(iter(feeds[i].values())).shape[0]
+            parts.append({name: value[offset : offset + rows] for name, value in outputs.items()})
+            offset += rows
+        return parts
+
+    def _run_group(self, indices, feeds, responses):
         try:
-            results = self.session.run(self.outputs, batch, self.run_options)
+            results = self.session.run(self.outputs, self._batch(indices, feeds), self.run_options)
         except Exception as exc:  # ORT raises its own exception types
             if len(indices) > 1:
                 # Find the culprit: each request again on its own; the others still get their answers.
@@ -149,16 +176,13 @@ class TritonPythonModel:
             code = pb_utils.TritonError.INVALID_ARG if invalid else pb_utils.TritonError.INTERNAL
             responses[indices[0]] = _error(f"{self.name}: onnxruntime: {exc}", code)
             return
-        offset = 0
-        for i in indices:
-            rows = next(iter(feeds[i].values())).shape[0] if self.max_batch_size else None
+        for i, outputs in zip(indices, self._split(indices, feeds, results)):
             parts = {}
-            for name, value in zip(self.outputs, results):
-                part = value[offset : offset + rows] if rows is not None else value
+            for name, part in outputs.items():
                 if name in self.output_dims:
-                    part = part.reshape(list(part.shape[:1] if rows is not None else []) + self.output_dims[name])
+                    lead = list(part.shape[:1]) if self.max_batch_size else []
+                    part = part.reshape(lead + self.output_dims[name])
                 parts[name] = np.ascontiguousarray(part.astype(self.output_dtypes[name]))
-            offset += rows or 0
             bad = [name for name, part in parts.items() if part.dtype.kind == "f" and not np.all(np.isfinite(part))]
             if bad:
                 message = f"{self.name}: the model produced NaN or infinity in {bad}"

@@ -145,11 +145,21 @@ def frame_phase_advance(f0: torch.Tensor, config: HiFTConfig) -> torch.Tensor:
     return advance - torch.floor(advance)
 
 
+def phase_cycles(f0: np.ndarray, config: HiFTConfig, start_cycles: np.ndarray | float = 0.0) -> np.ndarray:
+    """Cycles (9,) float64 in [0, 1) each harmonic has advanced after the frames of ``f0`` (T,) Hz, starting from
+    ``start_cycles``: a stream sums its frames once, chunk by chunk, instead of from frame 0 at every call."""
+    advance = frame_phase_advance(torch.from_numpy(np.asarray(f0, np.float32))[None], config)[0]
+    return np.mod(advance.double().sum(-1).numpy() + start_cycles, 1.0)
+
+
 def carried_phase(start_phase: np.ndarray, f0: np.ndarray, config: HiFTConfig) -> np.ndarray:
     """Source phases (9,) radians at the frame after ``f0`` (T,) Hz when the source started at ``start_phase``:
     what a vocoder call that begins there needs to continue an earlier call's sine source (streaming)."""
-    advance = frame_phase_advance(torch.from_numpy(np.asarray(f0, np.float32))[None], config)[0]
-    cycles = np.mod(advance.double().sum(-1).numpy(), 1.0)
+    return phase_at(start_phase, phase_cycles(f0, config))
+
+
+def phase_at(start_phase: np.ndarray, cycles: np.ndarray) -> np.ndarray:
+    """Radians (9,) float32 after ``cycles`` (9,) from ``start_phase``."""
     return (np.asarray(start_phase, np.float32) + 2 * np.pi * cycles).astype(np.float32)
 
 

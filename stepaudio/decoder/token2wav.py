@@ -16,7 +16,9 @@ is exact, so the stream differs from the offline output only through the flow's 
 statistics and length-regulator grid see the window, not the whole utterance). Measured on the tiny test checkpoint
 (random weights, fixed seed, 150 ids fed 17 at a time, defaults): joined stream vs offline max |Δ| = 0.0026,
 SNR 39 dB (300 ids: 0.0037, 37.5 dB); the vocoder part alone matches to 6e-8. Per commit the flow costs one window
-(≤ prompt + ``max_window_tokens`` ids), so an utterance of n ids costs about n / chunk_tokens windows.
+(≤ prompt + ``max_window_tokens`` ids), so an utterance of n ids costs about n / chunk_tokens windows. Nothing else
+grows with the stream's position: noise is drawn forward once per stream (``NoiseTape``), the source phase is summed
+once per frame, and only the mel / f0 frames a later window reaches are held (``bench/bench_stream_chunks.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from stepaudio.decoder.checkpoint import load_config, load_flow, load_hift
 from stepaudio.decoder.config import DecoderConfig
 from stepaudio.decoder.flow import MaskedDiffWithXvec
 from stepaudio.decoder.frontend import prompt_mel as compute_prompt_mel
-from stepaudio.decoder.hift import HiFTGenerator, carried_phase
+from stepaudio.decoder.hift import HiFTGenerator, phase_at, phase_cycles
 
 # The I/O contract shared by both runners, the ONNX exports and the served flow_decoder / vocoder models.
 FLOW_INPUTS = (
@@ -197,6 +199,128 @@ def vocoder_feed_validator(parameters: dict[str, str]) -> Callable[[dict[str, np
     max_frames = _int_parameter(parameters, "max_mel_frames")
     return lambda feeds: validate_vocoder_feeds(feeds, config, max_frames)
 
+
+# -- Ragged batching ------------------------------------------------------------------------------------------------
+# Requests of different lengths share one graph run: each input is zero-padded at the end of its free dims, and each
+# output is cut back to the shape the request gets alone. The graphs mask every row by its own lengths, so padding
+# changes no valid value (test_batched_equals_one_at_a_time); outside the valid part both are zero. The CPU backend
+# uses these through its ``ragged_batching`` parameter (with ``allow_ragged_batch`` inputs in the config).
+
+# A bucket's longest row is at most this many times its shortest: bounds the work spent on padding.
+BUCKET_RATIO = 1.5
+
+
+def _pad_to(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+    if array.shape[axis] == size:
+        return array
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, size - array.shape[axis])
+    return np.pad(array, widths)
+
+
+def length_buckets(lengths: dict[int, int], ratio: float = BUCKET_RATIO) -> list[list[int]]:
+    """Request index → length ⇒ groups of indices, shortest first, each group's longest ≤ ratio × its shortest."""
+    groups: list[list[int]] = []
+    smallest = 0
+    for index in sorted(lengths, key=lambda i: (lengths[i], i)):
+        if not groups or lengths[index] > ratio * smallest:
+            groups.append([])
+            smallest = max(lengths[index], 1)
+        groups[-1].append(index)
+    return groups
+
+
+class _RaggedBatching:
+    """Group, pad and cut one decoder graph's requests (feeds by graph input name, batch rows first)."""
+
+    length_input: str  # the input whose last dim is a request's length for bucketing
+
+    def buckets(self, feeds: dict[int, dict[str, np.ndarray]]) -> list[list[int]]:
+        return length_buckets({i: feed[self.length_input].shape[-1] for i, feed in feeds.items()})
+
+    def sizes(self, feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[int, int]]:
+        """Input name → (axis, padded size)."""
+        raise NotImplementedError
+
+    def trims(self, feed: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+        """Output name → (axis, size) this request gets alone."""
+        raise NotImplementedError
+
+    def pad(self, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        sizes = self.sizes(feeds)
+        padded = {}
+        for name in feeds[0]:
+            parts = [feed[name] for feed in feeds]
+            if name in sizes:
+                axis, size = sizes[name]
+                parts = [_pad_to(part, axis, size) for part in parts]
+            padded[name] = np.concatenate(parts)
+        return padded
+
+    def cut(self, outputs: dict[str, np.ndarray], feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Outputs of ``pad(feeds)`` → each request's own outputs."""
+        results, row = [], 0
+        for feed in feeds:
+            rows = next(iter(feed.values())).shape[0]
+            own = {}
+            for name, value in outputs.items():
+                part = value[row : row + rows]
+                if name in (trims := self.trims(feed)):
+                    axis, size = trims[name]
+                    part = np.take(part, np.arange(size), axis=axis)
+                own[name] = part
+            results.append(own)
+            row += rows
+        return results
+
+
+class FlowBatching(_RaggedBatching):
+    """flow_decoder: ids, prompt ids and prompt mel pad at their ends; noise pads to the padded prompt mel plus the
+    widest target part, so each row's target (output mel = noise width − prompt mel width) fits."""
+
+    length_input = "noise"
+
+    def sizes(self, feeds):
+        prompt = max(f["prompt_mel"].shape[1] for f in feeds)
+        target = max(f["noise"].shape[2] - f["prompt_mel"].shape[1] for f in feeds)
+        return {
+            "tokens": (1, max(f["tokens"].shape[1] for f in feeds)),
+            "prompt_tokens": (1, max(f["prompt_tokens"].shape[1] for f in feeds)),
+            "prompt_mel": (1, prompt),
+            "noise": (2, prompt + target),
+        }
+
+    def trims(self, feed):
+        return {"mel": (2, feed["noise"].shape[2] - feed["prompt_mel"].shape[1])}
+
+
+class VocoderBatching(_RaggedBatching):
+    """vocoder: mel pads in frames, source noise by 256 samples per frame; wave and f0 are cut to the request's own."""
+
+    length_input = "mel"
+
+    def __init__(self, samples_per_frame: int):
+        self.hop = samples_per_frame
+
+    def sizes(self, feeds):
+        frames = max(f["mel"].shape[2] for f in feeds)
+        return {"mel": (2, frames), "source_noise": (2, frames * self.hop)}
+
+    def trims(self, feed):
+        frames = feed["mel"].shape[2]
+        return {"wave": (1, frames * self.hop), "f0": (1, frames)}
+
+
+def flow_batching(parameters: dict[str, str]) -> FlowBatching:
+    """The CPU backend's ``ragged_batching`` factory for flow_decoder (the model's string parameters, unused)."""
+    return FlowBatching()
+
+
+def vocoder_batching(parameters: dict[str, str]) -> VocoderBatching:
+    """The CPU backend's ``ragged_batching`` factory for vocoder (``decoder_dir`` gives the samples per frame)."""
+    return VocoderBatching(_decoder_config(parameters).hift.samples_per_frame)
+
+
 _FLOW_STREAM, _PHASE_STREAM, _SOURCE_STREAM = 0, 1, 2
 
 
@@ -236,6 +360,32 @@ def source_phase(seed: int, harmonics: int = 9) -> np.ndarray:
     phase = _stream(seed, _PHASE_STREAM).uniform(-np.pi, np.pi, harmonics).astype(np.float32)
     phase[0] = 0.0
     return phase
+
+
+class NoiseTape:
+    """Columns of one seed's time-major normal draw (``flow_noise`` / ``source_noise``), read forward: the draw
+    continues from where the last read ended and columns before the last read's start are dropped, so a stream that
+    reads windows whose start never moves back pays O(window) per read, not O(position)."""
+
+    def __init__(self, seed: int, which: int, channels: int):
+        self._rng = _stream(seed, which)
+        self._channels = channels
+        self._start = 0  # column of self._held[0]
+        self._held = np.zeros((0, channels), np.float32)  # time-major, as drawn
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """(channels, stop − start) float32; equals ``flow_noise`` / ``source_noise`` columns [start, stop)."""
+        if start < self._start or stop < start:
+            raise ValueError(f"noise tape reads forward only: [{start}, {stop}) after column {self._start}")
+        end = self._start + self._held.shape[0]
+        if stop > end:
+            drawn = self._rng.standard_normal((stop - end, self._channels), np.float32)
+            self._held = np.concatenate([self._held[max(0, start - self._start) :], drawn])
+            self._start = min(start, end)
+        # Drop what lies before this read's start: later reads start at or after it.
+        cut = start - self._start
+        self._held, self._start = self._held[cut:], start
+        return np.ascontiguousarray(self._held[: stop - start].T)
 
 
 @dataclass(frozen=True)
@@ -561,15 +711,30 @@ class Token2WavStream:
         self.chunk_tokens, self.lookahead_tokens = chunk_tokens, lookahead_tokens
         self.max_window_tokens, self.crossfade_frames = max_window_tokens, crossfade_frames
         self.context = vocoder_context_frames
-        harmonics = self.config.hift.n_harmonic_channels
+        harmonics, channels = self.config.hift.n_harmonic_channels, self.config.flow.output_size
         self.phase = source_phase(self.seed, harmonics)
+        # Per-chunk work must not grow with the stream's position: noise is drawn forward once (tapes), the source
+        # phase is summed once per frame (cycles up to ``phase_frame``), and only the mel and f0 frames a later
+        # vocoder window can reach are held (from ``tail_start``).
+        self.flow_tape = NoiseTape(self.seed, _FLOW_STREAM, channels)
+        self.prompt_noise = self.flow_tape.read(0, prompt.prompt_mel.shape[0])
+        self.source_tape = NoiseTape(self.seed, _SOURCE_STREAM, harmonics)
         self.tokens: list[int] = []
         self.committed_tokens = 0
-        self.mel = np.zeros((self.config.flow.output_size, 0), np.float32)  # committed target frames
-        self.pending = np.zeros((self.config.flow.output_size, 0), np.float32)  # prediction past the commit
+        self.committed_frames = 0
+        self.mel_chunks: list[np.ndarray] = []  # every committed target frame, for ``mel``
+        self.tail_start = 0  # global frame of mel_tail[:, 0] and f0_tail[0]
+        self.mel_tail = np.zeros((channels, 0), np.float32)  # committed frames from tail_start
+        self.pending = np.zeros((channels, 0), np.float32)  # prediction past the commit
         self.emitted_frames = 0  # frames whose audio has been returned
-        self.f0 = np.zeros(0, np.float32)  # final f0 of the first frames (source phase cache)
+        self.f0_tail = np.zeros(0, np.float32)  # final f0 of frames from tail_start
+        self.phase_frame, self.cycles = 0, np.zeros(harmonics)  # source cycles advanced before phase_frame
         self.finished = False
+
+    @property
+    def mel(self) -> np.ndarray:
+        """(80, frames) every target frame committed so far."""
+        return np.concatenate([self.mel_tail[:, :0], *self.mel_chunks], axis=1)
 
     def feed(self, tokens) -> np.ndarray:
         if self.finished:
@@ -603,13 +768,12 @@ class Token2WavStream:
         n_prompt = self.prompt.prompt_mel.shape[0]
         first = self._frames(start)
         width = self._frames(window.size)
-        table = flow_noise(self.seed, n_prompt + first + width, self.config.flow.output_size)
-        noise = np.concatenate([table[:, :n_prompt], table[:, n_prompt + first :]], axis=1)
+        noise = np.concatenate([self.prompt_noise, self.flow_tape.read(n_prompt + first, n_prompt + first + width)], axis=1)
         request = Token2WavRequest(window, self.prompt.prompt_tokens, self.prompt.prompt_mel, self.prompt.speaker_embedding)
         request.validate(self.config)
         (mel,) = self.decoder.token2mel([request], [noise])
         # Global frame g is window frame g − first; a trailing frame the window lacks repeats its last one.
-        done = self.mel.shape[1]
+        done = self.committed_frames
         target = self._frames(len(self.tokens)) if final else self._frames(commit_tokens)
         local = np.clip(np.arange(done, target + (0 if final else self.crossfade_frames)) - first, 0, width - 1)
         fresh = mel[:, local]
@@ -618,28 +782,38 @@ class Token2WavStream:
             fade = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
             fresh[:, :overlap] = (1 - fade) * self.pending[:, :overlap] + fade * fresh[:, :overlap]
         keep = target - done
-        self.mel = np.concatenate([self.mel, fresh[:, :keep]], axis=1)
+        self.mel_chunks.append(fresh[:, :keep])
+        self.mel_tail = np.concatenate([self.mel_tail, fresh[:, :keep]], axis=1)
+        self.committed_frames = target
         self.pending = fresh[:, keep:]
         self.committed_tokens = commit_tokens if not final else len(self.tokens)
 
     # -- vocoder with context -------------------------------------------------------------------------------
     def _vocode(self, final: bool) -> np.ndarray:
         hop, ctx = self.config.hift.samples_per_frame, self.context
-        total = self.mel.shape[1]
+        total = self.committed_frames
         stop = total if final else max(self.emitted_frames, total - ctx)
         if stop <= self.emitted_frames:
             return np.zeros(0, np.float32)
         first = max(0, self.emitted_frames - ctx)
         # Source phase carried over from frame 0 to this window's first frame; every frame before it already has its
-        # final f0 (first ≤ the previous window's end − ctx, and ctx ≥ 10 > the f0 predictor's reach of 5).
-        phase = carried_phase(self.phase, self.f0[:first], self.config.hift)
-        noise = source_noise(self.seed, total * hop, self.config.hift.n_harmonic_channels)[:, first * hop :]
-        ((wave, f0),) = self.decoder.vocode([np.ascontiguousarray(self.mel[:, first:total])], [phase], [noise])
+        # final f0 (first ≤ the previous window's end − ctx, and ctx ≥ 10 > the f0 predictor's reach of 5). Frames
+        # up to phase_frame were summed by earlier calls.
+        self.cycles = phase_cycles(self.f0_tail[self.phase_frame - self.tail_start : first - self.tail_start],
+                                   self.config.hift, self.cycles)
+        self.phase_frame = first
+        noise = self.source_tape.read(first * hop, total * hop)
+        mel = np.ascontiguousarray(self.mel_tail[:, first - self.tail_start :])
+        ((wave, f0),) = self.decoder.vocode([mel], [phase_at(self.phase, self.cycles)], [noise])
         # f0 of frames ≥ 5 away from this window's cut edges equals the offline f0: keep those as final.
         final_end = total if final else total - 5
-        known = self.f0.shape[0]
+        known = self.tail_start + self.f0_tail.shape[0]
         if final_end > known:
-            self.f0 = np.concatenate([self.f0, f0[known - first : final_end - first]])
+            self.f0_tail = np.concatenate([self.f0_tail, f0[known - first : final_end - first]])
         chunk = wave[(self.emitted_frames - first) * hop : (stop - first) * hop].copy()
         self.emitted_frames = stop
+        # The next window starts at stop − ctx or later: drop what lies before it.
+        drop = max(0, min(stop - ctx, self.phase_frame) - self.tail_start)
+        self.mel_tail, self.f0_tail = self.mel_tail[:, drop:], self.f0_tail[drop:]
+        self.tail_start += drop
         return chunk

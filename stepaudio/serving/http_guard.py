@@ -173,7 +173,10 @@ class HttpGuard:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         url = self.upstream + request.path_qs
         try:
-            async with self._session.request(request.method, url, headers=headers, data=body or None) as upstream:
+            # Only the client's own Accept-Encoding goes upstream: aiohttp would add gzip, and a client that never
+            # asked for it (perf_analyzer's libcurl) cannot read the compressed body passed through.
+            async with self._session.request(request.method, url, headers=headers, data=body or None,
+                                             skip_auto_headers=("Accept-Encoding",)) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for key, value in upstream.headers.items():
                     if key.lower() not in _HOP_HEADERS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from stepaudio.decoder.checkpoint import write_decoder
 
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("STEPAUDIO_TEST_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stepaudio.decoder import source_noise
+from stepaudio.decoder import flow_noise, source_noise
+from stepaudio.decoder.hift import carried_phase, phase_at, phase_cycles
+from stepaudio.decoder.token2wav import NoiseTape
 from tests.decoder.inputs import make_tokens, make_voice
 
 N_TOKENS, FEED = 150, 17
@@ -58,3 +60,43 @@ def test_stream_misuse_is_rejected(token2wav):
         stream.feed([1])
     with pytest.raises(ValueError, match="vocoder_context_frames"):
         token2wav.stream(*VOICE, vocoder_context_frames=4)
+
+
+@pytest.mark.parametrize("draw, which, channels", [(flow_noise, 0, 80), (source_noise, 2, 9)])
+def test_noise_tape_reads_equal_one_whole_draw(draw, which, channels):
+    """Forward reads (overlapping, gapped, empty) equal the columns of one draw from sample 0."""
+    whole = draw(5, 3000, channels)
+    tape = NoiseTape(5, which, channels)
+    for start, stop in ((0, 10), (4, 60), (60, 60), (200, 450), (300, 420), (1000, 3000)):
+        np.testing.assert_array_equal(tape.read(start, stop), whole[:, start:stop])
+    with pytest.raises(ValueError, match="forward"):
+        tape.read(999, 1200)
+
+
+def test_phase_summed_chunk_by_chunk_equals_the_sum_from_frame_0(token2wav):
+    f0 = np.random.default_rng(0).uniform(0, 400, 5000).astype(np.float32)
+    start = np.random.default_rng(1).uniform(-np.pi, np.pi, 9).astype(np.float32)
+    cycles = np.zeros(9)
+    for lo, hi in ((0, 7), (7, 1500), (1500, 1500), (1500, 5000)):
+        cycles = phase_cycles(f0[lo:hi], token2wav.config.hift, cycles)
+    np.testing.assert_allclose(phase_at(start, cycles), carried_phase(start, f0, token2wav.config.hift), atol=1e-5)
+
+
+def test_stream_state_does_not_grow_with_its_position(token2wav):
+    """Per-chunk work is O(chunk): the noise, mel and f0 a stream holds stay within one window however far it runs
+    (their size after 100 and after 240 ids is the same), and its chunks still equal one vocoder call."""
+    tokens = make_tokens(3, 240)
+    options = dict(chunk_tokens=20, lookahead_tokens=5, max_window_tokens=45)
+    stream = token2wav.stream(*VOICE, seed=4, **options)
+    held = {}
+    chunks = []
+    for i in range(0, 240, 20):
+        chunks.append(stream.feed(tokens[i : i + 20]))
+        if i + 20 in (100, 240):
+            held[i + 20] = (stream.flow_tape._held.shape[0], stream.source_tape._held.shape[0],
+                            stream.mel_tail.shape[1], stream.f0_tail.shape[0])
+    chunks.append(stream.finish())
+    assert held[100] == held[240], held
+    assert stream.tail_start > 0 and stream.phase_frame > 0
+    whole = token2wav.mel2wav([stream.mel], [stream.phase], [source_noise(4, 256 * stream.mel.shape[1])])[0]
+    np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-5, rtol=0)

@@ -4,6 +4,7 @@ unchanged (streamed responses included), and readiness from the supervisor's vie
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import threading
 import urllib.error
@@ -40,7 +41,8 @@ class Upstream:
         async def echo(request):
             body = await request.read()
             self.seen.append((request.path_qs, body))
-            return web.json_response({"path": request.path_qs, "bytes": len(body)})
+            return web.json_response({"path": request.path_qs, "bytes": len(body),
+                                      "accept_encoding": request.headers.get("Accept-Encoding")})
 
         async def stream(request):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -86,8 +88,21 @@ def call(guard, path, body=None, headers=None):
 def test_requests_pass_through_unchanged(guarded):
     guard, upstream, _ = guarded
     status, body = call(guard, "/v2/models/tts/infer?x=1", b'{"inputs":[]}')
-    assert status == 200 and json.loads(body) == {"path": "/v2/models/tts/infer?x=1", "bytes": 13}
+    assert status == 200 and json.loads(body) == {"path": "/v2/models/tts/infer?x=1", "bytes": 13, "accept_encoding": "identity"}
     assert upstream.seen[-1] == ("/v2/models/tts/infer?x=1", b'{"inputs":[]}')
+
+
+def test_the_client_alone_chooses_the_response_encoding(guarded):
+    """A client that asks for no compression (perf_analyzer's libcurl) must not get a gzip body it cannot read."""
+    guard, _, _ = guarded
+    connection = http.client.HTTPConnection("127.0.0.1", guard.port, timeout=10)
+    connection.putrequest("POST", "/v2/models/tts/infer", skip_accept_encoding=True)
+    connection.putheader("Content-Length", "2")
+    connection.endheaders(b"{}")
+    assert json.loads(connection.getresponse().read())["accept_encoding"] is None
+    connection.close()
+    sent = call(guard, "/v2/models/tts/infer", b"{}", {"Accept-Encoding": "deflate"})[1]
+    assert json.loads(sent)["accept_encoding"] == "deflate"
 
 
 def test_streamed_responses_arrive_whole(guarded):
