@@ -43,6 +43,8 @@ DEFAULTS: dict[str, str] = {
     "chat_llm_engine": "native",
     "chat_llm_tensor_parallel_size": "1",  # vllm only: GPUs one chat_llm instance spans (heads 96 must divide)
     "chat_llm_pipeline_parallel_size": "1",  # vllm only: > 1 splits the layers across nodes (Ray)
+    # vllm only: how the engine starts its workers, mp (processes, one node) | ray (multi-node); empty: vLLM decides.
+    "chat_llm_distributed_executor_backend": "",
     "chat_llm_instance_kind": "KIND_GPU",  # KIND_MODEL for vllm: one instance owns all its GPUs
     "llm_max_model_len": "",  # empty: the checkpoint's max_seq_len (32768)
     "llm_gpu_memory_utilization": "0.9",  # vllm only: share of each GPU for weights + KV cache
