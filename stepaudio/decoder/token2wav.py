@@ -34,6 +34,15 @@ from stepaudio.decoder.config import DecoderConfig
 from stepaudio.decoder.flow import MaskedDiffWithXvec
 from stepaudio.decoder.frontend import prompt_mel as compute_prompt_mel
 from stepaudio.decoder.hift import HiFTGenerator, carried_phase
+from stepaudio.decoder.noise import (  # noqa: F401 - re-exported: token2wav is their documented home
+    DecoderNoise,
+    flow_noise,
+    flow_noise_shape,
+    mel_frames_for_tokens,
+    source_noise,
+    source_noise_shape,
+    source_phase,
+)
 
 # The I/O contract shared by both runners, the ONNX exports and the served flow_decoder / vocoder models.
 FLOW_INPUTS = (
@@ -196,78 +205,6 @@ def vocoder_feed_validator(parameters: dict[str, str]) -> Callable[[dict[str, np
     config = _decoder_config(parameters)
     max_frames = _int_parameter(parameters, "max_mel_frames")
     return lambda feeds: validate_vocoder_feeds(feeds, config, max_frames)
-
-_FLOW_STREAM, _PHASE_STREAM, _SOURCE_STREAM = 0, 1, 2
-
-
-def mel_frames_for_tokens(n_tokens: int, config: DecoderConfig | None = None) -> int:
-    """Target mel frames for ``n_tokens`` decoder ids: int(n / 41.667 × 22050 / 256) for the published config."""
-    return (config or DecoderConfig()).flow.mel_frames_for_tokens(int(n_tokens))
-
-
-def flow_noise_shape(n_prompt_frames: int, n_tokens: int, config: DecoderConfig | None = None) -> tuple[int, int]:
-    """(80, prompt mel frames + target mel frames): the flow noise one request needs."""
-    config = config or DecoderConfig()
-    return (config.flow.output_size, int(n_prompt_frames) + mel_frames_for_tokens(n_tokens, config))
-
-
-def source_noise_shape(n_mel_frames: int, config: DecoderConfig | None = None) -> tuple[int, int]:
-    """(9, 256 × mel frames): the vocoder's additive source noise for ``n_mel_frames`` frames."""
-    config = config or DecoderConfig()
-    return (config.hift.n_harmonic_channels, int(n_mel_frames) * config.hift.samples_per_frame)
-
-
-def _stream(seed: int, which: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), which])
-
-
-def flow_noise(seed: int, n_frames: int, channels: int = 80) -> np.ndarray:
-    """(channels, n_frames) standard normal; the first k frames do not depend on n_frames."""
-    return np.ascontiguousarray(_stream(seed, _FLOW_STREAM).standard_normal((n_frames, channels), np.float32).T)
-
-
-def source_noise(seed: int, n_samples: int, harmonics: int = 9) -> np.ndarray:
-    """(harmonics, n_samples) standard normal; the first k samples do not depend on n_samples."""
-    return np.ascontiguousarray(_stream(seed, _SOURCE_STREAM).standard_normal((n_samples, harmonics), np.float32).T)
-
-
-def source_phase(seed: int, harmonics: int = 9) -> np.ndarray:
-    """(harmonics,) uniform in [−π, π), the fundamental's set to 0 (as the reference's SineGen)."""
-    phase = _stream(seed, _PHASE_STREAM).uniform(-np.pi, np.pi, harmonics).astype(np.float32)
-    phase[0] = 0.0
-    return phase
-
-
-@dataclass(frozen=True)
-class DecoderNoise:
-    flow: np.ndarray  # (80, prompt frames + target frames)
-    source_phase: np.ndarray  # (9,) radians
-    source_noise: np.ndarray  # (9, 256 · target frames)
-
-    @classmethod
-    def from_seed(
-        cls, seed: int, n_prompt_frames: int, n_tokens: int, config: DecoderConfig | None = None
-    ) -> DecoderNoise:
-        config = config or DecoderConfig()
-        channels, width = flow_noise_shape(n_prompt_frames, n_tokens, config)
-        harmonics, samples = source_noise_shape(mel_frames_for_tokens(n_tokens, config), config)
-        return cls(
-            flow_noise(seed, width, channels), source_phase(seed, harmonics), source_noise(seed, samples, harmonics)
-        )
-
-    def validate(self, n_prompt_frames: int, n_tokens: int, config: DecoderConfig) -> None:
-        expected = {
-            "flow": flow_noise_shape(n_prompt_frames, n_tokens, config),
-            "source_phase": (config.hift.n_harmonic_channels,),
-            "source_noise": source_noise_shape(mel_frames_for_tokens(n_tokens, config), config),
-        }
-        for name, shape in expected.items():
-            value = getattr(self, name)
-            if tuple(np.shape(value)) != shape:
-                raise ValueError(f"noise.{name} must have shape {shape}, got {tuple(np.shape(value))}")
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"noise.{name} contains NaN or infinity")
-
 
 def _ids(values, name: str, vocab: int, allow_empty: bool) -> np.ndarray:
     array = np.asarray(values)
