@@ -45,8 +45,11 @@ from stepaudio.checkpoints import layout
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "model_repository"
-# Code whose change can change a rendered file: this package (exporters, rendering) and the library they trace.
+# Code whose change can change a rendered tree (re-fill every config) and, narrower, an exported graph (re-export):
+# the exporters and the library parts they trace (tests/export/test_render_cache.py checks that list).
 CODE_DIRS = (ROOT / "export", ROOT / "stepaudio")
+EXPORT_CODE = (ROOT / "export", ROOT / "stepaudio" / "__init__.py", *(ROOT / "stepaudio" / part for part in
+               ("audio", "checkpoints", "decoder", "tokenizer")))
 EXPORT_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime")
 RENDER_DIGEST = ".render-digest"
 BUILD_DIGEST = ".build-digest"
@@ -221,9 +224,9 @@ def _digest_files(digest, paths) -> None:
                     digest.update(chunk)
 
 
-def _code_digest() -> str:
+def _code_digest(paths) -> str:
     digest = hashlib.sha256()
-    _digest_files(digest, [d for d in CODE_DIRS if d.is_dir()])
+    _digest_files(digest, [p for p in paths if p.exists()])
     for package in EXPORT_PACKAGES:
         try:
             digest.update(f"{package}=={importlib.metadata.version(package)}\0".encode())
@@ -294,9 +297,9 @@ def render(
         models = [m for m in models if m.name in only]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    code = _code_digest()
-    builds = {m.name: build_digest(m.build, code) for m in models if m.build is not None}
-    digest = render_digest(models, values, builds, code)
+    export_code = _code_digest(EXPORT_CODE)
+    builds = {m.name: build_digest(m.build, export_code) for m in models if m.build is not None}
+    digest = render_digest(models, values, builds, _code_digest(CODE_DIRS))
     stamp = out / RENDER_DIGEST
     targets = [out / m.name for m in models]
     if stamp.is_file() and stamp.read_text() == digest and all(t.is_dir() for t in targets):

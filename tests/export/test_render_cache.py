@@ -70,3 +70,19 @@ def test_a_changed_value_refills_configs_and_keeps_exports(rendering):
     run(decoder_max_batch_size="3")
     assert calls.read_text().split() == ["flow_decoder", "flow_decoder"]
     assert (out / "flow_decoder" / "1" / "model.onnx").read_bytes() == b"weights v2"
+
+
+def test_export_code_covers_every_library_module_the_exporters_import():
+    """A change in any library module an exporter loads must change the export digest (``EXPORT_CODE``)."""
+    import subprocess
+    import sys
+
+    script = ("import sys, export.flow_onnx, export.vocoder_onnx, export.tokenizer_onnx; "
+              "print('\\n'.join(m.__file__ for n, m in list(sys.modules.items()) "
+              "if n.split('.')[0] in ('stepaudio', 'export') and getattr(m, '__file__', None)))")
+    files = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           cwd=render_repository.ROOT).stdout.split()
+    assert files
+    covered = [Path(p).resolve() for p in render_repository.EXPORT_CODE]
+    outside = [f for f in files if not any(Path(f).resolve() == c or c in Path(f).resolve().parents for c in covered)]
+    assert outside == []
