@@ -21,7 +21,6 @@ SNR 39 dB (300 ids: 0.0037, 37.5 dB); the vocoder part alone matches to 6e-8. Pe
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,16 @@ import torch
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_flow, load_hift
 from stepaudio.decoder.config import DecoderConfig
+from stepaudio.decoder.feeds import (  # noqa: F401 - re-exported: the runners' I/O contract and its checks
+    FLOW_INPUTS,
+    FLOW_OUTPUTS,
+    VOCODER_INPUTS,
+    VOCODER_OUTPUTS,
+    flow_feed_validator,
+    validate_flow_feeds,
+    validate_vocoder_feeds,
+    vocoder_feed_validator,
+)
 from stepaudio.decoder.flow import MaskedDiffWithXvec
 from stepaudio.decoder.frontend import prompt_mel as compute_prompt_mel
 from stepaudio.decoder.hift import HiFTGenerator, carried_phase
@@ -44,167 +53,6 @@ from stepaudio.decoder.noise import (  # noqa: F401 - re-exported: token2wav is 
     source_phase,
 )
 
-# The I/O contract shared by both runners, the ONNX exports and the served flow_decoder / vocoder models.
-FLOW_INPUTS = (
-    "tokens",
-    "token_lens",
-    "prompt_tokens",
-    "prompt_token_lens",
-    "prompt_mel",
-    "prompt_mel_lens",
-    "speaker_embedding",
-    "noise",
-)
-FLOW_OUTPUTS = ("mel", "mel_lens")
-VOCODER_INPUTS = ("mel", "mel_lens", "source_phase", "source_noise")
-VOCODER_OUTPUTS = ("wave", "wave_lens", "f0")
-
-# -- Feed validation ------------------------------------------------------------------------------------------------
-# What one request to a served flow_decoder / vocoder may hold (its feeds, batch rows included). The CPU backend runs
-# these checks per request before batching (its ``feed_validator`` parameter names the factories below); the native
-# GPU backend cannot, so there the decoders are internal models (docs/decoder-contract.md).
-
-
-@dataclass(frozen=True)
-class _Feed:
-    kind: str  # "ids": decoder ids in [0, vocab); "lens": per-row lengths; "float": finite floats
-    dims: tuple[int | str, ...] = ()  # per-row dims: a size the config fixes, or the name of a padded (free) dim
-    counts: str | None = None  # for "lens": the padded dim whose valid part it counts
-    least: int = 0  # for "lens": its smallest valid value
-
-
-def _flow_rules(config: DecoderConfig) -> dict[str, _Feed]:
-    flow = config.flow
-    return {
-        "tokens": _Feed("ids", ("tokens",)),
-        "token_lens": _Feed("lens", counts="tokens", least=1),
-        "prompt_tokens": _Feed("ids", ("prompt_tokens",)),
-        "prompt_token_lens": _Feed("lens", counts="prompt_tokens"),
-        "prompt_mel": _Feed("float", ("prompt_frames", flow.output_size)),
-        "prompt_mel_lens": _Feed("lens", counts="prompt_frames"),
-        "speaker_embedding": _Feed("float", (flow.spk_embed_dim,)),
-        "noise": _Feed("float", (flow.output_size, "frames")),
-    }
-
-
-def _vocoder_rules(config: DecoderConfig) -> dict[str, _Feed]:
-    hift = config.hift
-    return {
-        "mel": _Feed("float", (hift.in_channels, "frames")),
-        "mel_lens": _Feed("lens", counts="frames", least=1),
-        "source_phase": _Feed("float", (hift.n_harmonic_channels,)),
-        "source_noise": _Feed("float", (hift.n_harmonic_channels, "samples")),
-    }
-
-
-def _check_feeds(
-    feeds: dict[str, np.ndarray], rules: dict[str, _Feed], vocab: int
-) -> tuple[dict[str, int], dict[str, np.ndarray]]:
-    """Names, shapes, dtypes and values against ``rules`` → (padded dim sizes by name, the lens inputs)."""
-    if set(feeds) != set(rules):
-        raise ValueError(f"inputs must be {list(rules)}, got {sorted(feeds)}")
-    rows = None
-    dims: dict[str, int] = {}
-    arrays = {name: np.asarray(feeds[name]) for name in rules}
-    for name, rule in rules.items():
-        shape = arrays[name].shape
-        if len(shape) != 1 + len(rule.dims):
-            raise ValueError(f"{name} must have {1 + len(rule.dims)} dims (batch, {rule.dims}), got shape {shape}")
-        rows = shape[0] if rows is None else rows
-        if shape[0] != rows or rows < 1:
-            raise ValueError(f"{name} has {shape[0]} rows; every input needs the same number (≥ 1) of rows")
-        for want, got in zip(rule.dims, shape[1:]):
-            if isinstance(want, int) and got != want:
-                raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, rule.dims))}), got {shape}")
-            if isinstance(want, str) and dims.setdefault(want, got) != got:
-                raise ValueError(f"{name}: padded dim {want} is {got} here but {dims[want]} elsewhere")
-    lens = {}
-    for name, rule in rules.items():
-        value = arrays[name]
-        kind = value.dtype.kind
-        if rule.kind in ("ids", "lens") and kind not in "iu":
-            raise ValueError(f"{name} must be integers, got dtype {value.dtype}")
-        if rule.kind == "float" and (kind != "f" or not np.all(np.isfinite(value))):
-            raise ValueError(f"{name} must be finite floats (NaN or infinity found, or dtype {value.dtype})")
-        if rule.kind == "ids" and value.size and (value.min() < 0 or value.max() >= vocab):
-            bad = value.min() if value.min() < 0 else value.max()
-            raise ValueError(f"{name} contains id {bad}; decoder ids must be in [0, {vocab})")
-        if rule.kind == "lens":
-            high = dims[rule.counts]
-            bad = value[(value < rule.least) | (value > high)]
-            if bad.size:
-                raise ValueError(f"{name} {bad[0]} is out of range [{rule.least}, {high}] (padded {rule.counts} dim)")
-            lens[name] = value.astype(np.int64)
-    return dims, lens
-
-
-def validate_flow_feeds(
-    feeds: dict[str, np.ndarray], config: DecoderConfig, max_tokens: int, max_mel_frames: int
-) -> None:
-    """One flow_decoder request (``FLOW_INPUTS``, batch rows included) → ``ValueError`` unless the graph can run it
-    as intended: ids in the vocabulary, lengths within their padded dims, finite floats, config shapes, prompt ids
-    + target ids per row ≤ ``max_tokens``, mel frames (prompt + target) per row ≤ ``max_mel_frames``, and noise
-    wide enough for the padded prompt mel plus each row's target frames."""
-    dims, lens = _check_feeds(feeds, _flow_rules(config), config.flow.vocab_size)
-    n_tokens = dims["tokens"] + dims["prompt_tokens"]
-    if n_tokens > max_tokens:
-        raise ValueError(f"{n_tokens} decoder ids per row (prompt + target) exceeds the limit of {max_tokens}")
-    if dims["frames"] > max_mel_frames:
-        raise ValueError(f"{dims['frames']} mel frames per row (noise width) exceeds the limit of {max_mel_frames}")
-    # The output mel is noise width − padded prompt frames wide; each row's target must fit in it.
-    target = max(config.flow.mel_frames_for_tokens(int(n)) for n in lens["token_lens"])
-    if dims["frames"] - dims["prompt_frames"] < target:
-        raise ValueError(
-            f"noise has {dims['frames']} frames; it needs prompt_mel's {dims['prompt_frames']} + {target} target "
-            f"frames (mel_frames_for_tokens of token_lens)"
-        )
-    unpaired = (lens["prompt_token_lens"] == 0) != (lens["prompt_mel_lens"] == 0)
-    if np.any(unpaired):
-        raise ValueError("prompt_token_lens and prompt_mel_lens must be both 0 or both > 0 in each row")
-
-
-def validate_vocoder_feeds(feeds: dict[str, np.ndarray], config: DecoderConfig, max_mel_frames: int) -> None:
-    """One vocoder request (``VOCODER_INPUTS``, batch rows included) → ``ValueError`` unless finite, of the config's
-    shapes, mel_lens within the padded frames ≤ ``max_mel_frames``, and source_noise exactly 256 samples per padded
-    frame (the graph folds it into (frames, 256))."""
-    dims, _ = _check_feeds(feeds, _vocoder_rules(config), config.flow.vocab_size)
-    if dims["frames"] > max_mel_frames:
-        raise ValueError(f"{dims['frames']} mel frames per row exceeds the limit of {max_mel_frames}")
-    samples = dims["frames"] * config.hift.samples_per_frame
-    if dims["samples"] != samples:
-        hop = config.hift.samples_per_frame
-        raise ValueError(f"source_noise must have {samples} samples per row ({hop} per mel frame), got {dims['samples']}")
-
-
-def _int_parameter(parameters: dict[str, str], key: str) -> int:
-    try:
-        value = int(parameters[key])
-    except (KeyError, ValueError):
-        got = parameters.get(key)
-        raise ValueError(f"the feed validator needs an integer {key!r} parameter, got {got!r}") from None
-    if value < 1:
-        raise ValueError(f"parameter {key!r} must be ≥ 1, got {value}")
-    return value
-
-
-def _decoder_config(parameters: dict[str, str]) -> DecoderConfig:
-    if not parameters.get("decoder_dir"):
-        raise ValueError("the feed validator needs the 'decoder_dir' parameter (the graph's decoder folder)")
-    return load_config(parameters["decoder_dir"])
-
-
-def flow_feed_validator(parameters: dict[str, str]) -> Callable[[dict[str, np.ndarray]], None]:
-    """A served model's parameters (``decoder_dir``, ``max_tokens``, ``max_mel_frames``) → a check of one request."""
-    config = _decoder_config(parameters)
-    max_tokens, max_frames = _int_parameter(parameters, "max_tokens"), _int_parameter(parameters, "max_mel_frames")
-    return lambda feeds: validate_flow_feeds(feeds, config, max_tokens, max_frames)
-
-
-def vocoder_feed_validator(parameters: dict[str, str]) -> Callable[[dict[str, np.ndarray]], None]:
-    """A served model's parameters (``decoder_dir``, ``max_mel_frames``) → a check of one request."""
-    config = _decoder_config(parameters)
-    max_frames = _int_parameter(parameters, "max_mel_frames")
-    return lambda feeds: validate_vocoder_feeds(feeds, config, max_frames)
 
 def _ids(values, name: str, vocab: int, allow_empty: bool) -> np.ndarray:
     array = np.asarray(values)
