@@ -13,9 +13,9 @@ What it does, in one pass:
    decoder's trace with its own weights), third-party exporter output goes to ``--log``;
 4. fails if any placeholder is left unfilled, naming the file and the placeholders.
 
-Rendering is cached: ``<out>/.render-digest`` holds a digest of everything that shapes the tree (values, templates,
-the library and exporter code, the content of every checkpoint folder an export reads, package versions); an
-unchanged digest returns the tree as it is. Each exported version folder keeps the digest of its own inputs
+Rendering is cached: ``<out>.render-digest`` next to the repository holds a digest of everything that shapes the
+tree (values, templates, the library and exporter code, the content of every checkpoint folder an export reads,
+package versions); an unchanged digest returns the tree as it is. Each exported version folder keeps the digest of its own inputs
 (``1/.build-digest``), so changing a value re-fills the configs but re-exports nothing.
 
 The same rendered repository loads in an NGC Triton GPU container (``config.pbtxt``) and on the CPU server
@@ -51,7 +51,7 @@ CODE_DIRS = (ROOT / "export", ROOT / "stepaudio")
 EXPORT_CODE = (ROOT / "export", ROOT / "stepaudio" / "__init__.py", *(ROOT / "stepaudio" / part for part in
                ("audio", "checkpoints", "decoder", "tokenizer")))
 EXPORT_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime")
-RENDER_DIGEST = ".render-digest"
+RENDER_DIGEST = ".render-digest"  # suffix of the file next to the repository (Triton scans everything inside)
 BUILD_DIGEST = ".build-digest"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -300,7 +300,7 @@ def render(
     export_code = _code_digest(EXPORT_CODE)
     builds = {m.name: build_digest(m.build, export_code) for m in models if m.build is not None}
     digest = render_digest(models, values, builds, _code_digest(CODE_DIRS))
-    stamp = out / RENDER_DIGEST
+    stamp = out.parent / (out.name + RENDER_DIGEST)
     targets = [out / m.name for m in models]
     if stamp.is_file() and stamp.read_text() == digest and all(t.is_dir() for t in targets):
         say(f"{out}: unchanged (digest {digest[:12]}), reused")
