@@ -2,6 +2,10 @@
 the OpenAI-compatible gateway in front (one offline and one streamed request through it) → serves the web page
 until Ctrl-C (``--once`` stops after the requests).
 
+A rendered repository is reused while nothing that shapes it changed (``export.render_repository``'s digest); the
+exporters' own output goes to ``<build>/render.log``, the server's to ``<build>/server.log``, the gateway's to
+``<build>/gateway.log``. The terminal gets one line per step with its time.
+
     make demo                                            # tiny random checkpoints (noise, not speech)
     STEPAUDIO_CHECKPOINTS=/models make demo              # the downloaded Step-Audio-TTS-3B + Step-Audio-Tokenizer
     STEPAUDIO_VOICES=/path/Step-Audio/speakers make demo # preset voices (default: <checkpoints>/speakers, else synthetic)
@@ -82,18 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     from export.render_repository import render
 
     build = args.build
+    build.mkdir(parents=True, exist_ok=True)
+    demo_started = started = time.perf_counter()
     checkpoints = prepare_checkpoints(build)
     voices = prepare_voices(checkpoints, build)
     repository = build / "model_repository"
-    started = time.perf_counter()
-    render(checkpoints, repository, voices)
-    print(f"rendered {repository} in {time.perf_counter() - started:.1f} s")
+    render(checkpoints, repository, voices, log_path=build / "render.log", progress=lambda line: print(f"  {line}"))
+    print(f"repository {repository} ready in {time.perf_counter() - started:.1f} s")
     tiny = "STEPAUDIO_CHECKPOINTS" not in os.environ
     cap = args.max_new_tokens or (150 if tiny else None)
     outputs = build / "demo"
     outputs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     # A busy 2-core machine can need more than the launcher's default 120 s to load every model.
+    print(f"starting tritonserver (log: {build / 'server.log'})")
     with TritonServer(repository, http_port=0, grpc_port=0, metrics_port=0, log_path=build / "server.log").start(timeout=300) as server:
         print(f"tritonserver ready in {time.perf_counter() - started:.1f} s: http://{server.http_url} grpc {server.grpc_url}")
         for name, stream, protocol, url in (("offline", False, "http", server.http_url),
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         with GatewayProcess(server.grpc_url, build / "gateway_voices.sqlite3", build / "gateway.log", *limits,
                             port=args.port) as gateway:
             gateway_requests(gateway.url, args.text, outputs)
+            print(f"demo done in {time.perf_counter() - demo_started:.1f} s")
             print(f"web page: {gateway.url}/   OpenAI base_url: {gateway.url}/v1")
             if not args.once:
                 print("serving until Ctrl-C")

@@ -2,10 +2,55 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from typing import Callable, Iterator
 
 import onnx
 from onnx import numpy_helper
+
+# Programs traced inside ``sharing_traces()``: (kind, architecture config, programs, names of the weights each
+# program took from its module), looked up by equality of kind and config.
+_traces: list[tuple[str, object, tuple, tuple[frozenset[str], ...]]] | None = None
+
+
+@contextlib.contextmanager
+def sharing_traces() -> Iterator[None]:
+    """Within this block, exporters trace each architecture once: a second checkpoint with an equal config (the music
+    decoder next to the speech one) reuses the traced programs with its own weights (``traced``), which gives the
+    same file as tracing it again (tests/export/test_shared_export.py) in a fraction of the time."""
+    global _traces
+    outer, _traces = _traces, []
+    try:
+        yield
+    finally:
+        _traces = outer
+
+
+def traced(kind: str, config, modules: tuple, trace: Callable[[], tuple]) -> tuple:
+    """``trace()``'s programs (``torch.onnx.ONNXProgram``s, one per module of ``modules``), or, inside
+    ``sharing_traces()`` and for an architecture traced before, those programs with ``modules``' weights."""
+    if _traces is None:
+        return trace()
+    for seen_kind, seen_config, programs, weights in _traces:
+        if seen_kind == kind and seen_config == config:
+            for program, module, names in zip(programs, modules, weights, strict=True):
+                _apply_weights(program, module, names)
+            return programs
+    programs = trace()
+    # The weights a graph holds are the module's parameters and buffers it uses, as initializers named by their path.
+    weights = tuple(frozenset(m.state_dict()) & set(p.model.graph.initializers) for p, m in zip(programs, modules, strict=True))
+    _traces.append((kind, config, programs, weights))
+    return programs
+
+
+def _apply_weights(program, module, names: frozenset[str]) -> None:
+    """Put ``module``'s values of the weights ``names`` into the traced ``program``; each must exist in the module."""
+    state = module.state_dict()
+    missing = sorted(names - set(state))
+    if missing:
+        raise ValueError(f"the module has no weight {missing[:5]} ({len(missing)} in all) that the traced graph holds")
+    program.apply_weights({name: state[name] for name in names})
 
 
 def strip_node_metadata(graph: onnx.GraphProto) -> None:

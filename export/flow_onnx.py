@@ -44,7 +44,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from export import fold_weight_transposes, strip_node_metadata
+from export import fold_weight_transposes, strip_node_metadata, traced
 from export.cli import export_main
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_flow
@@ -84,8 +84,8 @@ class _Select(torch.nn.Module):
         return MaskedDiffWithXvec.select_target(x, prompt_mel, prompt_frames, target_frames)
 
 
-def _export(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names, output_names) -> onnx.ModelProto:
-    program = torch.onnx.export(
+def _export(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names, output_names):
+    return torch.onnx.export(
         module.eval(),
         args,
         dynamo=True,
@@ -96,7 +96,6 @@ def _export(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names, o
         optimize=False,
         verbose=False,
     )
-    return program.model_proto
 
 
 def _rename_graph(graph: onnx.GraphProto, rename) -> None:
@@ -217,30 +216,36 @@ def build_flow_onnx(flow: MaskedDiffWithXvec) -> onnx.ModelProto:
     p = Dim("n_prompt_tokens", min=0, max=MAX_TOKENS)
     pm = Dim("n_prompt_frames", min=0, max=MAX_FRAMES)
     m = Dim("n_frames", min=3, max=MAX_FRAMES)
-    prepare = _export(
-        _Prepare(flow),
-        inputs,
-        ({0: b, 1: n}, {0: b}, {0: b, 1: p}, {0: b}, {0: b, 1: pm}, {0: b}, {0: b}, {0: b, 2: m}),
-        list(FLOW_INPUTS),
-        _STATE,
-    )
     with torch.no_grad():
         state = flow.prepare(*inputs)
     schedule = flow.decoder.time_steps(torch.float32)
     t, dt = schedule[0]
     noise = inputs[-1]
-    step_dims = ({0: b, 2: m}, {0: b, 2: m}, {0: b, 2: m}, {0: b}, {0: b, 2: m}, None, None)
-    step = _export(
-        _Step(flow), (noise, *state[:4], t, dt), step_dims, ["x", "mask", "mu", "spks", "cond", "t", "dt"], ["x_next"]
-    )
-    select = _export(
-        _Select(),
-        (noise, inputs[4], state[4], state[5]),
-        ({0: b, 2: m}, {0: b, 1: pm}, {0: b}, {0: b}),
-        ["x", "prompt_mel", "prompt_frames", "target_frames"],
-        ["mel"],
-    )
-    return stitch(prepare, step, select, [(t.numpy(), dt.numpy()) for t, dt in schedule])
+    parts = (_Prepare(flow), _Step(flow), _Select())
+
+    def trace():
+        prepare = _export(
+            parts[0],
+            inputs,
+            ({0: b, 1: n}, {0: b}, {0: b, 1: p}, {0: b}, {0: b, 1: pm}, {0: b}, {0: b}, {0: b, 2: m}),
+            list(FLOW_INPUTS),
+            _STATE,
+        )
+        step_dims = ({0: b, 2: m}, {0: b, 2: m}, {0: b, 2: m}, {0: b}, {0: b, 2: m}, None, None)
+        step = _export(
+            parts[1], (noise, *state[:4], t, dt), step_dims, ["x", "mask", "mu", "spks", "cond", "t", "dt"], ["x_next"]
+        )
+        select = _export(
+            parts[2],
+            (noise, inputs[4], state[4], state[5]),
+            ({0: b, 2: m}, {0: b, 1: pm}, {0: b}, {0: b}),
+            ["x", "prompt_mel", "prompt_frames", "target_frames"],
+            ["mel"],
+        )
+        return prepare, step, select
+
+    programs = traced("flow", config, parts, trace)
+    return stitch(*(program.model_proto for program in programs), [(t.numpy(), dt.numpy()) for t, dt in schedule])
 
 
 def export_flow_onnx(decoder_dir: str | Path, out_path: str | Path | None = None) -> Path:

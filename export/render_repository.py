@@ -8,8 +8,15 @@ What it does, in one pass:
    values (``flow_decoder`` → ``flow_decoder_music`` with the music decoder's weights);
 2. fills every ``${name}`` placeholder of the configs (``fill_template.py`` syntax) from the checkpoint paths, the
    deployment values (``DEFAULTS`` overridden by ``--set``) and the model's own values;
-3. exports the ONNX files the ONNX models serve (flow decoder and vocoder of each decoder folder);
+3. exports the ONNX files the ONNX models serve (flow decoder and vocoder of each decoder folder); exports of one
+   exporter run in one worker process that traces each architecture once (the music decoder reuses the speech
+   decoder's trace with its own weights), third-party exporter output goes to ``--log``;
 4. fails if any placeholder is left unfilled, naming the file and the placeholders.
+
+Rendering is cached: ``<out>.render-digest`` next to the repository holds a digest of everything that shapes the
+tree (values, templates, the library and exporter code, the content of every checkpoint folder an export reads,
+package versions); an unchanged digest returns the tree as it is. Each exported version folder keeps the digest of its own inputs
+(``1/.build-digest``), so changing a value re-fills the configs but re-exports nothing.
 
 The same rendered repository loads in an NGC Triton GPU container (``config.pbtxt``) and on the CPU server
 (``--model-config-name=cpu``).
@@ -18,10 +25,15 @@ The same rendered repository loads in an NGC Triton GPU container (``config.pbtx
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.metadata
+import json
 import os
 import re
 import shutil
 import sys
+import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,7 +43,16 @@ from typing import Callable
 
 from stepaudio.checkpoints import layout
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "model_repository"
+# Code whose change can change a rendered tree (re-fill every config) and, narrower, an exported graph (re-export):
+# the exporters and the library parts they trace (tests/export/test_render_cache.py checks that list).
+CODE_DIRS = (ROOT / "export", ROOT / "stepaudio")
+EXPORT_CODE = (ROOT / "export", ROOT / "stepaudio" / "__init__.py", *(ROOT / "stepaudio" / part for part in
+               ("audio", "checkpoints", "decoder", "tokenizer")))
+EXPORT_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime")
+RENDER_DIGEST = ".render-digest"  # suffix of the file next to the repository (Triton scans everything inside)
+BUILD_DIGEST = ".build-digest"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Deployment values a profile may override with --set key=value.
@@ -43,6 +64,8 @@ DEFAULTS: dict[str, str] = {
     "chat_llm_engine": "native",
     "chat_llm_tensor_parallel_size": "1",  # vllm only: GPUs one chat_llm instance spans (heads 96 must divide)
     "chat_llm_pipeline_parallel_size": "1",  # vllm only: > 1 splits the layers across nodes (Ray)
+    # vllm only: how the engine starts its workers, mp (processes, one node) | ray (multi-node); empty: vLLM decides.
+    "chat_llm_distributed_executor_backend": "",
     "chat_llm_instance_kind": "KIND_GPU",  # KIND_MODEL for vllm: one instance owns all its GPUs
     "llm_max_model_len": "",  # empty: the checkpoint's max_seq_len (32768)
     "llm_gpu_memory_utilization": "0.9",  # vllm only: share of each GPU for weights + KV cache
@@ -124,6 +147,9 @@ def served_models(checkpoints: Path) -> list[ServedModel]:
         ServedModel("chat_llm", "chat_llm"),
         ServedModel("voice_chat", "voice_chat"),
         ServedModel("voice_chat_stream", "voice_chat_stream"),
+        ServedModel("chat_reply", "chat_reply"),
+        ServedModel("ensemble_chat", "ensemble_chat", {"tokenizer_model": "tokenizer", "chat_reply_model": "chat_reply",
+                                                       **names["speech"]}),
     ]
     for decoder_dir_name, decoder, suffix in decoders:
         decoder_dir = tts_dir / decoder_dir_name
@@ -161,21 +187,93 @@ def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str
     return values
 
 
-def render_model(model: ServedModel, out: Path, values: dict[str, str]) -> Path:
-    """Copy and fill one model's folder; its build step (if any) is left to ``render``."""
+_TEMPLATE_IGNORE = shutil.ignore_patterns("__pycache__", "*.onnx", "README.md")
+
+
+def render_model(model: ServedModel, out: Path, values: dict[str, str], keep_built: bool = False) -> Path:
+    """Copy and fill one model's folder; its build step (if any) is left to ``render``. ``keep_built`` keeps the
+    files an earlier build wrote into the version folder (its inputs did not change)."""
     template = TEMPLATES / model.template
     if not template.is_dir():
         raise RenderError(f"no template folder {template}")
     target = out / model.name
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(template, target, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "README.md"))
+    with tempfile.TemporaryDirectory(dir=out.parent) as kept:  # not inside: Triton would take it for a model
+        if target.exists():
+            if keep_built and (target / "1").is_dir():
+                shutil.move(target / "1", Path(kept) / "1")
+            shutil.rmtree(target)
+        shutil.copytree(template, target, ignore=_TEMPLATE_IGNORE)
+        (target / "1").mkdir(exist_ok=True)
+        if (Path(kept) / "1").is_dir():
+            for built in (Path(kept) / "1").iterdir():
+                if not (target / "1" / built.name).exists():  # template files are always fresh
+                    shutil.move(built, target / "1" / built.name)
     model_values = values | {"model_name": model.name} | model.values
     for config in [target / "config.pbtxt", *sorted((target / "configs").glob("*.pbtxt"))]:
         if config.exists():
             config.write_text(fill(config.read_text(), model_values, str(config.relative_to(out))))
-    (target / "1").mkdir(exist_ok=True)  # ensembles need an (empty) version folder too
-    return target
+    return target  # ensembles get an (empty) version folder too
+
+
+def _digest_files(digest, paths) -> None:
+    """Feed every file under ``paths`` (name relative to its root, then content) into ``digest``, in sorted order."""
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        for path in files:
+            digest.update(str(path.relative_to(root.parent)).encode() + b"\0")
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+
+
+def _code_digest(paths) -> str:
+    digest = hashlib.sha256()
+    _digest_files(digest, [p for p in paths if p.exists()])
+    for package in EXPORT_PACKAGES:
+        try:
+            digest.update(f"{package}=={importlib.metadata.version(package)}\0".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{package} absent\0".encode())
+    return digest.hexdigest()
+
+
+def _build_inputs(build: Callable) -> tuple[str, list[Path]]:
+    """(exporter name, checkpoint paths it reads): a build is an exporter bound (``functools.partial``) to paths."""
+    func = getattr(build, "func", build)
+    args = [*getattr(build, "args", ()), *getattr(build, "keywords", {}).values()]
+    return f"{func.__module__}.{func.__qualname__}", [Path(a) for a in args if isinstance(a, (str, Path)) and Path(a).exists()]
+
+
+def build_digest(build: Callable, code: str) -> str:
+    """Digest of what one export reads: the exporter, the content of its checkpoint paths, the code and versions."""
+    name, paths = _build_inputs(build)
+    digest = hashlib.sha256(f"{name}\0{code}\0".encode())
+    _digest_files(digest, paths)
+    return digest.hexdigest()
+
+
+def render_digest(models: list[ServedModel], values: dict[str, str], builds: dict[str, str], code: str) -> str:
+    """Digest of a whole rendered tree: the values, each model's name/template/own values and its template files,
+    the build digests and the code."""
+    digest = hashlib.sha256(json.dumps({"values": values, "builds": builds, "code": code}, sort_keys=True).encode())
+    for model in models:
+        digest.update(json.dumps([model.name, model.template, model.values], sort_keys=True).encode())
+        _digest_files(digest, [TEMPLATES / model.template])
+    return digest.hexdigest()
+
+
+def _run_builds(jobs: list[tuple[Callable, Path]], log_path: str | None) -> None:
+    """One worker's exports, in order, sharing traces of equal architectures; their output goes to ``log_path``."""
+    if log_path:
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)  # file descriptors, so C++ logging (torch's W-lines) lands there too
+        os.dup2(log, 2)
+    from export import sharing_traces
+
+    with sharing_traces():
+        for build, version_dir in jobs:
+            build(version_dir)
 
 
 def render(
@@ -184,7 +282,12 @@ def render(
     voices: Path | None = None,
     overrides: dict[str, str] | None = None,
     only: list[str] | None = None,
+    log_path: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
+    """Render the repository into ``out`` (reused as it is when its digest is unchanged); ``log_path`` collects the
+    exporters' output (None: the terminal), ``progress`` gets a short line per step."""
+    say = progress or (lambda line: None)
     checkpoints = Path(checkpoints)
     if not checkpoints.is_dir():
         raise RenderError(f"checkpoint directory {checkpoints} does not exist")
@@ -197,12 +300,45 @@ def render(
         models = [m for m in models if m.name in only]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    targets = [render_model(m, out, values) for m in models]
-    # Exports are single-threaded tracing: run them side by side, in fresh processes (no forked torch state).
-    builds = [(m.build, target / "1") for m, target in zip(models, targets) if m.build is not None]
-    with ProcessPoolExecutor(max(1, min(len(builds), os.cpu_count() or 1)), mp_context=get_context("spawn")) as pool:
-        for future in [pool.submit(build, version) for build, version in builds]:
-            future.result()
+    export_code = _code_digest(EXPORT_CODE)
+    builds = {m.name: build_digest(m.build, export_code) for m in models if m.build is not None}
+    digest = render_digest(models, values, builds, _code_digest(CODE_DIRS))
+    stamp = out.parent / (out.name + RENDER_DIGEST)
+    targets = [out / m.name for m in models]
+    if stamp.is_file() and stamp.read_text() == digest and all(t.is_dir() for t in targets):
+        say(f"{out}: unchanged (digest {digest[:12]}), reused")
+        return targets
+    stamp.unlink(missing_ok=True)  # written again only once every step below succeeded
+
+    def built(target: Path, name: str) -> bool:
+        recorded = target / "1" / BUILD_DIGEST
+        return recorded.is_file() and recorded.read_text() == builds[name]
+
+    fresh = {m.name for m in models if m.build is not None and built(out / m.name, m.name)}
+    for model in models:
+        render_model(model, out, values, keep_built=model.name in fresh)
+    say(f"filled {len(models)} model configurations")
+    # Exports are single-threaded tracing: one worker process per exporter (fresh processes: no forked torch state),
+    # side by side, biggest group first; a worker traces each architecture once.
+    groups: dict[str, list[tuple[Callable, Path]]] = {}
+    for model in models:
+        if model.build is not None and model.name not in fresh:
+            groups.setdefault(_build_inputs(model.build)[0], []).append((model.build, out / model.name / "1"))
+    jobs = sorted(groups.values(), key=len, reverse=True)
+    if jobs:
+        started = time.perf_counter()
+        names = ", ".join(version.parent.name for job in jobs for _, version in job)
+        say(f"exporting {names}" + (f" (exporter output: {log_path})" if log_path else ""))
+        workers = max(1, min(len(jobs), os.cpu_count() or 1))
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_run_builds, job, str(log_path) if log_path else None) for job in jobs]
+            for future in futures:
+                future.result()
+        for job in jobs:
+            for _, version in job:
+                (version / BUILD_DIGEST).write_text(builds[version.parent.name])
+        say(f"exported in {time.perf_counter() - started:.1f} s")
+    stamp.write_text(digest)
     return targets
 
 
@@ -223,9 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voices", type=Path, default=None, help="preset speakers folder (speakers_info.json + wavs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--only", nargs="*", help="render only these served models")
+    parser.add_argument("--log", type=Path, default=None,
+                        help="file for the exporters' own output (default: <out>.log next to the repository)")
     args = parser.parse_args(argv)
+    log = args.log or args.out.parent / f"{args.out.name}.log"
     try:
-        paths = render(args.checkpoints, args.out, args.voices, _parse_set(args.overrides), args.only)
+        paths = render(args.checkpoints, args.out, args.voices, _parse_set(args.overrides), args.only, log,
+                       progress=lambda line: print(line, file=sys.stderr))
     except RenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

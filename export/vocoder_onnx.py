@@ -27,7 +27,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from export import fold_weight_transposes, strip_node_metadata
+from export import fold_weight_transposes, strip_node_metadata, traced
 from export.cli import export_main
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_hift
@@ -49,17 +49,22 @@ def build_vocoder_onnx(hift: HiFTGenerator) -> onnx.ModelProto:
     )
     b = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     t = torch.export.Dim("n_frames", min=1, max=MAX_FRAMES)
-    program = torch.onnx.export(
-        hift.float().eval(),
-        inputs,
-        dynamo=True,
-        external_data=False,
-        dynamic_shapes=({0: b, 2: t}, {0: b}, {0: b}, {0: b, 2: c.samples_per_frame * t}),
-        input_names=list(VOCODER_INPUTS),
-        output_names=list(VOCODER_OUTPUTS),
-        optimize=False,
-        verbose=False,
-    )
+    hift = hift.float().eval()
+
+    def trace():
+        return (torch.onnx.export(
+            hift,
+            inputs,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes=({0: b, 2: t}, {0: b}, {0: b}, {0: b, 2: c.samples_per_frame * t}),
+            input_names=list(VOCODER_INPUTS),
+            output_names=list(VOCODER_OUTPUTS),
+            optimize=False,
+            verbose=False,
+        ),)
+
+    (program,) = traced("vocoder", c, (hift,), trace)
     model = program.model_proto
     strip_node_metadata(model.graph)
     fold_weight_transposes(model.graph)

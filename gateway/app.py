@@ -307,14 +307,16 @@ def create_app(settings: Settings) -> FastAPI:
             model = served_model(settings.chat_models, body.model, "chat")
             history, text, audio_file = split_messages(body.messages)
             check_text(text, "messages")
-            if body.voice.startswith("voice_"):
-                raise APIError(400, "chat replies use the server's preset voices; uploaded voices work with /v1/audio/speech",
-                               param="audio.voice")
+            voice = None
+            if body.wants_audio and body.voice.startswith("voice_"):
+                voice = await asyncio.to_thread(store.get, key, body.voice)
+                if voice is None:
+                    raise APIError(404, f"voice {body.voice!r} does not exist", code="voice_not_found", param="audio.voice")
             fmt = body.audio_format if body.wants_audio else "pcm"
             audio = None if audio_file is None else await asyncio.to_thread(checked_audio, audio_file, "input_audio")
             max_tokens = capped(body.max_completion_tokens or body.max_tokens, settings.chat_max_tokens, settings.chat_max_tokens,
                                 "max_completion_tokens")
-            tensors = chat_tensors(body, history, text, audio, max_tokens, settings.chat_tts_max_new_tokens)
+            tensors = chat_tensors(body, history, text, audio, max_tokens, settings.chat_tts_max_new_tokens, voice)
             first, rest = await open_stream(model, tensors, _CHAT_OUTPUTS)
         except BaseException:
             lease.release()

@@ -2,7 +2,8 @@
 
 The served chat keeps history as text, so only the last user message may carry audio (``input_audio``); earlier
 turns are sent as text (the gateway returns each spoken turn's transcript as ``step_audio.user_transcript`` so a
-client can do that). Reply audio uses the server's preset speakers.
+client can do that). The reply speaks in a preset speaker or an uploaded voice (``audio.voice`` = its id; the
+gateway sends the stored samples, as for speech); ``modalities: ["text"]`` asks the server for no speech at all.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import triton
 from gateway.errors import APIError
+from gateway.speech import voice_tensors
+from gateway.voices import Voice
 
 # OpenAI's audio.format names → the gateway's response formats.
 CHAT_AUDIO_FORMATS = {"wav": "wav", "pcm16": "pcm", "pcm": "pcm", "flac": "flac", "mp3": "mp3", "opus": "opus", "aac": "aac"}
@@ -109,11 +112,13 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], str, bytes | None]
 
 
 def chat_tensors(request: ChatRequest, history: list[dict], text: str, audio: tuple[np.ndarray, int] | None,
-                 max_tokens: int, tts_max_new_tokens: int) -> dict[str, np.ndarray]:
+                 max_tokens: int, tts_max_new_tokens: int, voice: Voice | None = None) -> dict[str, np.ndarray]:
+    """``voice_chat_stream`` inputs; ``voice`` is the uploaded voice ``request.voice`` names (None: a preset)."""
     tensors = {"HISTORY": triton.string(json.dumps(history, ensure_ascii=False)),
-               "SPEAKER": triton.string(request.voice),
                "MAX_NEW_TOKENS": triton.scalar(max_tokens, np.int32),
-               "TTS_MAX_NEW_TOKENS": triton.scalar(tts_max_new_tokens, np.int32)}
+               "REPLY_AUDIO": np.array([request.wants_audio], dtype=np.bool_)}
+    if request.wants_audio:
+        tensors |= {**voice_tensors(request.voice, voice), "TTS_MAX_NEW_TOKENS": triton.scalar(tts_max_new_tokens, np.int32)}
     if text:
         tensors["TEXT"] = triton.string(text)
     if audio is not None:

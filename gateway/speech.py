@@ -81,13 +81,17 @@ def styled_text(text: str, instructions: str | None, speed: float) -> str:
     return "".join(f"({t})" for t in tags) + own.body
 
 
+def voice_tensors(voice_id: str, voice: Voice | None) -> dict[str, np.ndarray]:
+    """The reply voice as ``tts_stream`` and ``voice_chat_stream`` take it: a preset ``SPEAKER`` (``voice`` None) or
+    an uploaded voice's exact samples + transcript (``PROMPT_*``)."""
+    if voice is None:
+        return {"SPEAKER": triton.string(voice_id)}
+    return {"PROMPT_AUDIO": voice.samples, "PROMPT_SAMPLE_RATE": triton.scalar(voice.sample_rate, np.int32),
+            "PROMPT_TEXT": triton.string(voice.transcript)}
+
+
 def tts_tensors(request: SpeechRequest, text: str, voice: Voice | None, max_new_tokens: int) -> dict[str, np.ndarray]:
     """Unbatched ``tts_stream`` inputs; ``voice`` None means ``request.voice`` is a preset speaker of the server."""
-    tensors = {"TEXT": triton.string(text), "MAX_NEW_TOKENS": triton.scalar(max_new_tokens, np.int32)}
-    if voice is None:
-        tensors["SPEAKER"] = triton.string(request.voice_id)
-    else:
-        tensors["PROMPT_AUDIO"] = voice.samples
-        tensors["PROMPT_SAMPLE_RATE"] = triton.scalar(voice.sample_rate, np.int32)
-        tensors["PROMPT_TEXT"] = triton.string(voice.transcript)
+    tensors = {"TEXT": triton.string(text), "MAX_NEW_TOKENS": triton.scalar(max_new_tokens, np.int32),
+               **voice_tensors(request.voice_id, voice)}
     return {**tensors, **triton.sampling(request.seed, request.temperature, request.top_p)}

@@ -1,7 +1,8 @@
 """The speech-in/speech-out chat graph shared by ``voice_chat`` (one response) and ``voice_chat_stream``.
 
 tokenizer (user audio → ids) → chat_llm (reply text, streamed) and, for an audio turn, chat_llm in ASR mode (the
-transcript that replaces the audio in the client's text history) → TTS of each completed reply sentence.
+transcript that replaces the audio in the client's text history) → TTS of each completed reply sentence, in a
+preset SPEAKER or a cloned voice (PROMPT_AUDIO + PROMPT_SAMPLE_RATE + PROMPT_TEXT); REPLY_AUDIO false skips TTS.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 
 from stepaudio.chat.template import turns_from_json
 from stepaudio_triton import bls
-from stepaudio_triton.adapter import optional_input, optional_string, parameter
+from stepaudio_triton.adapter import optional_input, optional_scalar, optional_string, parameter
 
 CHAT_SAMPLING = ("TEMPERATURE", "TOP_P", "SEED", "MAX_NEW_TOKENS")
+PROMPT_VOICE = ("PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")  # a cloned reply voice, as tts_stream takes it
 
 
 @dataclass
@@ -45,29 +47,66 @@ class ChatTurnInputs:
     messages: str  # JSON text turns: history + this turn's text
     audio: np.ndarray | None
     sample_rate: np.ndarray | None
-    speaker: str
+    speaker: str | None  # None: the reply speaks in prompt_voice
+    prompt_voice: dict  # PROMPT_* tensors, all three or none
     sampling: dict
     tts_max_new_tokens: np.ndarray | None
+    reply_audio: bool  # False: text reply only, no TTS request at all
 
     @classmethod
     def from_request(cls, request, graph: ChatGraph) -> ChatTurnInputs:
-        history = turns_from_json(optional_string(request, "HISTORY") or "")  # validates roles and JSON early
-        text = optional_string(request, "TEXT") or ""
         audio = optional_input(request, "AUDIO")
-        if not text.strip() and audio is None:
-            raise ValueError("send TEXT and/or AUDIO for this turn")
-        turns = [{"role": t.role, "content": t.text} for t in history]
-        if text.strip():
-            turns.append({"role": "user", "content": text})
-        sampling = {n: v for n in CHAT_SAMPLING if (v := optional_input(request, n)) is not None}
+        messages = turn_messages(request, "AUDIO" if audio is not None else None)
+        sampling = chat_sampling(request)
+        speaker = optional_string(request, "SPEAKER")
+        prompt_voice = {n: v for n in PROMPT_VOICE if (v := optional_input(request, n)) is not None}
+        # Checked before the chat runs, so a bad voice costs no generation (tts_frontend checks the audio itself).
+        if prompt_voice and len(prompt_voice) < len(PROMPT_VOICE):
+            raise ValueError(f"a prompt voice needs all of {', '.join(PROMPT_VOICE)}")
+        if prompt_voice and speaker:
+            raise ValueError("give either SPEAKER or a prompt voice (PROMPT_AUDIO ...), not both")
+        reply_audio = optional_scalar(request, "REPLY_AUDIO", bool)
         return cls(
-            json.dumps(turns, ensure_ascii=False),
+            messages,
             audio,
             optional_input(request, "SAMPLE_RATE"),
-            optional_string(request, "SPEAKER") or graph.default_speaker,
+            None if prompt_voice else speaker or graph.default_speaker,
+            prompt_voice,
             sampling,
             optional_input(request, "TTS_MAX_NEW_TOKENS"),
+            True if reply_audio is None else reply_audio,
         )
+
+
+def turn_messages(request, audio_input: str | None) -> str:
+    """JSON text turns for chat_llm: HISTORY + this turn's TEXT; ``audio_input`` names the turn's audio, if any."""
+    history = turns_from_json(optional_string(request, "HISTORY") or "")  # validates roles and JSON early
+    text = optional_string(request, "TEXT") or ""
+    if not text.strip() and audio_input is None:
+        raise ValueError("send TEXT and/or AUDIO for this turn")
+    turns = [{"role": t.role, "content": t.text} for t in history]
+    if text.strip():
+        turns.append({"role": "user", "content": text})
+    return json.dumps(turns, ensure_ascii=False)
+
+
+def chat_sampling(request) -> dict:
+    """The chat sampling inputs given, shaped [1] for chat_llm (a batched caller sends [1, 1])."""
+    return {n: v.reshape(1) for n in CHAT_SAMPLING if (v := optional_input(request, n)) is not None}
+
+
+def collected_reply(graph: ChatGraph, request, pool: ThreadPoolExecutor) -> tuple[str, str]:
+    """chat_reply (a step of ensemble_chat): this turn's text turns + AUDIO_IDS (from the tokenizer step) → the
+    whole reply text and the user's transcript. The reply is collected because the TTS step needs all of it."""
+    audio_ids = optional_input(request, "AUDIO_IDS")
+    if audio_ids is not None:
+        audio_ids = audio_ids.reshape(-1).astype(np.int32)
+    messages = turn_messages(request, "AUDIO_IDS" if audio_ids is not None else None)
+    inputs = ChatTurnInputs(messages=messages, audio=None, sample_rate=None, speaker=None, prompt_voice={},
+                            sampling=chat_sampling(request), tts_max_new_tokens=None, reply_audio=False)
+    run = ChatRun(graph, inputs, pool, audio_ids=audio_ids)
+    reply = "".join(run.reply_deltas())
+    return reply, run.transcript()
 
 
 def _string(value: str) -> np.ndarray:
@@ -77,9 +116,9 @@ def _string(value: str) -> np.ndarray:
 class ChatRun:
     """One turn through the graph; the caller consumes ``reply_deltas()`` and then ``transcript()``."""
 
-    def __init__(self, graph: ChatGraph, inputs: ChatTurnInputs, pool: ThreadPoolExecutor):
+    def __init__(self, graph: ChatGraph, inputs: ChatTurnInputs, pool: ThreadPoolExecutor, audio_ids: np.ndarray | None = None):
         self.graph, self.inputs = graph, inputs
-        self.audio_ids = None
+        self.audio_ids = audio_ids  # given when the caller tokenized the audio already (ensemble_chat)
         if inputs.audio is not None:
             if inputs.sample_rate is None:
                 raise ValueError("AUDIO needs SAMPLE_RATE")
@@ -112,13 +151,16 @@ class ChatRun:
         self.reply.cancel()
 
     def tts_inputs(self, sentence: str, batched: bool) -> dict:
-        text, speaker = _string(sentence), _string(self.inputs.speaker)
+        voice = dict(self.inputs.prompt_voice)
+        if self.inputs.speaker is not None:
+            voice["SPEAKER"] = _string(self.inputs.speaker)
+        voice["TEXT"] = _string(sentence)
         if batched:  # ensemble_tts takes a batch dimension of 1
-            text, speaker = text[None], speaker[None]
+            voice = {name: value.reshape(1, -1) for name, value in voice.items()}
         shape = (1, 1) if batched else (1,)
         extra = {}
         if (seed := self.inputs.sampling.get("SEED")) is not None:
             extra["SEED"] = seed.reshape(shape).astype(np.int64)
         if self.inputs.tts_max_new_tokens is not None:
             extra["MAX_NEW_TOKENS"] = self.inputs.tts_max_new_tokens.reshape(shape).astype(np.int32)
-        return {"TEXT": text, "SPEAKER": speaker, **extra}
+        return {**voice, **extra}

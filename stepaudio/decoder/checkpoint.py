@@ -22,6 +22,7 @@ from stepaudio.decoder.config import (
     EstimatorConfig,
     FlowConfig,
     HiFTConfig,
+    load_config,  # noqa: F401 - re-exported: callers load a decoder folder's config from here
     render_yaml,
 )
 from stepaudio.decoder.flow import MaskedDiffWithXvec
@@ -38,10 +39,6 @@ def tiny_config() -> DecoderConfig:
         ),
         hift=HiFTConfig(base_channels=32, f0_cond_channels=32),
     )
-
-
-def load_config(decoder_dir: str | Path) -> DecoderConfig:
-    return DecoderConfig.from_yaml(Path(decoder_dir) / layout.DECODER_YAML)
 
 
 def parameter_count(module: nn.Module) -> int:

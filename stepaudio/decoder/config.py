@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from stepaudio.checkpoints import layout
+
 
 @dataclass(frozen=True)
 class Tagged:
@@ -501,3 +503,8 @@ def render_yaml(config: DecoderConfig) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def load_config(decoder_dir: str | Path) -> DecoderConfig:
+    """The config of a published decoder folder (its ``cosyvoice.yaml``)."""
+    return DecoderConfig.from_yaml(Path(decoder_dir) / layout.DECODER_YAML)

@@ -9,7 +9,6 @@ Public API::
     SpeakerEncoder.from_onnx(path).embed(wave, sample_rate) -> (192,) float32
 """
 
-from stepaudio.tokenizer.campplus import SpeakerEncoder
 from stepaudio.tokenizer.ids import (
     AUDIO_ID_END,
     AUDIO_ID_OFFSET,
@@ -20,7 +19,24 @@ from stepaudio.tokenizer.ids import (
     ids_to_audio_string,
     interleave,
 )
-from stepaudio.tokenizer.tokenizer import AudioTokenizer, TokenizedAudio, TokenizerStream
+
+# The encoders import torch (≈1.5 s); loaded on first use, so that code needing only the id helpers (the chat
+# template in every chat orchestration stub) starts without it.
+_LAZY = {
+    "SpeakerEncoder": "stepaudio.tokenizer.campplus",
+    "AudioTokenizer": "stepaudio.tokenizer.tokenizer",
+    "TokenizedAudio": "stepaudio.tokenizer.tokenizer",
+    "TokenizerStream": "stepaudio.tokenizer.tokenizer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AUDIO_ID_END",

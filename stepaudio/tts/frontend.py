@@ -23,7 +23,8 @@ from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config as load_decoder_config
 from stepaudio.decoder.frontend import prompt_mel
 from stepaudio.llm.tokenizer import Step1Tokenizer
-from stepaudio.tokenizer import AUDIO_ID_END, AUDIO_ID_OFFSET, AudioTokenizer, SpeakerEncoder
+from stepaudio.tokenizer import AudioTokenizer, SpeakerEncoder
+from stepaudio.tts.decoder_ids import decoder_tokens  # noqa: F401 - re-exported: part of this module's API
 from stepaudio.tts.prompt import TextTokenizer, build_tts_prompt
 from stepaudio.tts.tags import parse_style_tags
 from stepaudio.tts.voices import PresetVoices, VoiceCache, VoiceFeatures, VoicePrompt
@@ -64,17 +65,6 @@ class PreparedTTS:
     prompt_ids: list[int]
     voice: VoicePrompt
     music: str | None
-
-
-def decoder_tokens(generated_ids) -> np.ndarray:
-    """LLM output → decoder ids (0…5119). Only audio ids may reach the decoder; no audio is an error, not silence."""
-    ids = np.asarray(generated_ids, dtype=np.int64).reshape(-1)
-    if ids.size == 0:
-        raise ValueError("the TTS model produced no audio tokens")
-    outside = ids[(ids < AUDIO_ID_OFFSET) | (ids >= AUDIO_ID_END)]
-    if outside.size:
-        raise ValueError(f"the TTS model produced non-audio id {int(outside[0])}; expected {AUDIO_ID_OFFSET}..{AUDIO_ID_END - 1}")
-    return ids - AUDIO_ID_OFFSET
 
 
 class VoiceFeaturizer:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stepaudio.tts.frontend import decoder_tokens
+from stepaudio.tts.decoder_ids import decoder_tokens
 
 
 @dataclass(frozen=True)

@@ -62,11 +62,11 @@ def test_stream_misuse_is_rejected(token2wav):
         token2wav.stream(*VOICE, vocoder_context_frames=4)
 
 
-@pytest.mark.parametrize("draw, which, channels", [(flow_noise, 0, 80), (source_noise, 2, 9)])
-def test_noise_tape_reads_equal_one_whole_draw(draw, which, channels):
+@pytest.mark.parametrize("draw, tape_for, channels", [(flow_noise, NoiseTape.flow, 80), (source_noise, NoiseTape.source, 9)])
+def test_noise_tape_reads_equal_one_whole_draw(draw, tape_for, channels):
     """Forward reads (overlapping, gapped, empty) equal the columns of one draw from sample 0."""
     whole = draw(5, 3000, channels)
-    tape = NoiseTape(5, which, channels)
+    tape = tape_for(5, channels)
     for start, stop in ((0, 10), (4, 60), (60, 60), (200, 450), (300, 420), (1000, 3000)):
         np.testing.assert_array_equal(tape.read(start, stop), whole[:, start:stop])
     with pytest.raises(ValueError, match="forward"):

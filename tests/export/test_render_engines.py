@@ -3,6 +3,7 @@ vLLM instance spanning 8 GPUs (tensor parallel) — the configuration the 130B m
 
 from __future__ import annotations
 
+import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -42,3 +43,20 @@ def test_chat_llm_renders_as_one_tensor_parallel_vllm_instance(tmp_path):
     assert (options.engine, options.tensor_parallel_size, options.world_size) == ("vllm", 8, 8)
     assert (options.max_model_len, options.gpu_memory_utilization) == (8192, 0.92)
     assert _options(_config(tmp_path / "repo" / "tts_llm" / "config.pbtxt")).engine == "native"  # chosen per model
+
+
+def test_distributed_executor_backend_render_value_reaches_the_engine_options(tmp_path):
+    """The render value chat_llm_distributed_executor_backend → chat_llm's parameter → LLMEngineOptions (which
+    vllm_engine.engine_args passes to vLLM as is); empty leaves the choice to vLLM, a bad value fails the load."""
+    default = tmp_path / "default"
+    render(tmp_path, default, None, {}, only=["chat_llm"])
+    assert _options(_config(default / "chat_llm" / "config.pbtxt")).distributed_executor_backend is None
+    for backend in ("mp", "ray"):
+        out = tmp_path / backend
+        render(tmp_path, out, None, {"chat_llm_engine": "vllm", "chat_llm_distributed_executor_backend": backend},
+               only=["chat_llm"])
+        assert _options(_config(out / "chat_llm" / "config.pbtxt")).distributed_executor_backend == backend
+    bad = tmp_path / "bad"
+    render(tmp_path, bad, None, {"chat_llm_distributed_executor_backend": "slurm"}, only=["chat_llm"])
+    with pytest.raises(ValueError, match="distributed_executor_backend"):
+        _options(_config(bad / "chat_llm" / "config.pbtxt"))

@@ -10,6 +10,8 @@ import pytest
 import soundfile
 
 from stepaudio.tts.checkpoint import synthetic_voice
+from tests.gateway.test_voices import upload, wav_file
+from tests.server.conftest import BatchCounts
 
 pytestmark = pytest.mark.server
 AUDIO_OUT = {"modalities": ["text", "audio"], "audio": {"voice": "Tingting", "format": "wav"}}
@@ -53,10 +55,36 @@ def test_streamed_text_and_audio_deltas(client):
     assert len([a for a in audio if a]) >= 1
 
 
-def test_text_only_reply(client):
+def test_text_only_reply_runs_no_tts(client, triton_server):
+    """modalities ["text"] (the default): the server is asked for no speech, so tts_stream and tts_llm see nothing."""
+    chats, speech, speech_llm = (BatchCounts(triton_server, m) for m in ("voice_chat_stream", "tts_stream", "tts_llm"))
     completion = client.chat.completions.create(model="step-audio-chat", messages=[{"role": "user", "content": "你好"}], seed=1)
     message = completion.choices[0].message
     assert message.content and message.audio is None
+    assert chats.settle(1)[0] == 1
+    assert speech.settle(0)[0] == 0 and speech_llm.settle(0)[0] == 0
+
+
+def _spoken_reply(client, voice: str) -> bytes:
+    completion = client.chat.completions.create(
+        model="step-audio-chat", modalities=["text", "audio"], audio={"voice": voice, "format": "pcm16"}, seed=3,
+        messages=[{"role": "user", "content": "你好"}])
+    return base64.b64decode(completion.choices[0].message.audio.data)
+
+
+def test_reply_in_an_uploaded_voice(client, http, triton_server):
+    """audio.voice = an uploaded voice id: its stored samples go to the server as the prompt voice of every reply
+    sentence (the same seed gives the same audio again, and other audio than the preset speaker)."""
+    voice = upload(http, wav_file(seconds=2.0, rate=24000, seed=11), transcript="这是我的声音").json()["id"]
+    speech = BatchCounts(triton_server, "tts_stream")
+    cloned = _spoken_reply(client, voice)
+    assert len(cloned) > 0 and len(cloned) % (2 * 256) == 0
+    assert speech.settle(1)[0] >= 1  # the reply was spoken by tts_stream
+    assert _spoken_reply(client, voice) == cloned
+    assert _spoken_reply(client, "Tingting") != cloned
+    http.delete(f"/v1/audio/voices/{voice}")
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        _spoken_reply(client, voice)
 
 
 @pytest.mark.parametrize("messages, extra, message", [
@@ -65,7 +93,6 @@ def test_text_only_reply(client):
       {"role": "user", "content": "再说一遍"}], {}, "only the last user message may carry audio"),
     ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "%%%"}}]}], {}, "not valid base64"),
     ([{"role": "user", "content": "你好"}], {"max_tokens": 9}, "at most 8"),
-    ([{"role": "user", "content": "你好"}], {**AUDIO_OUT, "audio": {"voice": "voice_abc", "format": "wav"}}, "preset voices"),
 ])
 def test_bad_chat_requests_are_refused(client, messages, extra, message):
     with pytest.raises(openai.BadRequestError, match=message):

@@ -9,6 +9,7 @@ import pytest
 import soundfile
 
 from gateway.audio import StreamEncoder, decode_audio, encode_whole
+from gateway.chat import ChatRequest, chat_tensors
 from gateway.config import Settings
 from gateway.errors import APIError
 from gateway.limits import Auth, Limiter, key_id
@@ -123,3 +124,23 @@ def test_decode_reads_stereo_and_whole_files():
     assert flac.shape == (1, 8000)
     with pytest.raises(ValueError, match="could not decode"):
         decode_audio(b"\x00" * 100)
+
+
+def test_chat_tensors_carry_the_reply_voice_and_skip_speech_for_text_only(tmp_path):
+    """modalities ["text"] asks voice_chat_stream for no speech (REPLY_AUDIO false, no voice); with audio the reply
+    voice is a preset SPEAKER or an uploaded voice's exact samples + transcript."""
+    messages = [{"role": "user", "content": "你好"}]
+    text_only = chat_tensors(ChatRequest(model="m", messages=messages), [], "你好", None, 8, 30)
+    assert text_only["REPLY_AUDIO"].tolist() == [False]
+    assert not {"SPEAKER", "PROMPT_AUDIO", "TTS_MAX_NEW_TOKENS"} & set(text_only)
+    spoken = ChatRequest(model="m", messages=messages, modalities=["text", "audio"], audio={"voice": "Tingting"})
+    preset = chat_tensors(spoken, [], "你好", None, 8, 30)
+    assert preset["REPLY_AUDIO"].tolist() == [True] and preset["SPEAKER"][0] == b"Tingting"
+    store = VoiceStore(tmp_path / "voices.sqlite3")
+    samples = np.linspace(-0.5, 0.5, 16000, dtype=np.float32)
+    voice = store.add("owner", "me", "我的声音", samples, 16000)
+    in_voice = ChatRequest(model="m", messages=messages, modalities=["text", "audio"], audio={"voice": voice.id})
+    cloned = chat_tensors(in_voice, [], "你好", None, 8, 30, voice)
+    assert "SPEAKER" not in cloned and cloned["PROMPT_TEXT"][0] == "我的声音".encode()
+    np.testing.assert_array_equal(cloned["PROMPT_AUDIO"], samples)
+    assert cloned["PROMPT_SAMPLE_RATE"].tolist() == [16000]

@@ -9,12 +9,12 @@ refused with a pointer to the right endpoint.
 
 import numpy as np
 
-from stepaudio.decoder.checkpoint import load_config
-from stepaudio.decoder.token2wav import DecoderNoise
-from stepaudio.tts.frontend import decoder_tokens
+# numpy-only modules: the eight tts/tts_music stubs start without importing torch.
+from stepaudio.decoder.config import load_config
+from stepaudio.decoder.noise import DecoderNoise
+from stepaudio.tts.decoder_ids import decoder_tokens
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import optional_input, parameter, parse_config, respond_each, tensor
-from stepaudio_triton.generation import SAMPLING_INPUTS
 
 FRONTEND_INPUTS = ("TEXT", "SPEAKER", "PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")
 FRONTEND_OUTPUTS = ["INPUT_IDS", "PROMPT_TOKENS", "PROMPT_MEL", "SPEAKER_EMBEDDING", "DECODER"]
@@ -42,13 +42,15 @@ class TritonPythonModel:
         self.endpoint_for = {"speech": parameter(config, "speech_endpoint", "ensemble_tts"),
                              "music": parameter(config, "music_endpoint", "ensemble_tts_music")}
         self.decoder_config = load_config(parameter(config, "decoder_dir"))
+        # Every other input of this model's config is a sampling input for the LLM (TEMPERATURE, SEED, ...).
+        self.sampling_inputs = [i["name"] for i in config["input"] if i["name"] not in FRONTEND_INPUTS]
 
     def execute(self, requests):
         return respond_each(requests, self._one)
 
     def _one(self, request):
         frontend_inputs = _unbatched(request, FRONTEND_INPUTS)
-        sampling = _unbatched(request, [name for name, _, _ in SAMPLING_INPUTS])
+        sampling = _unbatched(request, self.sampling_inputs)
         prepared = bls.call(self.frontend_model, frontend_inputs, FRONTEND_OUTPUTS)
         decoder = prepared["DECODER"].reshape(-1)[0].decode()
         if decoder != self.decoder:

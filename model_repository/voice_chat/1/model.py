@@ -37,7 +37,7 @@ class TritonPythonModel:
             sentences += splitter.feed(delta)
         sentences += splitter.flush()
         waves, rate = [], 22050
-        for sentence in sentences:
+        for sentence in sentences if run.inputs.reply_audio else ():
             out = bls.call(self.graph.tts_model, run.tts_inputs(sentence, batched=True), ["WAVEFORM", "SAMPLE_RATE"])
             waves.append(out["WAVEFORM"].reshape(-1))
             rate = int(out["SAMPLE_RATE"].reshape(-1)[0])

@@ -58,7 +58,10 @@ class TritonPythonModel:
             sentences: queue.Queue = queue.Queue()
             speak_errors: list = []
             spoken = threading.Event()
-            self.speakers.submit(lambda: self._speak(run, sentences, send, sender, speak_errors, spoken))
+            if run.inputs.reply_audio:
+                self.speakers.submit(lambda: self._speak(run, sentences, send, sender, speak_errors, spoken))
+            else:  # text only: no speaker, no TTS request
+                spoken.set()
             splitter = SentenceSplitter(self.graph.max_sentence_chars)
             for delta in run.reply_deltas():
                 if sender.is_cancelled():
