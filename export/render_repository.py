@@ -69,6 +69,12 @@ DEFAULTS: dict[str, str] = {
     "max_audio_seconds": "60",
     "llm_max_streams": "128",  # running + queued generations per LLM model; more → UNAVAILABLE
     "stream_max_concurrent": "64",  # tts_stream / voice_chat_stream requests in flight per instance
+    # Real-time sessions (vad, stream_tokenizer, realtime_session; docs/realtime.md).
+    "realtime_max_sessions": "128",  # live sessions per model instance; more → UNAVAILABLE
+    "realtime_idle_timeout_s": "30",  # a session without audio this long is freed (Triton's sequence idle too)
+    "realtime_max_session_seconds": "1800",
+    "realtime_max_chunk_seconds": "5",  # audio per request: clients send it as it arrives
+    "stream_vq06_segment_seconds": "30",  # the reference's segment: ids equal one-shot tokenization's
 }
 
 
@@ -121,6 +127,8 @@ def served_models(checkpoints: Path) -> list[ServedModel]:
         ServedModel("chat_llm", "chat_llm"),
         ServedModel("voice_chat", "voice_chat"),
         ServedModel("voice_chat_stream", "voice_chat_stream"),
+        ServedModel("vad", "vad"),
+        ServedModel("stream_tokenizer", "stream_tokenizer"),
     ]
     for decoder_dir_name, decoder, suffix in decoders:
         decoder_dir = tts_dir / decoder_dir_name
@@ -147,6 +155,7 @@ def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str
     if unknown:
         raise RenderError(f"unknown --set key(s) {unknown}; known: {sorted(DEFAULTS)}")
     values = dict(DEFAULTS) | overrides
+    values["realtime_idle_timeout_us"] = str(int(float(values["realtime_idle_timeout_s"]) * 1_000_000))
     values |= {
         "tts_checkpoint": str((checkpoints / layout.TTS_DIR).resolve()),
         "chat_checkpoint": str((checkpoints / layout.CHAT_DIR).resolve()),

@@ -5,8 +5,9 @@ the session telling it that a reply has finished; it returns the actions the ses
 (idle timeout, session length) use an injected clock, so tests run it with scripted frames and a fake clock.
 
 - Speech starts after ``min_speech_ms`` of windows at or above ``speech_threshold`` (a click does not open a turn).
-- Silence starts at the first window below ``silence_threshold``; windows in between (hysteresis, as Silero's own
-  iterator) neither start nor end silence.
+- Silence is confirmed by a window below ``silence_threshold`` and counts from the end of the last window at or
+  above ``speech_threshold`` (Silero's probability decays over a few windows after speech ends; windows in between
+  the thresholds, as in Silero's own iterator, neither confirm silence nor resume speech).
 - After ``pause_ms`` of silence the user is *paused*: with speculation on, a reply starts at once on the turn's
   audio so far. Speech again → the speculative reply is discarded (it was never sent) and the turn goes on.
 - After ``end_of_turn_ms`` of silence the turn ends: the speculative reply is committed (its audio is released to the
@@ -36,7 +37,7 @@ class TurnState(str, enum.Enum):
 class RealtimeConfig:
     speech_threshold: float = 0.5
     silence_threshold: float = 0.35  # Silero's iterator uses threshold − 0.15
-    min_speech_ms: float = 96.0  # three windows
+    min_speech_ms: float = 64.0  # two windows (a stressed syllable can be this short)
     pause_ms: float = 200.0  # silence before a speculative reply starts
     end_of_turn_ms: float = 600.0  # silence that ends the user's turn
     speculation: bool = True
@@ -121,7 +122,8 @@ class RealtimeController:
         self.started_at = self.last_audio_at = self.clock()
         self._speech_run_start: float | None = None  # first window of the current run of speech windows
         self._turn_start: float | None = None
-        self._silence_start: float | None = None  # first silent window since the last speech window
+        self._silence_start: float | None = None  # where the silence began, once a silent window confirmed it
+        self._last_speech_end = 0.0  # end of the last window at or above the speech threshold
         self._next_reply_id = 1
         self._needs_silence = False  # a turn ended by its length limit: the same speech must not barge in
         self.reply_id: int | None = None  # the reply running now (speculative or committed)
@@ -134,6 +136,7 @@ class RealtimeController:
         silent = frame.probability < self.config.silence_threshold
         end = frame.start_s + WINDOW_SECONDS
         if speech:
+            self._last_speech_end = end
             if self._speech_run_start is None:
                 self._speech_run_start = frame.start_s
         elif silent:
@@ -145,7 +148,7 @@ class RealtimeController:
             if self.state is TurnState.USER_PAUSED:
                 return self._resume()
         elif silent and self._silence_start is None:
-            self._silence_start = frame.start_s
+            self._silence_start = max(self._last_speech_end, self._turn_start)
         if end - self._turn_start >= self.config.max_turn_seconds:
             if self._silence_start is None:
                 self._silence_start, self._needs_silence = end, True

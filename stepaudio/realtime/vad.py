@@ -8,7 +8,7 @@ the package's own ``OnnxWrapper`` drives it; we keep the 64-sample context and t
 
 ``VadStream.feed(chunk)`` takes audio at the stream's rate in pieces of any size, resamples it to 16 kHz
 (``stepaudio.audio.resample``, bit-identical however the audio is cut) and returns one ``VadFrame`` per completed
-512-sample window (32 ms). Several streams' windows can run as one batch (``SileroVad.run``).
+512-sample window (32 ms). Several streams' windows run as one batch with ``run_batched``.
 """
 
 from __future__ import annotations
@@ -80,11 +80,15 @@ class VadStream:
 
     def feed(self, chunk: np.ndarray) -> list[VadFrame]:
         """Audio at the stream's rate (any length; mono or (channels, samples)) → a frame per completed window."""
+        self.push(chunk)
+        return self._run_windows()
+
+    def push(self, chunk: np.ndarray) -> None:
+        """Take audio without running the model (``take_windows`` + ``run_batched`` run it)."""
         if isinstance(chunk, np.ndarray) and chunk.ndim in (1, 2) and chunk.shape[-1] == 0:
-            return []
+            return
         mono = validate_waveform(chunk, self.sample_rate, max_seconds=None)
         self._pending = np.concatenate([self._pending, self._resampler.feed(mono)])
-        return self._run_windows()
 
     def take_windows(self) -> np.ndarray:
         """The complete windows waiting (n, 64 + 512), each with its context; advances the context (``run`` must
@@ -100,10 +104,22 @@ class VadStream:
         return windows
 
     def _run_windows(self) -> list[VadFrame]:
-        frames = []
-        for window in self.take_windows():
-            probability, state = self.vad.run(window[None], self.state[:, None, :])
-            self.state = state[:, 0, :]
-            frames.append(VadFrame(self.windows_done * WINDOW_SECONDS, float(probability[0])))
-            self.windows_done += 1
-        return frames
+        return run_batched(self.vad, [(self, self.take_windows())])[0]
+
+
+def run_batched(vad: SileroVad, work: list[tuple[VadStream, np.ndarray]]) -> list[list[VadFrame]]:
+    """Several streams' windows (from ``take_windows``) in lock-step batches: step k runs window k of every stream
+    that has one, as one model call. Streams must be distinct. Frames per stream, as ``feed`` would return them."""
+    if len({id(stream) for stream, _ in work}) != len(work):
+        raise ValueError("run_batched takes each stream once")
+    frames: list[list[VadFrame]] = [[] for _ in work]
+    for step in range(max((windows.shape[0] for _, windows in work), default=0)):
+        rows = [i for i, (_, windows) in enumerate(work) if windows.shape[0] > step]
+        states = np.stack([work[i][0].state for i in rows], axis=1)
+        probabilities, states = vad.run(np.stack([work[i][1][step] for i in rows]), states)
+        for row, i in enumerate(rows):
+            stream = work[i][0]
+            stream.state = states[:, row, :]
+            frames[i].append(VadFrame(stream.windows_done * WINDOW_SECONDS, float(probabilities[row])))
+            stream.windows_done += 1
+    return frames

@@ -82,12 +82,15 @@ def test_without_speculation_the_reply_starts_at_end_of_turn_on_the_same_span():
     assert spans[True] == spans[False]
 
 
-def test_hysteresis_windows_neither_start_nor_end_silence():
-    c = RealtimeController(RealtimeConfig(speech_threshold=0.5, silence_threshold=0.35, end_of_turn_ms=600))
-    events, _ = drive(c, [(0.9, 10), (0.4, 40)])  # 0.4 is between the thresholds: still the user's turn
+def test_hysteresis_windows_do_not_confirm_silence_but_count_once_it_is_confirmed():
+    c = RealtimeController(RealtimeConfig(speech_threshold=0.5, silence_threshold=0.35, pause_ms=200, end_of_turn_ms=600))
+    events, _ = drive(c, [(0.9, 10), (0.4, 6)])  # 0.4 is between the thresholds: not yet silence
     assert [type(a) for _, a in events] == [SpeechStarted]
-    events, _ = drive(c, [(0.1, 19)], start_window=50)
-    assert [type(a) for _, a in events] == [StartReply, SpeechStopped, CommitReply]
+    events, _ = drive(c, [(0.1, 1)], start_window=16)  # confirmed: silence began at the end of the last speech window
+    assert [type(a) for _, a in events] == [StartReply] and events[0][1].audio_end_s == pytest.approx(ms(10))
+    events, _ = drive(c, [(0.1, 12)], start_window=17)  # 19 windows (608 ms) after the speech: end of turn
+    assert [type(a) for _, a in events] == [SpeechStopped, CommitReply]
+    assert events[0][0] == 28 and events[0][1].audio_end_s == pytest.approx(ms(10))
 
 
 def test_a_click_shorter_than_min_speech_starts_no_turn():
