@@ -75,6 +75,11 @@ DEFAULTS: dict[str, str] = {
     "realtime_max_session_seconds": "1800",
     "realtime_max_chunk_seconds": "5",  # audio per request: clients send it as it arrives
     "stream_vq06_segment_seconds": "30",  # the reference's segment: ids equal one-shot tokenization's
+    "realtime_end_of_turn_ms": "600",  # silence that ends a user turn
+    "realtime_pause_ms": "200",  # silence that starts a speculative reply
+    "realtime_speculation": "true",  # sessions may turn it off on START
+    "realtime_chat_max_new_tokens": "256",  # reply text tokens: cap and default per reply
+    "realtime_tts_max_new_tokens": "1024",  # speech ids: cap and default per reply sentence
 }
 
 
@@ -129,6 +134,7 @@ def served_models(checkpoints: Path) -> list[ServedModel]:
         ServedModel("voice_chat_stream", "voice_chat_stream"),
         ServedModel("vad", "vad"),
         ServedModel("stream_tokenizer", "stream_tokenizer"),
+        ServedModel("realtime_session", "realtime_session"),
     ]
     for decoder_dir_name, decoder, suffix in decoders:
         decoder_dir = tts_dir / decoder_dir_name

@@ -54,7 +54,7 @@ class Stream:
         self.model, self.names = model, output_names
         self.cancel_token = secrets.token_hex(16) if cancellable else None
         self._responses = _request(model, tensors, output_names, self.cancel_token).exec(decoupled=True)
-        self._cancelled = False
+        self._cancelled = self._cancel_sent = False
 
     def __iter__(self):
         for response in self._responses:
@@ -62,19 +62,30 @@ class Stream:
             if response.output_tensors():
                 yield outputs(response, self.names)
 
+    def request_cancel(self) -> None:
+        """Send CANCEL = this stream's token and return: safe while another thread iterates the stream (that
+        iteration then ends within one decode step, with the called model's CANCELLED error). Never raises."""
+        if self._cancel_sent or self.cancel_token is None:
+            return
+        self._cancel_sent = True
+        cancel = np.array([self.cancel_token.encode()], dtype=np.object_)
+        try:
+            for _ in _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True):
+                pass
+        except Exception:  # noqa: BLE001 - best effort, like cancel()
+            pass
+
     def cancel(self) -> None:
         """Stop the stream and wait for its final response, so that the called model has freed the stream's
         engine slot when this returns and no response is left in flight for an abandoned iterator. The called
-        model ends a cancelled stream within one decode step.
+        model ends a cancelled stream within one decode step. Only for the thread that iterates the stream.
 
         Best effort, never raises: callers cancel while ending a request, often while reporting another error."""
         if self._cancelled or self.cancel_token is None:
             return
         self._cancelled = True
-        cancel = np.array([self.cancel_token.encode()], dtype=np.object_)
+        self.request_cancel()
         try:
-            for _ in _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True):
-                pass
             for _ in self._responses:  # drain to the final response; a cancelled stream's errors do not matter
                 pass
         except Exception:  # noqa: BLE001 - see the docstring
