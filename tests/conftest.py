@@ -40,8 +40,11 @@ def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
         return Path(os.environ["STEPAUDIO_TEST_REPOSITORY"])
     repo = tmp_path_factory.mktemp("model_repository")
     # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
+    # Real-time sessions: a short idle timeout (the abandoned-session tests wait for it) and short vq06 segments
+    # (streamed ids leave during the audio, not only at END).
     render(tiny_checkpoints, repo, tiny_checkpoints / layout.SPEAKERS_DIR,
-           {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000"})
+           {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000",
+            "realtime_idle_timeout_s": "4", "stream_vq06_segment_seconds": "1.2"})
     return repo
 
 

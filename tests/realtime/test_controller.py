@@ -93,6 +93,26 @@ def test_hysteresis_windows_do_not_confirm_silence_but_count_once_it_is_confirme
     assert events[0][0] == 28 and events[0][1].audio_end_s == pytest.approx(ms(10))
 
 
+def test_speech_ends_at_the_last_confident_window_when_only_the_decay_follows():
+    c = RealtimeController(RealtimeConfig())
+    events, _ = drive(c, [(0.99, 20), (0.7, 2), (0.1, 20)])
+    stopped = next(a for _, a in events if isinstance(a, SpeechStopped))
+    assert stopped.audio_end_s == pytest.approx(ms(20))  # the two 0.7 windows are Silero's decay
+    c = RealtimeController(RealtimeConfig())
+    events, _ = drive(c, [(0.99, 20), (0.7, 5), (0.1, 20)])  # a quieter last word: it counts
+    stopped = next(a for _, a in events if isinstance(a, SpeechStopped))
+    assert stopped.audio_end_s == pytest.approx(ms(25))
+
+
+def test_a_short_burst_just_before_the_speech_is_its_onset():
+    c = RealtimeController(RealtimeConfig(min_speech_ms=64, onset_merge_ms=250))
+    events, _ = drive(c, [(0.0, 10), (0.9, 1), (0.1, 3), (0.9, 5)])
+    assert events[0][1] == SpeechStarted(pytest.approx(ms(10)))
+    c = RealtimeController(RealtimeConfig(min_speech_ms=64, onset_merge_ms=250))
+    events, _ = drive(c, [(0.0, 10), (0.9, 1), (0.1, 10), (0.9, 5)])  # 352 ms before: a click, not the onset
+    assert events[0][1] == SpeechStarted(pytest.approx(ms(21)))
+
+
 def test_a_click_shorter_than_min_speech_starts_no_turn():
     c = RealtimeController(RealtimeConfig(min_speech_ms=96))
     events, _ = drive(c, [(0.0, 5), (0.9, 2), (0.0, 40)])
