@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -148,21 +149,24 @@ class Metrics:
         self.replies = pb_utils.MetricFamily(name="stepaudio_realtime_replies_total", kind=pb_utils.MetricFamily.COUNTER,
                                              description="replies by outcome: committed speculative, discarded "
                                                          "speculative, direct, completed, cancelled (barge-in), failed")
+        self.discarded_seconds = pb_utils.MetricFamily(
+            name="stepaudio_realtime_discarded_reply_seconds_total", kind=pb_utils.MetricFamily.COUNTER,
+            description="wall seconds discarded speculative replies kept a worker (and the models it called) busy")
         self.cancelled = pb_utils.MetricFamily(name="stepaudio_realtime_cancelled_streams_total",
                                                kind=pb_utils.MetricFamily.COUNTER,
                                                description="called streams a session cancelled and saw end cancelled")
         self._metrics: dict = {}
         self.model = model
 
-    def count(self, family, **labels) -> None:
+    def count(self, family, value: float = 1, **labels) -> None:
         key = (id(family), tuple(sorted(labels.items())))
         if key not in self._metrics:
             self._metrics[key] = family.Metric(labels={"model": self.model, **labels})
-        self._metrics[key].increment(1)
+        self._metrics[key].increment(value)
 
     def close(self) -> None:
         self._metrics.clear()
-        del self.replies, self.cancelled
+        del self.replies, self.cancelled, self.discarded_seconds
 
 
 class Reply:
@@ -181,6 +185,7 @@ class Reply:
         self.transcript = None  # Future of the user's transcript (ASR mode)
         self.cancelled_streams: list[str] = []  # called models that confirmed our cancel (their CANCELLED error)
         self.lock = threading.Lock()
+        self.started_at = time.monotonic()
 
     def track(self, stream: bls.Stream) -> bls.Stream:
         with self.lock:
@@ -471,6 +476,8 @@ class RealtimeService:
                         pass
                 for model in reply.cancelled_streams:
                     self.metrics.count(self.metrics.cancelled, stream=model)
+                if not reply.committed:
+                    self.metrics.count(self.metrics.discarded_seconds, time.monotonic() - reply.started_at)
             if reply.committed and reply.transcript is not None and not reply.user_transcript:
                 try:  # a barge-in: the user's words still join the history
                     reply.user_transcript = reply.transcript.result(timeout=60)
