@@ -55,12 +55,18 @@ class Stream:
         self.cancel_token = secrets.token_hex(16) if cancellable else None
         self._responses = _request(model, tensors, output_names, self.cancel_token).exec(decoupled=True)
         self._cancelled = self._cancel_sent = False
+        self.done = False  # the final response was read: nothing is left to drain
 
     def __iter__(self):
+        if self.done:
+            return
         for response in self._responses:
+            if response.has_error():
+                self.done = True
             raise_if_error(response, self.model)
             if response.output_tensors():
                 yield outputs(response, self.names)
+        self.done = True
 
     def request_cancel(self) -> None:
         """Send CANCEL = this stream's token and return: safe while another thread iterates the stream (that
@@ -84,6 +90,8 @@ class Stream:
         if self._cancelled or self.cancel_token is None:
             return
         self._cancelled = True
+        if self.done:
+            return
         self.request_cancel()
         try:
             for _ in self._responses:  # drain to the final response; a cancelled stream's errors do not matter

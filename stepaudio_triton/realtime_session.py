@@ -466,6 +466,12 @@ class RealtimeService:
                 session.emit(reply, {"type": "error", "error": {"type": "server_error", "code": errors.code_name(exc),
                                                                  "message": errors.client_message(exc)}})
         finally:
+            if reply.committed and reply.transcript is not None and not reply.user_transcript:
+                try:  # a barge-in: the user's words still join the history
+                    reply.user_transcript = reply.transcript.result(timeout=60)
+                except Exception:  # noqa: BLE001 - no transcript: the turn stays out of the history
+                    pass
+            session.reply_ended(reply, failed)  # the next reply may start on the history now
             if reply.stopped.is_set():
                 for stream in reply.streams:  # drain each to its final response (this thread iterates them)
                     stream.request_cancel()
@@ -478,12 +484,6 @@ class RealtimeService:
                     self.metrics.count(self.metrics.cancelled, stream=model)
                 if not reply.committed:
                     self.metrics.count(self.metrics.discarded_seconds, time.monotonic() - reply.started_at)
-            if reply.committed and reply.transcript is not None and not reply.user_transcript:
-                try:  # a barge-in: the user's words still join the history
-                    reply.user_transcript = reply.transcript.result(timeout=60)
-                except Exception:  # noqa: BLE001 - no transcript: the turn stays out of the history
-                    pass
-            session.reply_ended(reply, failed)
 
     def _generate(self, session: Session, reply: Reply) -> None:
         config, options = self.config, session.options
@@ -532,7 +532,8 @@ class RealtimeService:
                   "MAX_NEW_TOKENS": np.array([options.tts_max_new_tokens], dtype=np.int32)}
         if options.seed is not None:
             inputs["SEED"] = np.array([options.seed], dtype=np.int64)
-        speech = reply.track(bls.Stream(self.config.tts_model, inputs, ["WAVEFORM", "SAMPLE_RATE"], cancellable=True))
+        # tts_stream takes no CANCEL: a stopped reply stops reading it, and its drain runs it to its (capped) end.
+        speech = reply.track(bls.Stream(self.config.tts_model, inputs, ["WAVEFORM", "SAMPLE_RATE"]))
         for chunk in reply.responses(speech):
             if reply.stopped.is_set():
                 raise Cancelled("reply stopped")

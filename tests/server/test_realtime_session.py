@@ -90,8 +90,8 @@ def test_short_pause_discards_the_speculation_and_long_pause_commits_the_same_re
     np.testing.assert_array_equal(replies[True], replies[False])  # same seed, same audio span: the same reply
 
 
-def test_barge_in_stops_the_audio_cancels_the_streams_and_the_next_turn_works(triton_server):
-    cancelled_before = counter(triton_server, "stepaudio_realtime_cancelled_streams_total")
+def test_barge_in_stops_the_audio_and_the_next_turn_works(triton_server):
+    barge_ins_before = counter(triton_server, "stepaudio_realtime_replies_total", outcome="cancelled")
     driver = Driver(triton_server, 16000, seed=7, max_new_tokens=12, tts_max_new_tokens=400)
     try:
         driver.silence(0.3)
@@ -112,10 +112,9 @@ def test_barge_in_stops_the_audio_cancels_the_streams_and_the_next_turn_works(tr
     assert len(done) == 1 and done[0].data["response"]["status"] == "completed"  # the next turn works
     assert driver.audio(done[0].data["response"]["id"]).size > 0
     assert len(driver.of_type("input_audio_buffer.speech_started")) == 2
-    deadline = time.monotonic() + 20  # the cancelled TTS stream confirms within one chunk
-    while counter(triton_server, "stepaudio_realtime_cancelled_streams_total") <= cancelled_before:
-        assert time.monotonic() < deadline, "no called stream reported its cancellation"
-        time.sleep(0.2)
+    # the interrupted turn is in the history: the user's transcript and what the bot had said
+    assert done[0].data["response"]["history_turns"] >= 2
+    assert counter(triton_server, "stepaudio_realtime_replies_total", outcome="cancelled") == barge_ins_before + 1
 
 
 def _refused(session: TritonRealtimeSession, *words, timeout: float = 10.0):

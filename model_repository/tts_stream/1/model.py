@@ -6,17 +6,12 @@ flow and vocoder calls go over BLS to the served ``flow_decoder`` / ``vocoder`` 
 chosen by the text's leading tag), so streams batch with each other and with ``ensemble_tts`` there. The
 first chunk comes after ``first_chunk_tokens`` ids, later ones grow. Each response carries WAVEFORM (float32,
 22.05 kHz) and SAMPLE_RATE; an empty final response ends the stream. A client cancel/disconnect stops the LLM
-stream (its slot is freed at the engine's next step) and drops the decoder state; so does a CANCEL request naming
-the stream's cancel token (how a BLS caller such as ``realtime_session`` stops it: ``bls.Stream.request_cancel``),
-after which the stream ends with a CANCELLED error.
+stream (its slot is freed at the engine's next step) and drops the decoder state.
 """
-
-import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from stepaudio.errors import Cancelled
 from stepaudio.tts.streaming import ChunkSchedule, SpeechStream
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
@@ -27,23 +22,12 @@ from stepaudio_triton.adapter import (
     parse_config,
     tensor,
 )
-from stepaudio_triton.generation import SAMPLING_INPUTS, LiveStreams, answer_cancel, cancel_token
+from stepaudio_triton.generation import SAMPLING_INPUTS
 from stepaudio_triton.served_decoder import ServedToken2Wav
 from stepaudio_triton.threads import BoundedThreads
 
 FRONTEND_INPUTS = ("TEXT", "SPEAKER", "PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")
 FRONTEND_OUTPUTS = ["INPUT_IDS", "PROMPT_TOKENS", "PROMPT_MEL", "SPEAKER_EMBEDDING", "DECODER"]
-
-
-class CancelFlag:
-    """Set by a CANCEL naming the stream's token (``LiveStreams`` calls ``cancel``); the serving thread checks it
-    at every LLM id, so the stream stops within one chunk."""
-
-    def __init__(self):
-        self.event = threading.Event()
-
-    def cancel(self) -> None:
-        self.event.set()
 
 
 class TritonPythonModel:
@@ -67,12 +51,9 @@ class TritonPythonModel:
         self.llm_model = parameter(config, "llm_model", "tts_llm")
 
         self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "tts_stream")
-        self.live = LiveStreams()
 
     def execute(self, requests):
         for request in requests:
-            if answer_cancel(request, self.live):
-                continue
             try:
                 self.workers.submit(lambda request=request: self._serve(request))
             except Exception as exc:  # noqa: BLE001 - all workers busy: UNAVAILABLE for this request
@@ -84,12 +65,8 @@ class TritonPythonModel:
 
     def _serve(self, request):
         sender = request.get_response_sender()
-        llm_responses = token = None
+        llm_responses = None
         try:
-            token = cancel_token(request)
-            flag = CancelFlag()
-            if token is not None:
-                self.live.add(token, flag)
             inputs = {n: v for n in FRONTEND_INPUTS if (v := optional_input(request, n)) is not None}
             sampling = {n: v for n, _, _ in SAMPLING_INPUTS if (v := optional_input(request, n)) is not None}
             seed = optional_scalar(request, "SEED", int)
@@ -113,9 +90,6 @@ class TritonPythonModel:
                     llm_responses.cancel()
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     return
-                if flag.event.is_set():
-                    llm_responses.cancel()
-                    raise Cancelled("stream cancelled by its owner")
                 chunk = speech.feed(response["OUTPUT_IDS"])
                 if chunk.size:
                     sender.send(pb_utils.InferenceResponse([tensor("WAVEFORM", chunk), tensor("SAMPLE_RATE", rate)]))
@@ -128,6 +102,3 @@ class TritonPythonModel:
             if llm_responses is not None:
                 llm_responses.cancel()
             sender.send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        finally:
-            if token is not None:
-                self.live.discard(token)
