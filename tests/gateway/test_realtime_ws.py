@@ -32,7 +32,7 @@ async def _events(ws, into: list, seconds: float) -> None:
     try:
         while True:
             into.append(json.loads(await asyncio.wait_for(ws.recv(), seconds)))
-    except asyncio.TimeoutError:
+    except (asyncio.TimeoutError, websockets.exceptions.ConnectionClosed):  # nothing more, or the session ended
         pass
 
 
