@@ -95,6 +95,17 @@ DEFAULTS: dict[str, str] = {
     # A BLS stream that sends nothing for this long is abandoned with UNAVAILABLE (a called stub died; Triton 2.51
     # never ends such a stream).
     "bls_stall_timeout_s": "60",
+    # Real-time sessions (vad, stream_tokenizer, realtime_session; docs/realtime.md).
+    "realtime_max_sessions": "128",  # live sessions per model instance; more → UNAVAILABLE
+    "realtime_idle_timeout_s": "30",  # a session without audio this long is freed (Triton's sequence idle too)
+    "realtime_max_session_seconds": "1800",
+    "realtime_max_chunk_seconds": "5",  # audio per request: clients send it as it arrives
+    "stream_vq06_segment_seconds": "30",  # the reference's segment: ids equal one-shot tokenization's
+    "realtime_end_of_turn_ms": "600",  # silence that ends a user turn
+    "realtime_pause_ms": "200",  # silence that starts a speculative reply
+    "realtime_speculation": "true",  # sessions may turn it off on START
+    "realtime_chat_max_new_tokens": "256",  # reply text tokens: cap and default per reply
+    "realtime_tts_max_new_tokens": "1024",  # speech ids: cap and default per reply sentence
 }
 
 
@@ -150,6 +161,9 @@ def served_models(checkpoints: Path) -> list[ServedModel]:
         ServedModel("chat_reply", "chat_reply"),
         ServedModel("ensemble_chat", "ensemble_chat", {"tokenizer_model": "tokenizer", "chat_reply_model": "chat_reply",
                                                        **names["speech"]}),
+        ServedModel("vad", "vad"),
+        ServedModel("stream_tokenizer", "stream_tokenizer"),
+        ServedModel("realtime_session", "realtime_session"),
     ]
     for decoder_dir_name, decoder, suffix in decoders:
         decoder_dir = tts_dir / decoder_dir_name
@@ -176,6 +190,7 @@ def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str
     if unknown:
         raise RenderError(f"unknown --set key(s) {unknown}; known: {sorted(DEFAULTS)}")
     values = dict(DEFAULTS) | overrides
+    values["realtime_idle_timeout_us"] = str(int(float(values["realtime_idle_timeout_s"]) * 1_000_000))
     values |= {
         "tts_checkpoint": str((checkpoints / layout.TTS_DIR).resolve()),
         "chat_checkpoint": str((checkpoints / layout.CHAT_DIR).resolve()),

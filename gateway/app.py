@@ -33,6 +33,7 @@ from gateway.config import Settings
 from gateway.errors import APIError, error_response
 from gateway.limits import Auth, Lease, Limiter
 from gateway.metrics import Metrics, MetricsMiddleware
+from gateway.realtime import mount_realtime
 from gateway.speech import SpeechRequest, styled_text, tts_tensors
 from gateway.triton import Triton, TritonError, TritonUnavailable
 from gateway.voices import VoiceStore
@@ -368,6 +369,8 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({**ids, "object": "chat.completion",
                              "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                              "step_audio": {"user_transcript": transcript}})
+
+    mount_realtime(app, auth, limiter, triton)  # /v1/realtime: WebSocket voice sessions (docs/realtime.md)
 
     known = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -119,7 +119,7 @@ class Stream:
     def request_cancel(self) -> None:
         """Send CANCEL = this stream's token and return; the thread iterating the stream then ends with the called
         model's ``Cancelled`` within one of its steps. Best effort, never raises."""
-        if self._cancel_sent or self._stalled or self.cancel_token is None:
+        if self._cancel_sent or self._stalled or self._ended or self.cancel_token is None:
             return
         self._cancel_sent = True
         cancel = np.array([self.cancel_token.encode()], dtype=np.object_)

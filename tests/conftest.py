@@ -22,7 +22,10 @@ signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
 # A BLS stream on a killed stub is abandoned after 30 s, not the production 60 (the fault-injection test waits for it).
-TEST_RENDER_VALUES = {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000", "bls_stall_timeout_s": "30"}
+# Real-time sessions: a short idle timeout (the abandoned-session tests wait for it) and short vq06 segments
+# (streamed ids leave during the audio, not only at END).
+TEST_RENDER_VALUES = {"batch_queue_delay_us": "100000", "chat_max_context_tokens": "2000", "bls_stall_timeout_s": "30",
+                      "realtime_idle_timeout_s": "4", "stream_vq06_segment_seconds": "1.2"}
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,541 @@
+"""The served real-time voice session (``realtime_session``): one Triton sequence per conversation.
+
+Each request of the sequence carries an audio chunk. The session runs it through the served ``vad`` (over BLS, same
+correlation id), feeds the VAD frames to ``stepaudio.realtime.RealtimeController`` and carries out its actions:
+
+- a reply runs on its own thread: ``tokenizer`` on the turn's audio → ``chat_llm`` (the text history + this turn's
+  audio ids; streamed text) and ``chat_llm`` in ASR mode (the turn's transcript, which joins the history in place
+  of the audio) → ``tts_stream`` per completed sentence → audio deltas;
+- a speculative reply (started at the user's first pause) sends nothing: its events wait in the reply until the
+  controller commits it at end of turn (then they leave at once and the rest streams live) or discards it (its
+  streams are cancelled, its events dropped — it is never heard);
+- barge-in (speech while the bot replies): from that moment no event of the reply is sent (``response.cancelled``
+  is its last), and its chat/TTS streams are cancelled (CANCEL with the stream's token).
+
+Responses: the model is decoupled, and a session's events go out on the response sender of its latest request;
+when the next chunk arrives, the previous sender gets its final flag. Over one gRPC stream the client therefore sees
+one ordered stream of events. Each response carries ``EVENT`` (JSON) and, for ``response.audio.delta``, ``WAVEFORM``.
+The events are listed in docs/realtime.md.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from stepaudio.chat.speech import SentenceSplitter
+from stepaudio.errors import Cancelled
+from stepaudio.realtime import (
+    CancelReply,
+    CommitReply,
+    DiscardReply,
+    RealtimeConfig,
+    RealtimeController,
+    SpeechStarted,
+    SpeechStopped,
+    StartReply,
+    VadFrame,
+)
+from stepaudio.realtime.vad import WINDOW_SECONDS
+from stepaudio_triton import bls, errors
+from stepaudio_triton.adapter import (
+    error_response,
+    optional_input,
+    optional_scalar,
+    optional_string,
+    parameter,
+    required_input,
+)
+from stepaudio_triton.sequences import SequenceControls
+from stepaudio_triton.threads import BoundedThreads
+
+TURN_PAD_SECONDS = 0.1  # audio kept on each side of the VAD's speech span for the reply
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _string(text: str) -> np.ndarray:
+    return np.array([text.encode()], dtype=np.object_)
+
+
+@dataclass
+class ServiceConfig:
+    vad_model: str
+    tokenizer_model: str
+    chat_model: str
+    tts_model: str
+    default_speaker: str
+    max_sentence_chars: int
+    max_chunk_seconds: float
+    max_history_turns: int
+    chat_max_new_tokens: int  # cap and default per reply
+    tts_max_new_tokens: int  # cap and default per sentence
+    controller: RealtimeConfig
+
+    @classmethod
+    def from_config(cls, config: dict) -> ServiceConfig:
+        p = lambda key, default, cast=str: parameter(config, key, default, cast)  # noqa: E731
+        controller = RealtimeConfig(
+            end_of_turn_ms=p("end_of_turn_ms", 600.0, float), pause_ms=p("pause_ms", 200.0, float),
+            speculation=p("speculation", True, bool), max_turn_seconds=p("max_turn_seconds", 30.0, float),
+            max_session_seconds=p("max_session_seconds", 1800.0, float),
+            idle_timeout_seconds=p("idle_timeout_s", 30.0, float)).validate()
+        return cls(p("vad_model", "vad"), p("tokenizer_model", "tokenizer"), p("chat_model", "chat_llm"),
+                   p("tts_model", "tts_stream"), p("default_speaker", "Tingting"), p("max_sentence_chars", 200, int),
+                   p("max_chunk_seconds", 5.0, float), p("max_history_turns", 32, int),
+                   p("chat_max_new_tokens", 256, int), p("tts_max_new_tokens", 1024, int), controller)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a client chooses on START (every field optional)."""
+
+    sample_rate: int
+    speaker: str
+    seed: int | None
+    speculation: bool
+    max_new_tokens: int
+    tts_max_new_tokens: int
+
+    @classmethod
+    def from_request(cls, request, service: ServiceConfig) -> SessionOptions:
+        rate = optional_scalar(request, "SAMPLE_RATE", int)
+        if rate is None:
+            raise ValueError("the START request of a session must carry SAMPLE_RATE")
+        if not 8000 <= rate <= 48000:
+            raise ValueError(f"SAMPLE_RATE must be 8000..48000 Hz for a real-time session, got {rate}")
+        speculation = optional_scalar(request, "SPECULATION", bool)
+        max_new = optional_scalar(request, "MAX_NEW_TOKENS", int)
+        tts_max_new = optional_scalar(request, "TTS_MAX_NEW_TOKENS", int)
+        for name, value, cap in (("MAX_NEW_TOKENS", max_new, service.chat_max_new_tokens),
+                                 ("TTS_MAX_NEW_TOKENS", tts_max_new, service.tts_max_new_tokens)):
+            if value is not None and not 1 <= value <= cap:
+                raise ValueError(f"{name} must be 1..{cap}, got {value}")
+        return cls(rate, optional_string(request, "SPEAKER") or service.default_speaker,
+                   optional_scalar(request, "SEED", int),
+                   service.controller.speculation if speculation is None else speculation,
+                   max_new or service.chat_max_new_tokens, tts_max_new or service.tts_max_new_tokens)
+
+
+class AudioBuffer:
+    """The session's audio at its own rate, trimmed to what a reply can still need."""
+
+    def __init__(self, rate: int):
+        self.rate, self.offset, self.data = rate, 0, np.zeros(0, np.float32)
+
+    def append(self, chunk: np.ndarray) -> None:
+        self.data = np.concatenate([self.data, chunk.astype(np.float32, copy=False)])
+
+    def slice(self, start_s: float, end_s: float) -> np.ndarray:
+        start = max(int(start_s * self.rate) - self.offset, 0)
+        return self.data[start:max(int(end_s * self.rate) - self.offset, start)].copy()
+
+    def trim_before(self, t_s: float) -> None:
+        cut = int(t_s * self.rate) - self.offset
+        if cut > 0:
+            self.data, self.offset = self.data[cut:], self.offset + cut
+
+
+class Metrics:
+    """Counters on Triton's metrics endpoint (for tests, the bench and operators)."""
+
+    def __init__(self, model: str):
+        self.replies = pb_utils.MetricFamily(name="stepaudio_realtime_replies_total", kind=pb_utils.MetricFamily.COUNTER,
+                                             description="replies by outcome: committed speculative, discarded "
+                                                         "speculative, direct, completed, cancelled (barge-in), failed")
+        self.discarded_seconds = pb_utils.MetricFamily(
+            name="stepaudio_realtime_discarded_reply_seconds_total", kind=pb_utils.MetricFamily.COUNTER,
+            description="wall seconds discarded speculative replies kept a worker (and the models it called) busy")
+        self.cancelled = pb_utils.MetricFamily(name="stepaudio_realtime_cancelled_streams_total",
+                                               kind=pb_utils.MetricFamily.COUNTER,
+                                               description="called streams a session cancelled and saw end cancelled")
+        self._metrics: dict = {}
+        self.model = model
+
+    def count(self, family, value: float = 1, **labels) -> None:
+        key = (id(family), tuple(sorted(labels.items())))
+        if key not in self._metrics:
+            self._metrics[key] = family.Metric(labels={"model": self.model, **labels})
+        self._metrics[key].increment(value)
+
+    def close(self) -> None:
+        self._metrics.clear()
+        del self.replies, self.cancelled, self.discarded_seconds
+
+
+class Reply:
+    """One reply's worker state. ``stopped``: discarded or cancelled — nothing more of it is sent."""
+
+    def __init__(self, action: StartReply, previous: Reply | None):
+        self.id = action.reply_id
+        self.response_id = "resp_" + secrets.token_hex(8)
+        self.action, self.previous = action, previous
+        self.committed = not action.speculative
+        self.stopped = threading.Event()
+        self.finished = threading.Event()  # the worker has ended
+        self.pending: list[tuple[dict, np.ndarray | None]] = []  # events held while speculative
+        self.streams: list[bls.Stream] = []
+        self.text, self.user_transcript, self.done_sent, self.failed = "", "", False, False
+        self.transcript = None  # Future of the user's transcript (ASR mode)
+        self.cancelled_streams: list[str] = []  # called models that confirmed our cancel (their CANCELLED error)
+        self.lock = threading.Lock()
+        self.started_at = time.monotonic()
+
+    def track(self, stream: bls.Stream) -> bls.Stream:
+        with self.lock:
+            self.streams.append(stream)
+            stopped = self.stopped.is_set()
+        if stopped:
+            stream.request_cancel()
+        return stream
+
+    def responses(self, stream: bls.Stream):
+        """A tracked stream's responses; its CANCELLED end is recorded (the called model confirmed the cancel)."""
+        try:
+            yield from stream
+        except Cancelled:
+            self.cancelled_streams.append(stream.model)
+            raise
+
+    def stop(self) -> None:
+        """Stop sending at once; ask the called models to end the streams (the worker sees them end)."""
+        self.stopped.set()
+        with self.lock:
+            streams = list(self.streams)
+        for stream in streams:
+            stream.request_cancel()
+
+
+class Session:
+    def __init__(self, service: RealtimeService, correlation_id: int, options: SessionOptions):
+        self.service, self.correlation_id, self.options = service, correlation_id, options
+        self.controller = RealtimeController(
+            RealtimeConfig(**{**service.config.controller.__dict__, "speculation": options.speculation}))
+        self.audio = AudioBuffer(options.sample_rate)
+        self.history: list[dict] = []
+        self.lock = threading.RLock()
+        self.sender = None
+        self.reply: Reply | None = None
+        self.last_reply: Reply | None = None
+        self.vad_started = False
+        self.closed = False
+
+    # ---- output ------------------------------------------------------------------------------------------------
+    def attach(self, sender) -> None:
+        """A new request: its sender carries the events from now on; the previous one is closed."""
+        with self.lock:
+            previous, self.sender = self.sender, sender
+            if previous is not None:
+                self._send_on(previous, None, final=True)
+
+    def send(self, event: dict, waveform: np.ndarray | None = None) -> None:
+        with self.lock:
+            if self.sender is not None:
+                self._send_on(self.sender, (event, waveform))
+
+    def _send_on(self, sender, item, final: bool = False) -> None:
+        try:
+            if item is None:
+                sender.send(flags=_FINAL)
+                return
+            event, waveform = item
+            outputs = [pb_utils.Tensor("EVENT", _string(json.dumps(event, ensure_ascii=False)))]
+            if waveform is not None:
+                outputs.append(pb_utils.Tensor("WAVEFORM", np.ascontiguousarray(waveform, dtype=np.float32)))
+            sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=_FINAL if final else 0)
+        except Exception:  # noqa: BLE001 - the client went away: the session ends by END or idle timeout
+            if sender is self.sender:
+                self.sender = None
+
+    def emit(self, reply: Reply, event: dict, waveform: np.ndarray | None = None) -> None:
+        """A reply's event: dropped once the reply is stopped, held while it is speculative, else sent."""
+        with self.lock:
+            if reply.stopped.is_set():
+                return
+            if not reply.committed:
+                reply.pending.append((event, waveform))
+                return
+            self.send(event, waveform)
+
+    # ---- input -------------------------------------------------------------------------------------------------
+    def feed(self, chunk: np.ndarray, end: bool) -> None:
+        flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if not self.vad_started else 0) | (
+            pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if end else 0)
+        response = pb_utils.InferenceRequest(
+            model_name=self.service.config.vad_model, requested_output_names=["PROBABILITY", "FIRST_WINDOW"],
+            inputs=[pb_utils.Tensor("AUDIO", chunk[None].astype(np.float32)),
+                    pb_utils.Tensor("SAMPLE_RATE", np.array([[self.options.sample_rate]], dtype=np.int32))],
+            correlation_id=self.correlation_id, flags=flags,
+            request_id=errors.BLS_REQUEST_ID_PREFIX + secrets.token_hex(8)).exec()
+        self.vad_started = True
+        bls.raise_if_error(response, self.service.config.vad_model)
+        got = bls.outputs(response, ["PROBABILITY", "FIRST_WINDOW"])
+        first = int(got["FIRST_WINDOW"].reshape(-1)[0])
+        with self.lock:
+            self.audio.append(chunk)
+            for i, probability in enumerate(got["PROBABILITY"].reshape(-1)):
+                for action in self.controller.on_frame(VadFrame((first + i) * WINDOW_SECONDS, float(probability))):
+                    self._act(action)
+            if self.reply is None and self.controller.state.value == "silence":
+                self.audio.trim_before(max(0.0, (first + got["PROBABILITY"].size) * WINDOW_SECONDS - 1.0))
+
+    def _act(self, action) -> None:
+        metrics = self.service.metrics
+        if isinstance(action, SpeechStarted):
+            self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": round(action.audio_start_s * 1000)})
+        elif isinstance(action, SpeechStopped):
+            self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": round(action.audio_end_s * 1000)})
+        elif isinstance(action, StartReply):
+            reply = Reply(action, self.last_reply)
+            self.reply = self.last_reply = reply
+            if reply.committed:
+                metrics.count(metrics.replies, outcome="direct")
+                self.send(self._created(reply))
+            try:
+                self.service.workers.submit(lambda: self.service.run_reply(self, reply))
+            except Exception as exc:  # noqa: BLE001 - no worker free: this reply fails, the session goes on
+                self.emit(reply, {"type": "error", "error": {"type": "server_error", "code": "busy", "message": str(exc)}})
+                self.reply_ended(reply, failed=True)
+        elif isinstance(action, CommitReply):
+            reply = self.reply
+            reply.committed = True
+            metrics.count(metrics.replies, outcome="committed")
+            self.send(self._created(reply))
+            pending, reply.pending = reply.pending, []
+            for event, waveform in pending:
+                self.send(event, waveform)
+            if reply.finished.is_set() and not reply.done_sent:
+                self._finish(reply)
+        elif isinstance(action, DiscardReply):
+            metrics.count(metrics.replies, outcome="discarded")
+            self._stop(action.reply_id)
+        elif isinstance(action, CancelReply):
+            metrics.count(metrics.replies, outcome="cancelled")
+            reply = self._stop(action.reply_id)
+            if reply is not None:
+                self.send({"type": "response.cancelled", "response_id": reply.response_id, "reason": "barge_in"})
+
+    def _created(self, reply: Reply) -> dict:
+        return {"type": "response.created", "response": {"id": reply.response_id, "status": "in_progress",
+                                                         "speculative": reply.action.speculative}}
+
+    def _stop(self, reply_id: int) -> Reply | None:
+        reply = self.reply if self.reply is not None and self.reply.id == reply_id else None
+        if reply is not None:
+            self.reply = None
+            reply.stop()
+        return reply
+
+    def reply_ended(self, reply: Reply, failed: bool) -> None:
+        """The worker is done; a committed reply ends now, a speculative one when (if) it is committed. A reply
+        the user talked over (barge-in) keeps what was said so far in the history."""
+        with self.lock:
+            reply.failed = failed
+            if reply.committed and reply.stopped.is_set():
+                self.remember(reply)
+            reply.finished.set()
+            if reply.committed and not reply.stopped.is_set():
+                self._finish(reply)
+
+    def _finish(self, reply: Reply) -> None:
+        status = "failed" if reply.failed else "completed"
+        reply.done_sent = True
+        if not reply.failed:
+            self.remember(reply)
+        self.service.metrics.count(self.service.metrics.replies, outcome=status)
+        self.send({"type": "response.done", "response": {
+            "id": reply.response_id, "status": status, "output_transcript": reply.text,
+            "user_transcript": reply.user_transcript, "history_turns": len(self.history)}})
+        if self.reply is reply:
+            self.reply = None
+        self.controller.on_reply_finished(reply.id)
+
+    def remember(self, reply: Reply) -> None:
+        """A committed reply joins the text history: the user's transcript and what the bot said (up to a barge-in)."""
+        with self.lock:
+            if reply.user_transcript:
+                self.history.append({"role": "user", "content": reply.user_transcript})
+            if reply.text:
+                self.history.append({"role": "assistant", "content": reply.text})
+            del self.history[:-self.service.config.max_history_turns]
+
+    def close(self, reason: str, error: bool = False) -> None:
+        """END, idle timeout or shutdown: stop the reply, tell the client, end its stream, free the VAD sequence."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.reply is not None:
+                self.reply.stop()
+                self.reply = None
+            if error:
+                self.send({"type": "error", "error": {"type": "session_error", "code": "session_expired", "message": reason}})
+            self.send({"type": "session.closed", "reason": reason})
+            if self.sender is not None:
+                self._send_on(self.sender, None, final=True)
+                self.sender = None
+        if self.vad_started and reason != "ended":
+            try:  # the client's END went to the VAD with the last chunk; otherwise end the VAD's sequence here
+                pb_utils.InferenceRequest(
+                    model_name=self.service.config.vad_model, requested_output_names=["PROBABILITY"],
+                    inputs=[pb_utils.Tensor("AUDIO", np.zeros((1, 0), np.float32))], correlation_id=self.correlation_id,
+                    flags=pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END,
+                    request_id=errors.BLS_REQUEST_ID_PREFIX + secrets.token_hex(8)).exec()
+            except Exception:  # noqa: BLE001 - the VAD frees an idle sequence itself
+                pass
+
+
+class RealtimeService:
+    """What ``realtime_session/1/model.py`` delegates to: sessions by correlation id, reply workers."""
+
+    def __init__(self, config: ServiceConfig, table, metrics: Metrics, max_sessions: int):
+        self.config, self.sessions, self.metrics = config, table, metrics
+        self.workers = BoundedThreads(2 * max_sessions, "realtime_session-reply")
+        self.asr = ThreadPoolExecutor(max_sessions, thread_name_prefix="realtime_session-asr")
+
+    def close(self) -> None:
+        self.sessions.close_all()
+        self.workers.close()
+        self.asr.shutdown(wait=True, cancel_futures=True)
+
+    def handle(self, request) -> None:
+        sender = request.get_response_sender()
+        controls = None
+        try:
+            controls = SequenceControls.from_request(request)
+            if controls.start:
+                options = SessionOptions.from_request(request, self.config)
+                session = self.sessions.open(controls.correlation_id,
+                                             lambda: Session(self, controls.correlation_id, options))
+            else:
+                session = self.sessions.get(controls.correlation_id)
+                rate = optional_scalar(request, "SAMPLE_RATE", int)
+                if rate is not None and rate != session.options.sample_rate:
+                    raise ValueError(f"SAMPLE_RATE {rate} differs from the session's {session.options.sample_rate}")
+            chunk = required_input(request, "AUDIO")
+            if chunk.ndim != 2 or chunk.shape[0] != 1:
+                raise ValueError(f"AUDIO must be [1, samples] (batch 1), got shape {list(chunk.shape)}")
+            if chunk.shape[1] > self.config.max_chunk_seconds * session.options.sample_rate:
+                raise ValueError(f"an AUDIO chunk may hold at most {self.config.max_chunk_seconds:g} s; "
+                                 "send the audio as it arrives")
+            if optional_input(request, "SPECULATION") is not None and not controls.start:
+                raise ValueError("SPECULATION is chosen on START")
+        except Exception as exc:  # noqa: BLE001 - this request fails; a live session goes on
+            sender.send(error_response(exc, request), flags=_FINAL)
+            if controls is not None and controls.end:
+                self.sessions.close(controls.correlation_id)
+            return
+        session.attach(sender)
+        if controls.start:
+            session.send({"type": "session.created", "session": {
+                "sample_rate": session.options.sample_rate, "speculation": session.options.speculation,
+                "end_of_turn_ms": self.config.controller.end_of_turn_ms, "pause_ms": self.config.controller.pause_ms,
+                "speaker": session.options.speaker}})
+        try:
+            session.feed(chunk[0], controls.end)
+        except Exception as exc:  # noqa: BLE001 - a failed VAD call: the client hears of it, the session goes on
+            session.send({"type": "error", "error": {"type": "server_error", "code": errors.code_name(exc),
+                                                     "message": errors.client_message(exc)}})
+        if controls.end:
+            session.close("ended")
+            self.sessions.close(controls.correlation_id)
+            return
+        expired = session.controller.expired()
+        if expired:
+            session.close(expired, error=True)
+            self.sessions.close(controls.correlation_id)
+
+    # ---- one reply, on a worker thread -------------------------------------------------------------------------
+    def run_reply(self, session: Session, reply: Reply) -> None:
+        failed = False
+        try:
+            if reply.previous is not None:
+                reply.previous.finished.wait(30)  # its transcript joins the history first
+            self._generate(session, reply)
+        except Cancelled:
+            pass
+        except Exception as exc:  # noqa: BLE001 - reported to the client as this reply's error
+            failed = True
+            if not reply.stopped.is_set():
+                session.emit(reply, {"type": "error", "error": {"type": "server_error", "code": errors.code_name(exc),
+                                                                 "message": errors.client_message(exc)}})
+        finally:
+            if reply.committed and reply.transcript is not None and not reply.user_transcript:
+                try:  # a barge-in: the user's words still join the history
+                    reply.user_transcript = reply.transcript.result(timeout=60)
+                except Exception:  # noqa: BLE001 - no transcript: the turn stays out of the history
+                    pass
+            session.reply_ended(reply, failed)  # the next reply may start on the history now
+            if reply.stopped.is_set():
+                for stream in reply.streams:  # drain each to its final response (this thread iterates them)
+                    stream.request_cancel()
+                    try:
+                        for _ in reply.responses(stream):
+                            pass
+                    except Exception:  # noqa: BLE001 - a stopped stream's end is only counted
+                        pass
+                for model in reply.cancelled_streams:
+                    self.metrics.count(self.metrics.cancelled, stream=model)
+                if not reply.committed:
+                    self.metrics.count(self.metrics.discarded_seconds, time.monotonic() - reply.started_at)
+
+    def _generate(self, session: Session, reply: Reply) -> None:
+        config, options = self.config, session.options
+        with session.lock:
+            audio = session.audio.slice(reply.action.audio_start_s - TURN_PAD_SECONDS,
+                                        reply.action.audio_end_s + TURN_PAD_SECONDS)
+            history = list(session.history)
+        ids = bls.call(config.tokenizer_model, {"AUDIO": audio[None, None],
+                                                "SAMPLE_RATE": np.array([[options.sample_rate]], dtype=np.int32)},
+                       ["AUDIO_IDS"])["AUDIO_IDS"][0]
+        if reply.stopped.is_set():
+            raise Cancelled("reply stopped")
+        reply.transcript = self.asr.submit(self._transcribe, ids)
+        sampling = {"MAX_NEW_TOKENS": np.array([options.max_new_tokens], dtype=np.int32)}
+        if options.seed is not None:
+            sampling["SEED"] = np.array([options.seed], dtype=np.int64)
+        chat = reply.track(bls.Stream(config.chat_model, {"MESSAGES": _string(json.dumps(history, ensure_ascii=False)),
+                                                          "AUDIO_IDS": ids, **sampling}, ["TEXT_DELTA"], cancellable=True))
+        splitter = SentenceSplitter(config.max_sentence_chars)
+        for response in reply.responses(chat):
+            delta = response["TEXT_DELTA"].reshape(-1)[0].decode()
+            reply.text += delta
+            session.emit(reply, {"type": "response.audio_transcript.delta", "response_id": reply.response_id,
+                                 "delta": delta})
+            for sentence in splitter.feed(delta):
+                self._speak(session, reply, sentence)
+            if reply.stopped.is_set():
+                raise Cancelled("reply stopped")
+        for sentence in splitter.flush():
+            self._speak(session, reply, sentence)
+        reply.user_transcript = reply.transcript.result()
+        session.emit(reply, {"type": "conversation.item.input_audio_transcription.completed",
+                             "response_id": reply.response_id, "transcript": reply.user_transcript})
+
+    def _transcribe(self, ids: np.ndarray) -> str:
+        """Not cancelled with its reply: the user's words belong in the history even when the reply is cut short."""
+        parts = bls.Stream(self.config.chat_model, {"MODE": _string("asr"), "AUDIO_IDS": ids}, ["TEXT_DELTA"],
+                           cancellable=True)
+        return "".join(r["TEXT_DELTA"].reshape(-1)[0].decode() for r in parts)
+
+    def _speak(self, session: Session, reply: Reply, sentence: str) -> None:
+        if reply.stopped.is_set():
+            raise Cancelled("reply stopped")
+        options = session.options
+        inputs = {"TEXT": _string(sentence), "SPEAKER": _string(options.speaker),
+                  "MAX_NEW_TOKENS": np.array([options.tts_max_new_tokens], dtype=np.int32)}
+        if options.seed is not None:
+            inputs["SEED"] = np.array([options.seed], dtype=np.int64)
+        # tts_stream takes no CANCEL: a stopped reply stops reading it, and its drain runs it to its (capped) end.
+        speech = reply.track(bls.Stream(self.config.tts_model, inputs, ["WAVEFORM", "SAMPLE_RATE"]))
+        for chunk in reply.responses(speech):
+            if reply.stopped.is_set():
+                raise Cancelled("reply stopped")
+            session.emit(reply, {"type": "response.audio.delta", "response_id": reply.response_id,
+                                 "sample_rate": int(chunk["SAMPLE_RATE"].reshape(-1)[0])}, chunk["WAVEFORM"])

@@ -1,0 +1,105 @@
+"""``/v1/realtime``: a WebSocket voice session through the gateway to the served ``realtime_session``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import numpy as np
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from tests.gateway.conftest import API_KEY
+from tests.realtime.scripted import build
+
+pytestmark = pytest.mark.server
+RATE = 16000
+CHUNK = int(0.1 * RATE)
+
+
+def _pcm16(wave: np.ndarray) -> str:
+    return base64.b64encode((np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()).decode()
+
+
+def _url(gateway) -> str:
+    return gateway.url.replace("http://", "ws://") + "/v1/realtime"
+
+
+async def _events(ws, into: list, seconds: float) -> None:
+    try:
+        while True:
+            into.append(json.loads(await asyncio.wait_for(ws.recv(), seconds)))
+    except (asyncio.TimeoutError, websockets.exceptions.ConnectionClosed):  # nothing more, or the session ended
+        pass
+
+
+async def _stream(ws, wave: np.ndarray, speed: float, events: list) -> None:
+    for i in range(0, wave.shape[0], CHUNK):
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": _pcm16(wave[i:i + CHUNK])}))
+        await _events(ws, events, CHUNK / RATE / speed)
+
+
+def test_a_spoken_turn_over_the_websocket(gateway):
+    session = build(RATE, [0.4, "speech", 0.9])
+
+    async def run():
+        events: list = []
+        async with connect(_url(gateway), additional_headers={"Authorization": f"Bearer {API_KEY}"}) as ws:
+            await ws.send(json.dumps({"type": "session.update", "session": {
+                "sample_rate": RATE, "seed": 7, "max_response_output_tokens": 8, "max_speech_tokens": 40}}))
+            await ws.send(json.dumps({"type": "no.such.event"}))
+            await _stream(ws, session.wave, 4.0, events)
+            deadline = time.monotonic() + 90
+            while not any(e["type"] == "response.done" for e in events) and time.monotonic() < deadline:
+                await _stream(ws, np.zeros(CHUNK, np.float32), 1.0, events)
+            await ws.send(json.dumps({"type": "session.close"}))
+            await _events(ws, events, 10)
+        return events
+
+    events = asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["session.updated", "error"] and "unknown event type" in events[1]["error"]["message"]
+    main = [k for k in kinds if k in ("session.created", "input_audio_buffer.speech_started",
+                                      "input_audio_buffer.speech_stopped", "response.created", "response.done",
+                                      "session.closed")]
+    assert main == ["session.created", "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                    "response.created", "response.done", "session.closed"]
+    (start, end), = session.speech
+    started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
+    stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
+    assert abs(started["audio_start_ms"] / 1000 - start) <= 0.1 and abs(stopped["audio_end_ms"] / 1000 - end) <= 0.1
+    audio = [e for e in events if e["type"] == "response.audio.delta"]
+    assert audio and all(e["sample_rate"] == 22050 for e in audio)
+    samples = np.concatenate([np.frombuffer(base64.b64decode(e["delta"]), "<i2") for e in audio])
+    assert samples.size > 1000 and np.abs(samples).max() > 0
+
+
+def test_websocket_auth_browser_subprotocol_and_pace_limit(gateway):
+    async def run():
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            async with connect(_url(gateway)):
+                pass
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            async with connect(_url(gateway), additional_headers={"Authorization": "Bearer wrong"}):
+                pass
+        events: list = []
+        async with connect(_url(gateway), subprotocols=[f"openai-insecure-api-key.{API_KEY}"]) as ws:
+            assert ws.subprotocol == f"openai-insecure-api-key.{API_KEY}"
+            burst = np.zeros(4 * RATE, np.float32)  # 4 s per message, sent at once: past the 10 s burst at once
+            for _ in range(4):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": _pcm16(burst)}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "not base64!"}))
+            await _events(ws, events, 5)
+            await ws.send(json.dumps({"type": "session.update", "session": {"sample_rate": 8000}}))
+            await _events(ws, events, 3)
+        return events
+
+    events = asyncio.run(run())
+    messages = [e["error"]["message"] for e in events if e["type"] == "error"]
+    assert any("faster than real time" in m for m in messages)
+    assert any("base64" in m for m in messages)
+    assert any("before the first audio" in m for m in messages)
+    assert [e["type"] for e in events].count("session.created") == 1
