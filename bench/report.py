@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import subprocess
@@ -33,6 +34,10 @@ from clients.tts import synthesize  # noqa: E402
 from stepaudio.serve import TritonServer  # noqa: E402
 
 IDS_PER_SECOND = 41.667  # decoder ids per second of speech
+TTS_STREAM_NOTE = (
+    "audio s/s = infer/s × seconds per request. perf_analyzer 2.51 says it times a decoupled model's first response, "
+    "yet its tts_stream latency follows the whole stream's time; the first-chunk latency is the client table's."
+)
 SERVER_MODELS = ("tts", "tts_llm", "tts_frontend", "flow_decoder", "vocoder", "tts_stream")
 
 
@@ -144,7 +149,7 @@ def plot(out: Path, concurrencies, pa, streams, rtf, stats) -> list[str]:
         ax.plot(concurrencies, [pa[model][c]["p50_ms"] for c in concurrencies], style, label=f"{model} p50 (perf_analyzer)")
         ax.plot(concurrencies, [pa[model][c]["p95_ms"] for c in concurrencies], style, alpha=0.5, label=f"{model} p95")
     ax.plot(concurrencies, [streams[c]["first_p50_ms"] for c in concurrencies], "^--", label="clients.tts first chunk p50")
-    ax.set(xlabel="concurrency", ylabel="ms", title="Latency (tts_stream: first chunk)")
+    ax.set(xlabel="concurrency", ylabel="ms", title="Latency (perf_analyzer: per request; clients.tts: first chunk)")
     ax.legend(fontsize=7)
     names.append(_save(fig, out / "latency.png"))
 
@@ -198,8 +203,7 @@ def markdown(args, machine, concurrencies, pa, streams, rtf, peak, stats, images
             r = pa[model][c]
             lines.append(f"| {model} | {c} | {r['throughput']:.2f} | {r['audio_per_s']:.2f} | {r['p50_ms']:.0f} | "
                          f"{r['p95_ms']:.0f} |")
-    lines += ["", "tts_stream latency is the first response (perf_analyzer's decoupled mode); audio s/s = infer/s × "
-              "seconds per request.", "", "## Our streaming client (`clients.tts --stream`, gRPC)",
+    lines += ["", TTS_STREAM_NOTE, "", "## Our streaming client (`clients.tts --stream`, gRPC)",
               "| concurrency | first chunk p50 ms | p95 ms | audio s/s |", "|---|---|---|---|"]
     for c in concurrencies:
         r = streams[c]
@@ -227,7 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--machine", default=f"{platform.machine()}, {os.cpu_count()} cores")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "report")
+    parser.add_argument("--replot", action="store_true", help="redraw from the out folder's results.json only")
     args = parser.parse_args(argv)
+    results = args.out / "results.json"
+    if args.replot:
+        saved = json.loads(results.read_text())
+        for key in ("model_repository", "decoder_dir"):
+            setattr(args, key, saved["args"][key] and Path(saved["args"][key]))
+        for key in ("max_new_tokens", "token2wav_seconds", "threads", "machine", "concurrency"):
+            setattr(args, key, saved["args"][key])
+        pa = {m: {int(c): r for c, r in v.items()} for m, v in saved["perf_analyzer"].items()}
+        streams = {int(c): r for c, r in saved["streams"].items()}
+        return _write(args, pa, streams, saved["rtf"], saved["peak"], saved["stats"])
     if not args.model_repository.is_dir():
         print(f"error: {args.model_repository} is not a rendered repository (make repository / make demo)",
               file=sys.stderr)
@@ -252,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         peak = sgemm_gflops(args.threads)
         rtf = token2wav_rtf(args.decoder_dir, args.token2wav_seconds, args.threads)
         print("sgemm GFLOP/s", peak, "RTF", rtf, flush=True)
+    saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "replot")}
+    results.write_text(json.dumps({"args": saved_args, "perf_analyzer": pa, "streams": streams, "rtf": rtf,
+                                   "peak": peak, "stats": stats}, indent=1))
+    return _write(args, pa, streams, rtf, peak, stats)
+
+
+def _write(args, pa, streams, rtf, peak, stats) -> int:
     images = plot(args.out, args.concurrency, pa, streams, rtf, stats)
     text = markdown(args, args.machine, args.concurrency, pa, streams, rtf, peak, stats, images)
     (args.out / "README.md").write_text(text)
