@@ -70,8 +70,9 @@ class PacedSession:
             self.events += list(self.s.events())
         return left
 
-    def silence_until(self, predicate, max_seconds: float = 60.0):
-        deadline, checked = time.monotonic() + max_seconds, 0
+    def silence_until(self, predicate, max_seconds: float = 60.0, start: int = 0):
+        """Stream silence in real time until an event from index ``start`` on satisfies ``predicate``."""
+        deadline, checked = time.monotonic() + max_seconds, start
         while time.monotonic() < deadline:
             for event in self.events[checked:]:
                 if predicate(event):
@@ -96,7 +97,6 @@ def run_session(url: str, speculation: bool, turns: int, index: int, tokens: int
     try:
         session.send(np.zeros(int(0.3 * rate), np.float32))
         for turn in range(turns + 1):
-            done_before = sum(e.type in ("response.done", "response.cancelled") for e in session.events)
             audio_before = len(session.events)
             if turn % 2:  # a pause inside the turn: a speculative reply starts and is discarded
                 session.send(wave[: int(0.8 * rate)])
@@ -106,8 +106,7 @@ def run_session(url: str, speculation: bool, turns: int, index: int, tokens: int
                 session.send(wave[:last])
             end_sent = session.due - CHUNK_SECONDS  # the chunk with the last speech sample was due then
             session.send(wave[last:])
-            heard = session.silence_until(lambda e, n=audio_before: e.type == "response.audio.delta"
-                                          and session.events.index(e) >= n)
+            heard = session.silence_until(lambda e: e.type == "response.audio.delta", start=audio_before)
             if heard is None:
                 result.failures.append("no reply audio")
                 continue
@@ -115,17 +114,15 @@ def run_session(url: str, speculation: bool, turns: int, index: int, tokens: int
             if turn == turns:  # the barge-in turn
                 onset = session.send(wave[:first + int(0.02 * rate)]) - CHUNK_SECONDS
                 session.send(wave[first + int(0.02 * rate):last])
-                cancelled = session.silence_until(lambda e: e.type == "response.cancelled", 30)
+                cancelled = session.silence_until(lambda e: e.type == "response.cancelled", 30, start=audio_before)
                 if cancelled is None:
                     result.failures.append("barge-in not cancelled")
                 else:
                     result.barge_ins.append(cancelled.at - onset)
                 session.send(wave[last:])
-                session.silence_until(lambda e, n=done_before: sum(
-                    x.type == "response.done" for x in session.events) > n)
+                session.silence_until(lambda e: e.type == "response.done", start=len(session.events) - 1)
             else:
-                session.silence_until(lambda e, n=done_before: sum(
-                    x.type in ("response.done", "response.cancelled") for x in session.events) > n)
+                session.silence_until(lambda e: e.type in ("response.done", "response.cancelled"), start=audio_before)
         session.s.send(np.zeros(0, np.float32), end=True)
         time.sleep(0.5)
     finally:

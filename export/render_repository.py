@@ -106,6 +106,7 @@ DEFAULTS: dict[str, str] = {
     "realtime_speculation": "true",  # sessions may turn it off on START
     "realtime_chat_max_new_tokens": "256",  # reply text tokens: cap and default per reply
     "realtime_tts_max_new_tokens": "1024",  # speech ids: cap and default per reply sentence
+    "realtime_max_history_turns": "16",  # text turns a session keeps (older ones drop out of the chat context)
 }
 
 

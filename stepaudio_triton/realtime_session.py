@@ -88,7 +88,7 @@ class ServiceConfig:
             idle_timeout_seconds=p("idle_timeout_s", 30.0, float)).validate()
         return cls(p("vad_model", "vad"), p("tokenizer_model", "tokenizer"), p("chat_model", "chat_llm"),
                    p("tts_model", "tts_stream"), p("default_speaker", "Tingting"), p("max_sentence_chars", 200, int),
-                   p("max_chunk_seconds", 5.0, float), p("max_history_turns", 32, int),
+                   p("max_chunk_seconds", 5.0, float), p("max_history_turns", 16, int),
                    p("chat_max_new_tokens", 256, int), p("tts_max_new_tokens", 1024, int), controller)
 
 
