@@ -532,8 +532,8 @@ class RealtimeService:
                   "MAX_NEW_TOKENS": np.array([options.tts_max_new_tokens], dtype=np.int32)}
         if options.seed is not None:
             inputs["SEED"] = np.array([options.seed], dtype=np.int64)
-        # tts_stream takes no CANCEL: a stopped reply stops reading it, and its drain runs it to its (capped) end.
-        speech = reply.track(bls.Stream(self.config.tts_model, inputs, ["WAVEFORM", "SAMPLE_RATE"]))
+        # Cancellable: a barge-in sends CANCEL with the stream's token and tts_stream stops within one decode step.
+        speech = reply.track(bls.Stream(self.config.tts_model, inputs, ["WAVEFORM", "SAMPLE_RATE"], cancellable=True))
         for chunk in reply.responses(speech):
             if reply.stopped.is_set():
                 raise Cancelled("reply stopped")

@@ -6,12 +6,17 @@ flow and vocoder calls go over BLS to the served ``flow_decoder`` / ``vocoder`` 
 chosen by the text's leading tag), so streams batch with each other and with ``ensemble_tts`` there. The
 first chunk comes after ``first_chunk_tokens`` ids, later ones grow. Each response carries WAVEFORM (float32,
 22.05 kHz) and SAMPLE_RATE; an empty final response ends the stream. A client cancel/disconnect stops the LLM
-stream (its slot is freed at the engine's next step) and drops the decoder state.
+stream (its slot is freed at the engine's next step) and drops the decoder state; so does a CANCEL request naming
+the stream's cancel token (how a BLS caller such as ``realtime_session`` stops it on barge-in:
+``bls.Stream.request_cancel``), after which the stream ends CANCELLED.
 """
+
+import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from stepaudio.errors import Cancelled
 from stepaudio.tts.streaming import ChunkSchedule, SpeechStream
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
@@ -23,7 +28,7 @@ from stepaudio_triton.adapter import (
     send_error,
     tensor,
 )
-from stepaudio_triton.generation import SAMPLING_INPUTS
+from stepaudio_triton.generation import SAMPLING_INPUTS, LiveStreams, answer_cancel, cancel_token
 from stepaudio_triton.served_decoder import ServedToken2Wav
 from stepaudio_triton.threads import BoundedThreads
 
@@ -53,9 +58,12 @@ class TritonPythonModel:
         self.llm_model = parameter(config, "llm_model", "tts_llm")
 
         self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "tts_stream")
+        self.live = LiveStreams()  # running streams by cancel token
 
     def execute(self, requests):
         for request in requests:
+            if answer_cancel(request, self.live):
+                continue
             try:
                 self.workers.submit(lambda request=request: self._serve(request))
             except Exception as exc:  # noqa: BLE001 - all workers busy: UNAVAILABLE for this request
@@ -67,8 +75,12 @@ class TritonPythonModel:
 
     def _serve(self, request):
         sender = request.get_response_sender()
-        llm_responses = None
+        llm_responses = token = None
+        cancelled = _CancelFlag()
         try:
+            token = cancel_token(request)
+            if token is not None:
+                self.live.add(token, cancelled)
             inputs = {n: v for n in FRONTEND_INPUTS if (v := optional_input(request, n)) is not None}
             sampling = {n: v for n, _, _ in SAMPLING_INPUTS if (v := optional_input(request, n)) is not None}
             seed = optional_scalar(request, "SEED", int)
@@ -92,6 +104,8 @@ class TritonPythonModel:
                     llm_responses.cancel()
                     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     return
+                if cancelled.is_set():  # checked at every id: the stream stops within one decode step
+                    raise Cancelled("stream cancelled by its owner")
                 chunk = speech.feed(response["OUTPUT_IDS"])
                 if chunk.size:
                     send(sender, request, [tensor("WAVEFORM", chunk), tensor("SAMPLE_RATE", rate)])
@@ -101,3 +115,13 @@ class TritonPythonModel:
             if llm_responses is not None:
                 llm_responses.cancel()
             send_error(sender, request, exc)
+        finally:
+            if token is not None:
+                self.live.discard(token)
+
+
+class _CancelFlag(threading.Event):
+    """What ``LiveStreams`` cancels: set by a CANCEL naming the stream's token."""
+
+    def cancel(self) -> None:
+        self.set()
