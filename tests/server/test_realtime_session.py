@@ -92,6 +92,7 @@ def test_short_pause_discards_the_speculation_and_long_pause_commits_the_same_re
 
 def test_barge_in_stops_the_audio_and_the_next_turn_works(triton_server):
     barge_ins_before = counter(triton_server, "stepaudio_realtime_replies_total", outcome="cancelled")
+    tts_cancels_before = counter(triton_server, "stepaudio_realtime_cancelled_streams_total", stream="tts_stream")
     driver = Driver(triton_server, 16000, seed=7, max_new_tokens=12, tts_max_new_tokens=400)
     try:
         driver.silence(0.3)
@@ -115,6 +116,8 @@ def test_barge_in_stops_the_audio_and_the_next_turn_works(triton_server):
     # the interrupted turn is in the history: the user's transcript and what the bot had said
     assert done[0].data["response"]["history_turns"] >= 2
     assert counter(triton_server, "stepaudio_realtime_replies_total", outcome="cancelled") == barge_ins_before + 1
+    # The reply's speech (400 ids, still being generated when the user spoke) was cancelled, and tts_stream said so.
+    assert counter(triton_server, "stepaudio_realtime_cancelled_streams_total", stream="tts_stream") >= tts_cancels_before + 1
 
 
 def _refused(session: TritonRealtimeSession, *words, timeout: float = 10.0):
