@@ -1,6 +1,13 @@
 """Token2wav real-time factor at the published size: PyTorch eager vs ONNX Runtime, batch 1 and 4.
 
     python bench/bench_token2wav.py [--decoder-dir DIR] [--threads 2] [--seconds 10] [--repeats 2]
+    python bench/bench_token2wav.py --decoder-dir DIR --baseline-dir OLD [--repeats 5]
+
+With ``--baseline-dir`` (a decoder folder holding older exports of the same weights, e.g. made from a checkout of
+main) only the ONNX graphs run: a plain fp32 matmul (torch, ``--threads``), the baseline graphs and the current ones
+take turns ``--repeats`` times on one batch-1 request, and the report gives each one's time, its share of the matmul
+peak for the decoder's FLOP count (``--gflop``, real size 2480 GFLOP per 10 s of speech, issue 14) and the per-turn
+speed ratio — the number to trust on a shared machine, since both sides see the same load.
 
 Without ``--decoder-dir`` a real-size random-weight decoder folder is written to ``build/bench/decoder`` (flow
 105.4 M, HiFT 20.5 M parameters, as the published files). Missing ``flow_decoder.onnx`` / ``vocoder.onnx`` are
@@ -11,6 +18,7 @@ exported next to the weights first (several minutes at real size). Each request 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +62,45 @@ def run(decoder: Token2WavBase, requests, noises):
     return middle - start, time.perf_counter() - middle, waves
 
 
+def compare_onnx(decoder_dir: Path, baseline_dir: Path, threads: int, seconds: float, repeats: int, gflop: float) -> None:
+    """Interleaved sgemm / baseline ONNX / current ONNX turns on one request; prints times, peak shares, ratios."""
+    from bench.report import sgemm_gflops
+
+    decoders = {
+        "baseline": OnnxToken2Wav.from_checkpoint(baseline_dir, threads=threads),
+        "current": OnnxToken2Wav.from_checkpoint(decoder_dir, threads=threads),
+    }
+    config = decoders["current"].config
+    requests = requests_for(1, seconds)
+    for r in requests:
+        r.validate(config)
+    noises = [DecoderNoise.from_seed(0, r.prompt_mel.shape[0], r.tokens.size, config) for r in requests]
+    work = gflop * seconds / 10
+    waves = {name: run(decoder, requests, noises)[2] for name, decoder in decoders.items()}  # warm-up
+    gap = max(float(np.abs(a - b).max()) for a, b in zip(*waves.values()))
+    print(f"load average before: {os.getloadavg()}")
+    print(f"{seconds:g} s of speech + {PROMPT_SECONDS:g} s prompt, batch 1, {threads} threads; {work:.0f} GFLOP per run")
+    print(f"{'turn':>4}{'sgemm GF/s':>12}{'baseline s':>12}{'current s':>11}{'ratio':>8}{'% peak b/c':>13}  load")
+    peaks, totals, ratios = [], {name: [] for name in decoders}, []
+    for turn in range(repeats):
+        peaks.append(sgemm_gflops(threads))
+        for name, decoder in decoders.items():
+            flow_s, vocoder_s, _ = run(decoder, requests, noises)
+            totals[name].append(flow_s + vocoder_s)
+        base, cur = totals["baseline"][-1], totals["current"][-1]
+        ratios.append(base / cur)
+        shares = [100 * work / t / peaks[-1] for t in (base, cur)]
+        print(f"{turn:>4}{peaks[-1]:>12.0f}{base:>12.2f}{cur:>11.2f}{ratios[-1]:>8.2f}"
+              f"{shares[0]:>7.0f}/{shares[1]:.0f}  {os.getloadavg()[0]:.1f}")
+    peak = max(peaks)
+    best = {name: min(t) for name, t in totals.items()}
+    print(f"best of {repeats}: sgemm {peak:.0f} GFLOP/s; baseline {best['baseline']:.2f} s "
+          f"({100 * work / best['baseline'] / peak:.0f} % of peak), current {best['current']:.2f} s "
+          f"({100 * work / best['current'] / peak:.0f} % of peak); ratio of bests {best['baseline'] / best['current']:.2f}, "
+          f"median per-turn ratio {float(np.median(ratios)):.2f}")
+    print(f"max |wave(baseline) − wave(current)| = {gap:.2e}; load average after: {os.getloadavg()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decoder-dir", type=Path)
@@ -61,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--baseline-dir", type=Path, help="compare the ONNX graphs with this folder's (see above)")
+    parser.add_argument("--gflop", type=float, default=2480.0, help="decoder GFLOP per 10 s of speech")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.baseline_dir:
+        compare_onnx(args.decoder_dir or Path("build/bench/decoder"), args.baseline_dir, args.threads, args.seconds,
+                     args.repeats, args.gflop)
+        return 0
 
     decoder_dir = args.decoder_dir or Path("build/bench/decoder")
     if not (decoder_dir / layout.FLOW_WEIGHTS).exists():

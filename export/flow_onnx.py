@@ -44,7 +44,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from export import fold_weight_transposes, strip_node_metadata, traced
+from export import attention, fold_weight_transposes, strip_node_metadata, traced
 from export.cli import export_main
 from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config, load_flow
@@ -84,7 +84,7 @@ class _Select(torch.nn.Module):
         return MaskedDiffWithXvec.select_target(x, prompt_mel, prompt_frames, target_frames)
 
 
-def _export(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names, output_names):
+def _export(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names, output_names, table=None):
     return torch.onnx.export(
         module.eval(),
         args,
@@ -93,6 +93,7 @@ def _export(module: torch.nn.Module, args: tuple, dynamic_shapes, input_names, o
         dynamic_shapes=dynamic_shapes,
         input_names=input_names,
         output_names=output_names,
+        custom_translation_table=table,
         optimize=False,
         verbose=False,
     )
@@ -140,6 +141,8 @@ def stitch(
         raise ValueError("the exported parts define ONNX local functions; stitching does not merge them")
     for part in (prepare, step, select):
         fold_weight_transposes(part.graph)
+    # Before the step is repeated: each fused attention skips its mask when the batch has no padding.
+    attention.unmask_when_unpadded(step.graph)
     nodes, initializers = [], []
 
     # prepare: graph inputs keep their names; its target_frames output is the graph's mel_lens.
@@ -181,7 +184,11 @@ def stitch(
         outputs.append(copy)
     merged = helper.make_graph(nodes, "flow_decoder", list(prepare.graph.input), outputs, initializers)
     strip_node_metadata(merged)
-    model = helper.make_model(merged, opset_imports=list(prepare.opset_import))
+    opsets = {}
+    for part in (prepare, step, select):
+        for opset in part.opset_import:
+            opsets[opset.domain] = max(opset.version, opsets.get(opset.domain, 0))
+    model = helper.make_model(merged, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
     model.ir_version = prepare.ir_version
     onnx.checker.check_model(model)
     return model
@@ -194,8 +201,11 @@ def _renamed_tensor(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
     return copy
 
 
-def build_flow_onnx(flow: MaskedDiffWithXvec) -> onnx.ModelProto:
-    """The stitched ``flow_decoder`` graph for a loaded (float32) flow module."""
+def build_flow_onnx(flow: MaskedDiffWithXvec, portable: bool = False) -> onnx.ModelProto:
+    """The stitched ``flow_decoder`` graph for a loaded (float32) flow module.
+
+    Attention is ONNX Runtime's fused ``com.microsoft.MultiHeadAttention`` (export/attention.py); ``portable`` keeps
+    standard ONNX ops only (for TensorRT's own parser), at ONNX Runtime's old speed."""
     config = flow.config
     flow = flow.float().eval()
     batch, n_tok, n_prompt, n_pmel = 2, 23, 11, 19
@@ -222,6 +232,7 @@ def build_flow_onnx(flow: MaskedDiffWithXvec) -> onnx.ModelProto:
     t, dt = schedule[0]
     noise = inputs[-1]
     parts = (_Prepare(flow), _Step(flow), _Select())
+    table = attention.translation_table(portable)
 
     def trace():
         prepare = _export(
@@ -233,7 +244,12 @@ def build_flow_onnx(flow: MaskedDiffWithXvec) -> onnx.ModelProto:
         )
         step_dims = ({0: b, 2: m}, {0: b, 2: m}, {0: b, 2: m}, {0: b}, {0: b, 2: m}, None, None)
         step = _export(
-            parts[1], (noise, *state[:4], t, dt), step_dims, ["x", "mask", "mu", "spks", "cond", "t", "dt"], ["x_next"]
+            parts[1],
+            (noise, *state[:4], t, dt),
+            step_dims,
+            ["x", "mask", "mu", "spks", "cond", "t", "dt"],
+            ["x_next"],
+            table,
         )
         select = _export(
             parts[2],
@@ -244,17 +260,17 @@ def build_flow_onnx(flow: MaskedDiffWithXvec) -> onnx.ModelProto:
         )
         return prepare, step, select
 
-    programs = traced("flow", config, parts, trace)
+    programs = traced("flow" + ("/portable" if portable else ""), config, parts, trace)
     return stitch(*(program.model_proto for program in programs), [(t.numpy(), dt.numpy()) for t, dt in schedule])
 
 
-def export_flow_onnx(decoder_dir: str | Path, out_path: str | Path | None = None) -> Path:
+def export_flow_onnx(decoder_dir: str | Path, out_path: str | Path | None = None, portable: bool = False) -> Path:
     """Load ``<decoder_dir>/flow.pt`` (strict) and write the ``flow_decoder`` ONNX graph; returns its path."""
     decoder_dir = Path(decoder_dir)
     flow = load_flow(decoder_dir, load_config(decoder_dir))
     out_path = Path(out_path) if out_path else decoder_dir / layout.FLOW_DECODER_ONNX
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(build_flow_onnx(flow), out_path)
+    onnx.save(build_flow_onnx(flow, portable), out_path)
     return out_path
 
 

@@ -24,8 +24,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import helper, numpy_helper
 
 from export import fold_weight_transposes, strip_node_metadata, traced
 from export.cli import export_main
@@ -65,11 +67,51 @@ def build_vocoder_onnx(hift: HiFTGenerator) -> onnx.ModelProto:
         ),)
 
     (program,) = traced("vocoder", c, (hift,), trace)
-    model = program.model_proto
+    model = onnx.ModelProto()
+    model.CopyFrom(program.model_proto)  # a shared trace's program is reused: rewrite a copy
     strip_node_metadata(model.graph)
     fold_weight_transposes(model.graph)
+    conv1d_as_conv2d(model.graph)
     onnx.checker.check_model(model)
     return model
+
+
+def conv1d_as_conv2d(graph: onnx.GraphProto) -> int:
+    """Run every 1-D ``Conv`` as a 2-D one of height 1 (Unsqueeze → Conv → Squeeze); returns how many.
+
+    Same sums (the height-1 kernel row is the 1-D kernel), but ONNX Runtime's CPU layout optimizer only turns
+    4-D convolutions into its blocked NCHWc kernels, which run these dilated wide-kernel ResBlock convolutions faster
+    than its 1-D im2col path; the Squeeze/Unsqueeze are free reshapes.
+    """
+    axis = "conv2d/height_axis"
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Conv" or len(attributes.get("kernel_shape", ())) != 1:
+            nodes.append(node)
+            continue
+        if attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise ValueError(f"{node.name}: auto_pad convolutions are not rewritten")
+        out = node.output[0]
+        x4, w4, y4 = f"{out}/x4", f"{out}/w4", f"{out}/y4"
+        nodes.append(helper.make_node("Unsqueeze", [node.input[0], axis], [x4]))
+        nodes.append(helper.make_node("Unsqueeze", [node.input[1], axis], [w4]))
+        pads = list(attributes.get("pads", [0, 0]))
+        conv = {
+            "kernel_shape": [1, *attributes["kernel_shape"]],
+            "strides": [1, *attributes.get("strides", [1])],
+            "dilations": [1, *attributes.get("dilations", [1])],
+            "pads": [0, pads[0], 0, pads[1]],
+            "group": attributes.get("group", 1),
+        }
+        nodes.append(helper.make_node("Conv", [x4, w4, *node.input[2:]], [y4], name=node.name, **conv))
+        nodes.append(helper.make_node("Squeeze", [y4, axis], [out]))
+        rewritten += 1
+    if rewritten:
+        graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axis))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return rewritten
 
 
 def export_vocoder_onnx(decoder_dir: str | Path, out_path: str | Path | None = None) -> Path:

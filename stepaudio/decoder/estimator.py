@@ -19,6 +19,31 @@ from stepaudio.decoder.config import EstimatorConfig
 from stepaudio.decoder.encoder import key_padding_bias
 
 
+@torch.library.custom_op("stepaudio::key_masked_attention", mutates_args=())
+def key_masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor, heads: int
+) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v per head over the keys where ``key_valid`` (B, T) is True; q, k, v (B, T, heads·d).
+
+    A custom op so the ONNX export emits one fused attention node (export/attention.py) instead of SDPA's
+    decomposition. Without padding the mask is left out: adding a zero bias changes nothing, and the unmasked call
+    lets PyTorch pick its flash kernel (the ONNX graph does the same with an If).
+    """
+    batch, length, _ = q.shape
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, length, heads, -1).transpose(1, 2)
+
+    bias = None if bool(key_valid.all()) else key_padding_bias(key_valid, q.dtype)
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias)
+    return out.transpose(1, 2).reshape(batch, length, -1)
+
+
+@key_masked_attention.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor, heads: int) -> torch.Tensor:
+    return q.new_empty(q.shape[:2] + v.shape[2:])
+
+
 def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     """GroupNorm whose mean/variance use only frames where ``mask`` (B, 1, T) is 1; statistics in float32."""
     batch, channels, length = x.shape
@@ -112,16 +137,9 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
 
-    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, length, self.heads, -1).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(
-            heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x)), attn_mask=key_bias
-        )
-        return self.to_out[0](out.transpose(1, 2).reshape(batch, length, -1))
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        out = key_masked_attention(self.to_q(x), self.to_k(x), self.to_v(x), key_valid, self.heads)
+        return self.to_out[0](out)
 
 
 class GELUProjection(nn.Module):
@@ -150,8 +168,8 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x), key_bias)
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), key_valid)
         return x + self.ff(self.norm3(x))
 
 
@@ -193,10 +211,10 @@ class ConditionalDecoder(nn.Module):
 
     @staticmethod
     def _transformers(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        key_bias = key_padding_bias(mask[:, 0, :] > 0, x.dtype)
+        key_valid = mask[:, 0, :] > 0
         h = x.transpose(1, 2)
         for block in blocks:
-            h = block(h, key_bias)
+            h = block(h, key_valid)
         return h.transpose(1, 2)
 
     def forward(

@@ -64,7 +64,10 @@ class Snake(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha.view(1, -1, 1)
-        return x + (1.0 / (alpha + 1e-9)) * torch.sin(x * alpha).pow(2)
+        # s·s rather than s.pow(2): the same correctly rounded square (torch and ONNX Runtime both special-case
+        # exponent 2 as a product), but the exported graph gets a plain Mul instead of a Pow kernel.
+        s = torch.sin(x * alpha)
+        return x + (1.0 / (alpha + 1e-9)) * (s * s)
 
 
 class ResBlock(nn.Module):
