@@ -10,7 +10,7 @@ one request), the node runs without the mask, which lets ORT take its flash-atte
 disables it); with padding the masked node runs. Both compute the same softmax(q·kᵀ/√d)·v (within fp32 rounding).
 
 ORT's contrib op has no ONNX schema; ``register_schema`` registers the subset used here so the exporter's onnxscript
-builder and ``onnx.checker`` accept it. A graph holding it runs on ONNX Runtime (CPU and CUDA), not on TensorRT's own
+builder and ``onnx.checker`` accept it. A graph holding it runs on ONNX Runtime (tested on CPU), not on TensorRT's own
 ONNX parser (``portable=True`` in the flow exporter keeps the plain decomposition for that).
 """
 

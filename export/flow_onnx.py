@@ -1,6 +1,10 @@
 """Export the whole flow decoder (tokens → mel, 10 Euler steps unrolled) to one ONNX graph.
 
-    python -m export.flow_onnx --decoder-dir <ckpt>/Step-Audio-TTS-3B/CosyVoice-300M-25Hz [--out PATH]
+    python -m export.flow_onnx --decoder-dir <ckpt>/Step-Audio-TTS-3B/CosyVoice-300M-25Hz [--out PATH] [--portable]
+
+Attention runs as ONNX Runtime's fused ``com.microsoft.MultiHeadAttention`` (export/attention.py; tested on the CPU
+execution provider; the CUDA one implements the op too); ``--portable`` keeps standard ONNX ops only, for TensorRT's own
+parser (export/tensorrt.py).
 
 I/O contract of ``flow_decoder.onnx`` (B = batch, every length dynamic; pad each row at the end, any pad value):
 
@@ -275,8 +279,12 @@ def export_flow_onnx(decoder_dir: str | Path, out_path: str | Path | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
+    # --portable: standard ONNX ops only (TensorRT); the shared CLI has no per-exporter flags, so it is taken here.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    portable = "--portable" in argv
+    argv = [a for a in argv if a != "--portable"]
     return export_main(
-        export_flow_onnx,
+        lambda source, out: export_flow_onnx(source, out, portable),
         prog="python -m export.flow_onnx",
         description=__doc__.splitlines()[0],
         source_flag="--decoder-dir",

@@ -11,6 +11,9 @@ flags (layers TensorRT cannot run in reduced precision stay FP32). Engines are n
 ``<model>.sm<CC>.trt<version>.<precision>.plan`` because a plan only loads on the GPU architecture and TensorRT
 version that built it.
 
+``flow_decoder.onnx`` must be the portable export (``python -m export.flow_onnx --portable``): the default one runs
+attention as ONNX Runtime's ``com.microsoft.MultiHeadAttention``, which TensorRT's ONNX parser does not know.
+
 The engine is built with the ``tensorrt`` Python API or, with ``--trtexec``, by the ``trtexec`` command line shown
 by ``trtexec_command``. TensorRT is imported lazily: it cannot be installed on the CPU build machines, so only the
 shape/profile/naming logic and the command line are unit-tested here; the engines themselves are validated only
@@ -170,7 +173,10 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: Profile, precision:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ValueError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        hint = ""
+        if "MultiHeadAttention" in errors:
+            hint = " (ONNX Runtime's fused attention: export the flow with `python -m export.flow_onnx --portable`)"
+        raise ValueError(f"TensorRT cannot parse {onnx_path}: {errors}{hint}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     if precision == "fp16":
