@@ -26,8 +26,7 @@ def key_masked_attention(
     """softmax(q·kᵀ/√d)·v per head over the keys where ``key_valid`` (B, T) is True; q, k, v (B, T, heads·d).
 
     A custom op so the ONNX export emits one fused attention node (export/attention.py) instead of SDPA's
-    decomposition. Without padding the mask is left out: adding a zero bias changes nothing, and the unmasked call
-    lets PyTorch pick its flash kernel (the ONNX graph does the same with an If).
+    decomposition. Without padding the bias is left out (adding zeros changes nothing), as the ONNX graph's If does.
     """
     batch, length, _ = q.shape
 
