@@ -127,3 +127,6 @@ def test_export_clis_report_a_missing_folder(tmp_path, capsys):
     for main in (flow_main, vocoder_main):
         assert main(["--decoder-dir", str(tmp_path / "missing")]) == 2
         assert layout.DECODER_YAML in capsys.readouterr().err
+    # --portable is the flow exporter's own flag: taken, then the same missing-folder error
+    assert flow_main(["--decoder-dir", str(tmp_path / "missing"), "--portable"]) == 2
+    assert layout.DECODER_YAML in capsys.readouterr().err
