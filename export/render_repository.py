@@ -34,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import get_context
@@ -300,9 +300,11 @@ def render(
     only: list[str] | None = None,
     log_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    on_exported: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Render the repository into ``out`` (reused as it is when its digest is unchanged); ``log_path`` collects the
-    exporters' output (None: the terminal), ``progress`` gets a short line per step."""
+    exporters' output (None: the terminal), ``progress`` gets a short line per step, ``on_exported(done, total)``
+    hears each finished export (the long step: a progress bar)."""
     say = progress or (lambda line: None)
     checkpoints = Path(checkpoints)
     if not checkpoints.is_dir():
@@ -347,9 +349,13 @@ def render(
         say(f"exporting {names}" + (f" (exporter output: {log_path})" if log_path else ""))
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run_builds, job, str(log_path) if log_path else None) for job in jobs]
-            for future in futures:
+            futures = {pool.submit(_run_builds, job, str(log_path) if log_path else None): len(job) for job in jobs}
+            total, done = sum(futures.values()), 0
+            for future in as_completed(futures):
                 future.result()
+                done += futures[future]
+                if on_exported is not None:
+                    on_exported(done, total)
         for job in jobs:
             for _, version in job:
                 (version / BUILD_DIGEST).write_text(builds[version.parent.name])

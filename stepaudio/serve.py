@@ -36,6 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,7 +266,8 @@ class TritonServer:
             cmd.append(f"--cache-config=local,size={self.response_cache_bytes}")
         return cmd + list(self.extra_args)
 
-    def start(self, timeout: float = 120.0) -> TritonServer:
+    def start(self, timeout: float = 120.0, on_models_ready: Callable[[int, int], None] | None = None) -> TritonServer:
+        """Launch and wait until ready; ``on_models_ready(ready, total)`` hears each change while models load."""
         for attr, host in (("http_port", self.host), ("grpc_port", self.grpc_host), ("metrics_port", self.host),
                            ("triton_http_port", LOOPBACK)):
             if getattr(self, attr) == 0:
@@ -287,7 +289,7 @@ class TritonServer:
             preexec_fn=_die_with_parent,
         )
         try:
-            self._wait_ready(timeout)
+            self._wait_ready(timeout, on_models_ready)
             self.internal_models = self._internal_models()
             if self.supervise:
                 self.supervisor = StubSupervisor(self.process.pid, self.reload_model, log=self._event_log()).start()
@@ -378,8 +380,15 @@ class TritonServer:
                 failures[config.parent.name] = "not loaded: no model version folder was found (add <model>/1/)"
         return failures
 
-    def _wait_ready(self, timeout: float) -> None:
+    def models_loaded(self) -> tuple[int, int]:
+        """(READY models, models in the repository index)."""
+        status, body = self._get("/v2/repository/index", method="POST", body=b"{}")
+        index = json.loads(body) if status == 200 else []
+        return sum(entry.get("state") == "READY" for entry in index), len(index)
+
+    def _wait_ready(self, timeout: float, on_models_ready: Callable[[int, int], None] | None = None) -> None:
         deadline = time.monotonic() + timeout
+        reported = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode}\n{self.log_tail()}")
@@ -389,6 +398,11 @@ class TritonServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 time.sleep(0.2)
                 continue
+            if on_models_ready is not None and live == 200:
+                loaded = self.models_loaded()
+                if loaded != reported:
+                    on_models_ready(*loaded)
+                    reported = loaded
             if ready == 200:
                 return
             if live == 200:

@@ -184,3 +184,14 @@ def test_model_folder_without_version_is_reported_not_waited_on(tmp_path):
         TritonServer(repository, log_path=tmp_path / "log").start(timeout=60)
     assert list(info.value.failures) == ["smoke_orphan"]
     assert "version folder" in info.value.failures["smoke_orphan"]
+
+
+def test_start_reports_models_ready_as_they_load(smoke_repository, tmp_path):
+    """The demo's loading bar: counts of READY models from the repository index, ending at every model."""
+    counts = []
+    with TritonServer(smoke_repository, log_path=tmp_path / "log").start(
+            timeout=60, on_models_ready=lambda ready, total: counts.append((ready, total))):
+        pass
+    models = len([p for p in smoke_repository.iterdir() if (p / "config.pbtxt").is_file()])
+    assert counts and counts[-1] == (models, models)
+    assert [ready for ready, _ in counts] == sorted(ready for ready, _ in counts)
