@@ -51,7 +51,9 @@ def server(checkpoints, tmp_path_factory):
     }
     render(checkpoints, repo, None, values, only=["tts_llm", "chat_llm"])
     log = tmp_path_factory.mktemp("vllm_server_log") / "server.log"
-    with TritonServer(repo, log_path=log) as running:  # waits for readiness: both vLLM engines have started
+    # Waits for readiness: both vLLM engines have started and compiled their warm-up; on a loaded 2-core machine that
+    # took over 120 s (the launcher's default), so wait like the main suite's server does.
+    with TritonServer(repo, log_path=log).start(timeout=600) as running:
         yield running
 
 
