@@ -4,7 +4,7 @@ The published file is hyperpyyaml: ``!new:pkg.Class`` (construct with the mappin
 (a partial), ``!apply:pkg.func [args]`` (call at load time) and ``!ref <key>`` (another top-level value). A small
 PyYAML loader records each tagged node as ``Tagged(kind, target, kwargs)`` and resolves ``!ref``; the builders below
 read the values they need by class name. Anything the yaml does not state falls back to the reference defaults
-(step-audio.md §6.2 — the configuration whose parameter count matches the published ``flow.pt``/``hift.pt``).
+(docs/checkpoints.md#decoder-folders — the configuration whose parameter count matches the published ``flow.pt``/``hift.pt``).
 
 ``render_yaml`` writes a config back in the published format (tags and all), so tiny test trees are read by the
 same code path as the real files.
@@ -105,7 +105,7 @@ def load_hyperyaml(text: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Typed configuration; defaults = the published CosyVoice-300M-25Hz values (step-audio.md §6.2, §6.5, §6.6).
+# Typed configuration; defaults = the published CosyVoice-300M-25Hz values (docs/checkpoints.md#decoder-folders).
 
 
 @dataclass(frozen=True)

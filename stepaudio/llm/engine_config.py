@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 ENGINES = ("native", "vllm")
 EXECUTOR_BACKENDS = ("mp", "ray")
-# vLLM's only attention backend with ALiBi-sqrt (step-audio.md Appendix D); "auto" picks it for Step1 checkpoints.
+# vLLM's only attention backend with ALiBi-sqrt (docs/reference-notes.md#step1-on-vllm); "auto" picks it for Step1 checkpoints.
 STEP1_ATTENTION_BACKEND = "TRITON_ATTN"
 
 

@@ -22,7 +22,7 @@ from stepaudio.llm.checkpoint import step1_config, write_llm
 from stepaudio.llm.model import Step1ForCausalLM
 from stepaudio.llm.weights import load_step1
 
-# Keys of the published config.json (step-audio.md §3.1).
+# Keys of the published config.json (docs/checkpoints.md#step1-llm-folders).
 REAL_CONFIG_KEYS = {
     "architectures", "auto_map", "model_type", "hidden_size", "intermediate_size", "num_attention_heads",
     "num_attention_groups", "num_hidden_layers", "max_seq_len", "vocab_size", "rms_norm_eps", "bos_token_id",
