@@ -351,6 +351,8 @@ def render(
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_run_builds, job, str(log_path) if log_path else None): len(job) for job in jobs}
             total, done = sum(futures.values()), 0
+            if on_exported is not None:
+                on_exported(0, total)  # the bar's clock starts with the exports
             for future in as_completed(futures):
                 future.result()
                 done += futures[future]

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -47,6 +48,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_BACKENDS = PROJECT_ROOT / "backends"
 # Every python-based backend names its stubs' regions triton_<backend>_backend_shm_region_<uuid>.
 _SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
+_LOADED_MODEL = re.compile(r"successfully loaded '([^']+)'")  # Triton's log line as each model becomes ready
 # Triton's restricted-API header: these endpoint groups answer only requests that carry it (Triton checks it).
 ADMIN_HEADER = "stepaudio-admin-key"
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
@@ -381,15 +383,27 @@ class TritonServer:
         return failures
 
     def models_loaded(self) -> tuple[int, int]:
-        """(READY models, models in the repository index)."""
-        status, body = self._get("/v2/repository/index", method="POST", body=b"{}")
-        index = json.loads(body) if status == 200 else []
-        return sum(entry.get("state") == "READY" for entry in index), len(index)
+        """(models loaded so far, model folders in the repository), read from the server's log: at startup Triton
+        loads every model before its HTTP/gRPC endpoints answer, so the API cannot tell."""
+        total = len(list(Path(self.model_repository).glob("*/config.pbtxt")))
+        try:
+            log = Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return 0, total
+        return len(set(_LOADED_MODEL.findall(log))), total
 
     def _wait_ready(self, timeout: float, on_models_ready: Callable[[int, int], None] | None = None) -> None:
         deadline = time.monotonic() + timeout
         reported = None
+
+        def report() -> None:
+            nonlocal reported
+            if on_models_ready is not None and (loaded := self.models_loaded()) != reported:
+                on_models_ready(*loaded)
+                reported = loaded
+
         while time.monotonic() < deadline:
+            report()
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode}\n{self.log_tail()}")
             try:
@@ -398,12 +412,8 @@ class TritonServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 time.sleep(0.2)
                 continue
-            if on_models_ready is not None and live == 200:
-                loaded = self.models_loaded()
-                if loaded != reported:
-                    on_models_ready(*loaded)
-                    reported = loaded
             if ready == 200:
+                report()
                 return
             if live == 200:
                 # Live but not ready: either still loading, or a model failed (ready stays 400 for good).

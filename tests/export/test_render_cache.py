@@ -62,9 +62,9 @@ def test_the_export_step_reports_each_finished_export(rendering):
     run, _, _, decoder = rendering
     counts = []
     run(on_exported=lambda done, total: counts.append((done, total)))
-    assert counts == [(1, 1)]
+    assert counts == [(0, 1), (1, 1)]
     run(on_exported=lambda done, total: counts.append((done, total)))
-    assert counts == [(1, 1)]  # reused: nothing exported, nothing reported
+    assert counts == [(0, 1), (1, 1)]  # reused: nothing exported, nothing reported
 
 
 def test_a_changed_value_refills_configs_and_keeps_exports(rendering):
