@@ -92,3 +92,10 @@ def test_wheel_carries_what_render_and_serve_read(wheel_names):
 def test_wheel_leaves_tests_and_benchmarks_out(wheel_names):
     tops = {name.split("/", 1)[0] for name in wheel_names}
     assert not tops & {"tests", "bench", "clients", "backends", "model_repository", "docs"}
+
+
+def test_make_lint_covers_every_python_folder():
+    makefile = (ROOT / "Makefile").read_text()
+    lint = next(line for line in makefile.splitlines() if "ruff check" in line).split("ruff check", 1)[1].split()
+    folders = {path.parts[0] for path in map(Path, _tracked()) if path.suffix == ".py" and len(path.parts) > 1}
+    assert folders - set(lint) == set()
