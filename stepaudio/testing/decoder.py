@@ -31,7 +31,6 @@ def tiny_config() -> DecoderConfig:
     )
 
 
-
 def _randomise(module: nn.Module, generator: torch.Generator) -> None:
     """Default init plus a perturbation of every tensor, so norms, biases and Snake alphas are not trivial."""
     with torch.no_grad():
