@@ -42,9 +42,11 @@ from pathlib import Path
 from typing import Callable
 
 from stepaudio.checkpoints import layout
+from stepaudio.serving.files import templates_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "model_repository"
+# The checkout's model_repository/, or the copy an installed wheel carries (stepaudio/serving/files.py).
+TEMPLATES = templates_dir()
 # Code whose change can change a rendered tree (re-fill every config) and, narrower, an exported graph (re-export):
 # the exporters and the library parts they trace (tests/export/test_render_cache.py checks that list).
 CODE_DIRS = (ROOT / "export", ROOT / "stepaudio")

@@ -10,9 +10,9 @@ Where the server comes from:
   stub and ``triton_python_backend_utils.py``; the venv's ``bin`` first on PATH (the stub finds the venv through
   ``python3``); ``LD_LIBRARY_PATH`` = Python's LIBDIR + the wheel's ``nvidia_pytriton.libs``.
 
-The project's python-based backends (``backends/<name>/model.py``, e.g. the CPU ``onnxruntime`` backend) are
-copied next to the python backend, so ONNX models whose GPU config names the native ORT backend load on this
-CPU build through ``configs/cpu.pbtxt``. With no GPU present the launcher passes ``--model-config-name=cpu``.
+The project's python-based backends (``backends/<name>/model.py``, e.g. the CPU ``onnxruntime`` backend; an
+installed wheel carries them, see ``stepaudio.serving.files``) are copied next to the python backend, so ONNX
+models whose GPU config names the native ORT backend load on this CPU build through ``configs/cpu.pbtxt``. With no GPU present the launcher passes ``--model-config-name=cpu``.
 
 The library never imports Triton: this module only starts a process and speaks HTTP with urllib.
 """
@@ -41,11 +41,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepaudio.serving.files import backends_dir
 from stepaudio.serving.http_guard import GuardLimits, HttpGuard
 from stepaudio.serving.supervisor import StubSupervisor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROJECT_BACKENDS = PROJECT_ROOT / "backends"
 # Every python-based backend names its stubs' regions triton_<backend>_backend_shm_region_<uuid>.
 _SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
 _LOADED_MODEL = re.compile(r"successfully loaded '([^']+)'")  # Triton's log line as each model becomes ready
@@ -131,7 +131,7 @@ def _prepare_wheel_server(workdir: Path) -> ServerBinary:
     # Copies, not symlinks: a symlinked libtriton_python.so makes python-based backends fail to load.
     for src in (wheel / "backends/python/libtriton_python.so", wheel / "backends/python/triton_python_backend_utils.py", stub):
         shutil.copy2(src, python_dir / src.name)
-    for backend in sorted(PROJECT_BACKENDS.glob("*/model.py")):
+    for backend in sorted(backends_dir().glob("*/model.py")):
         target = backend_dir / backend.parent.name
         target.mkdir(exist_ok=True)
         shutil.copy2(backend, target / "model.py")
@@ -151,6 +151,12 @@ def locate_server(workdir: Path, prefer_system: bool = True) -> ServerBinary:
     if system:
         return ServerBinary(Path(system), dict(os.environ), None, None)
     return _prepare_wheel_server(workdir)
+
+
+def unrendered_configs(repository: Path) -> list[Path]:
+    """Configs with unfilled ``${...}`` placeholders: the ``model_repository/`` templates, which
+    ``export.render_repository`` fills; served as they are, every model would fail with a config parse error."""
+    return [config for config in sorted(Path(repository).glob("*/config.pbtxt")) if "${" in config.read_text()]
 
 
 def _mapped_shm_regions() -> set[str]:
@@ -495,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.model_repository.is_dir():
         print(f"error: model repository {args.model_repository} is not a directory", file=sys.stderr)
+        return 2
+    templates = unrendered_configs(args.model_repository)
+    if templates:
+        print(f"error: {args.model_repository} is a template tree ({templates[0]} has unfilled ${{...}} values); "
+              "render it first: python -m export.render_repository --checkpoints DIR --out build/model_repository "
+              "(or make repository)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 

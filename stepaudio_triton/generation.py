@@ -13,7 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.errors import Cancelled
-from stepaudio.llm.engine import GenerationRequest, TokenStream
+from stepaudio.llm.engine import TokenStream
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio_triton.adapter import optional_scalar, optional_string, required_input, send, send_error
 from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
@@ -202,4 +202,16 @@ def ids_tensor(name: str, ids: list[int]):
     return pb_utils.Tensor(name, np.asarray(ids, dtype=np.int32))
 
 
-__all__ = ["GenerationRequest", "SamplingParams", "prompt_ids", "sampling_from_request", "serve_generation", "ids_tensor"]
+# What the LLM models import from here (GenerationRequest and SamplingParams come from stepaudio.llm).
+__all__ = [
+    "SAMPLING_INPUTS",
+    "LiveStreams",
+    "answer_cancel",
+    "cancel_token",
+    "ids_tensor",
+    "prompt_ids",
+    "sampling_from_request",
+    "serve_generation",
+    "stream_tokens",
+    "token_ranges",
+]

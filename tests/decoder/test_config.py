@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from stepaudio.decoder import DecoderConfig, mel_frames_for_tokens
-from stepaudio.decoder.checkpoint import build_flow, build_hift, parameter_count, tiny_config
-from stepaudio.decoder.config import load_hyperyaml, render_yaml
+from stepaudio.decoder.checkpoint import build_flow, build_hift, parameter_count
+from stepaudio.decoder.config import load_hyperyaml
+from stepaudio.testing.decoder import tiny_config
+from stepaudio.testing.decoder_yaml import render_yaml
 
 # Trimmed from the layout of FunAudioLLM/CosyVoice examples/libritts/cosyvoice/conf/cosyvoice.yaml (Apache-2.0):
 # the tags the loader must understand, values as the Step-Audio 25 Hz decoder states them (docs/checkpoints.md#decoder-folders).

@@ -18,9 +18,9 @@ from stepaudio.checkpoints.layout import (
     LLM_WEIGHTS_INDEX,
     TTS_DIR,
 )
-from stepaudio.llm.checkpoint import step1_config, write_llm
 from stepaudio.llm.model import Step1ForCausalLM
 from stepaudio.llm.weights import load_step1
+from stepaudio.testing.llm import step1_config, write_llm
 
 # Keys of the published config.json (docs/checkpoints.md#step1-llm-folders).
 REAL_CONFIG_KEYS = {

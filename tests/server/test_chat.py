@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from stepaudio.tts.checkpoint import synthetic_voice
-from tests.server.conftest import BatchCounts, grpc_input, http_input
+from stepaudio.testing.voices import synthetic_voice
+from tests.server.helpers import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
 GREEDY = {"TEMPERATURE": np.array([0.0], np.float32)}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stepaudio.serve import ADMIN_HEADER, ModelLoadError, TritonServer
-from tests.server.conftest import BatchCounts, grpc_input, http_input
+from tests.server.helpers import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
 

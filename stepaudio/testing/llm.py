@@ -31,7 +31,6 @@ from stepaudio.checkpoints.layout import (
     TTS_DIR,
 )
 from stepaudio.llm.config import Step1Config
-from stepaudio.llm.hf_compat import write_configuration_module
 from stepaudio.llm.model import Step1ForCausalLM
 from stepaudio.llm.tokenizer import (
     AUDIO_ID_OFFSET,
@@ -46,6 +45,7 @@ from stepaudio.llm.tokenizer import (
     audio_piece,
     spm_proto_module,
 )
+from stepaudio.testing.hf_compat import write_configuration_module
 
 VOCAB_SIZE = 74752
 MAX_SEQ_LEN = 32768
