@@ -46,6 +46,11 @@ def required_input(request, name: str) -> np.ndarray:
     return value
 
 
+def given_inputs(request, names) -> dict[str, np.ndarray]:
+    """The inputs among ``names`` (a group of ``specs.py``) that the request carries, by name."""
+    return {name: value for name in names if (value := optional_input(request, name)) is not None}
+
+
 def _one_element(value: np.ndarray, name: str) -> Any:
     if value.size != 1:
         raise ValueError(f"input {name} must hold one value, got shape {list(value.shape)}")
@@ -77,6 +82,16 @@ def optional_scalar(request, name: str, cast: Callable[[Any], Any]) -> Any:
 
 def tensor(name: str, array: np.ndarray):
     return pb_utils.Tensor(name, np.ascontiguousarray(array))
+
+
+class Outputs:
+    """Output tensors in the dtype the model's config declares (``specs.py`` writes it), so no adapter restates one."""
+
+    def __init__(self, config: dict):
+        self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+
+    def __call__(self, name: str, values):
+        return tensor(name, np.asarray(values, dtype=self.dtypes[name]))
 
 
 def string_tensor(name: str, text: str):

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from stepaudio.chat.template import turns_from_json
-from stepaudio_triton import bls
-from stepaudio_triton.adapter import optional_input, optional_scalar, optional_string, parameter
+from stepaudio_triton import bls, specs
+from stepaudio_triton.adapter import given_inputs, optional_input, optional_scalar, optional_string, parameter
 
-CHAT_SAMPLING = ("TEMPERATURE", "TOP_P", "SEED", "MAX_NEW_TOKENS")
-PROMPT_VOICE = ("PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")  # a cloned reply voice, as tts_stream takes it
+PROMPT_VOICE = specs.names(specs.PROMPT_VOICE)  # a cloned reply voice, as tts_stream takes it
 
 
 @dataclass
@@ -59,7 +58,7 @@ class ChatTurnInputs:
         messages = turn_messages(request, "AUDIO" if audio is not None else None)
         sampling = chat_sampling(request)
         speaker = optional_string(request, "SPEAKER")
-        prompt_voice = {n: v for n in PROMPT_VOICE if (v := optional_input(request, n)) is not None}
+        prompt_voice = given_inputs(request, PROMPT_VOICE)
         # Checked before the chat runs, so a bad voice costs no generation (tts_frontend checks the audio itself).
         if prompt_voice and len(prompt_voice) < len(PROMPT_VOICE):
             raise ValueError(f"a prompt voice needs all of {', '.join(PROMPT_VOICE)}")
@@ -92,7 +91,7 @@ def turn_messages(request, audio_input: str | None) -> str:
 
 def chat_sampling(request) -> dict:
     """The chat sampling inputs given, shaped [1] for chat_llm (a batched caller sends [1, 1])."""
-    return {n: v.reshape(1) for n in CHAT_SAMPLING if (v := optional_input(request, n)) is not None}
+    return {name: value.reshape(1) for name, value in given_inputs(request, specs.names(specs.SAMPLING)).items()}
 
 
 def collected_reply(graph: ChatGraph, request, pool: ThreadPoolExecutor) -> tuple[str, str]:

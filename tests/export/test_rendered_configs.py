@@ -10,11 +10,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export.render_repository import base_values, render_model, served_models
+from export.render_repository import VARIANT_FILES, base_values, render_model, served_models
 
 EXPECTED = Path(__file__).with_name("rendered_configs.txt")
 CHECKPOINTS = Path("/checkpoints")  # never read: only filled into the configs' paths
-CONFIG_FILES = ("config.pbtxt", "configs/cpu.pbtxt")
 
 
 def parsed(path: Path) -> model_config_pb2.ModelConfig:
@@ -27,7 +26,7 @@ def rendered_configs(out: Path) -> dict[str, model_config_pb2.ModelConfig]:
     configs = {}
     for model in served_models(CHECKPOINTS):
         target = render_model(model, out, values)
-        for name in CONFIG_FILES:
+        for name in VARIANT_FILES.values():
             if (target / name).exists():
                 configs[f"{model.name}/{name}"] = parsed(target / name)
     return configs

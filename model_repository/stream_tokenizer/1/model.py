@@ -1,10 +1,10 @@
 """stream_tokenizer: a session's audio chunks → the dual-codebook LLM ids that each chunk makes final (END flushes)."""
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.tokenizer import AudioTokenizer
 from stepaudio_triton.adapter import (
+    Outputs,
     device_for,
     error_response,
     optional_scalar,
@@ -12,7 +12,6 @@ from stepaudio_triton.adapter import (
     parse_config,
     repository_path,
     required_input,
-    tensor,
 )
 from stepaudio_triton.sequences import LiveGauge, SequenceControls, SequenceTable, reaper
 
@@ -28,6 +27,7 @@ class TritonPythonModel:
         config = parse_config(args)
         device_for(args, config)
         name = args["model_name"]
+        self.outputs = Outputs(config)
         self.tokenizer = AudioTokenizer.from_checkpoint(
             parameter(config, "tokenizer_checkpoint"), backend="onnx",
             vq02_onnx=repository_path(args, parameter(config, "vq02_onnx")),
@@ -54,7 +54,7 @@ class TritonPythonModel:
         try:
             controls = SequenceControls.from_request(request)
             ids = self._ids(request, controls)
-            return pb_utils.InferenceResponse(output_tensors=[tensor("AUDIO_IDS", np.asarray([ids], dtype=np.int32))])
+            return pb_utils.InferenceResponse(output_tensors=[self.outputs("AUDIO_IDS", [ids])])
         except Exception as exc:  # noqa: BLE001 - this request's error; the model stays up
             return error_response(exc, request)
         finally:

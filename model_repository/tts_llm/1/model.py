@@ -1,17 +1,16 @@
 """tts_llm: Step-Audio-TTS-3B behind the continuous-batching Step1 engine; decoupled, streams generated ids.
 
 Inputs: INPUT_IDS (the full prompt, built by ``tts_frontend``) and the optional sampling tensors of
-``stepaudio_triton.generation.SAMPLING_INPUTS``. Output: OUTPUT_IDS, one response per generated id (LLM ids; the
+``stepaudio_triton.specs.SAMPLING``. Output: OUTPUT_IDS, one response per generated id (LLM ids; the
 stop id is not sent), then an empty final response. Every concurrent stream shares one forward per decode step.
 """
 
 from stepaudio.llm.engine import GenerationRequest
 from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
 from stepaudio.llm.sampling import SamplingParams
-from stepaudio_triton.adapter import device_for, parameter, parse_config
+from stepaudio_triton.adapter import Outputs, device_for, parameter, parse_config
 from stepaudio_triton.generation import (
     LiveStreams,
-    ids_tensor,
     prompt_ids,
     sampling_from_request,
     serve_generation,
@@ -24,6 +23,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         device = device_for(args, config)
+        self.outputs = Outputs(config)
         on_gpu = device != "cpu"
         # engine: native | vllm, and vLLM's parallel/memory settings, from this model's parameters.
         self.engine = build_engine(
@@ -56,9 +56,8 @@ class TritonPythonModel:
         sampling = sampling_from_request(request, self.defaults, self.max_new_tokens_limit)
         return self.engine.submit(GenerationRequest(prompt_ids(request), sampling, request.request_id()))
 
-    @staticmethod
-    def _respond(ids):
-        return [ids_tensor("OUTPUT_IDS", ids)]
+    def _respond(self, ids):
+        return [self.outputs("OUTPUT_IDS", ids)]
 
     def finalize(self):
         self.engine.shutdown()  # ends every stream, so the stream threads finish

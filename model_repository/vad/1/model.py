@@ -6,12 +6,12 @@ import triton_python_backend_utils as pb_utils
 
 from stepaudio.realtime.vad import SileroVad, run_batched
 from stepaudio_triton.adapter import (
+    Outputs,
     error_response,
     optional_scalar,
     parameter,
     parse_config,
     required_input,
-    tensor,
 )
 from stepaudio_triton.sequences import LiveGauge, SequenceControls, SequenceTable, reaper
 
@@ -29,6 +29,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         name = args["model_name"]
+        self.outputs = Outputs(config)
         self.vad = SileroVad(threads=parameter(config, "ort_threads", 1, int))
         self.max_chunk_seconds = parameter(config, "max_chunk_seconds", 5.0, float)
         self.gauge = LiveGauge(name)
@@ -77,8 +78,8 @@ class TritonPythonModel:
             for (i, stream, _, controls), got in zip(this_round, frames):
                 first = stream.windows_done - len(got)
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                    tensor("PROBABILITY", np.asarray([[f.probability for f in got]], dtype=np.float32)),
-                    tensor("FIRST_WINDOW", np.asarray([[first]], dtype=np.int64)),
+                    self.outputs("PROBABILITY", [[f.probability for f in got]]),
+                    self.outputs("FIRST_WINDOW", [[first]]),
                 ])
                 if controls.end:
                     self.sessions.close(controls.correlation_id)
