@@ -27,6 +27,15 @@ def parameter(config: dict, key: str, default: Any = None, cast: Callable[[str],
     return cast(value)
 
 
+def rendered_parameter(config: dict, key: str, cast: Callable[[str], Any] = str) -> Any:
+    """A parameter the model's template always sets from a deployment value, whose default lives in one place only
+    (``DEFAULTS`` of export/render_repository.py, or the template). Unset means an unrendered config: no load."""
+    value = parameter(config, key, None, cast)
+    if value is None:
+        raise ValueError(f"parameter {key!r} is not set; serve a repository rendered by python -m export.render_repository")
+    return value
+
+
 def owned(tensor) -> np.ndarray:
     """A tensor's values as an array that owns its memory. ``as_numpy()`` is a view into the stub's shared-memory
     region, whose allocator hands a released response's memory out again: a view kept past its tensor reads

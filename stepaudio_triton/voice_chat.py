@@ -7,6 +7,7 @@ preset SPEAKER or a cloned voice (PROMPT_AUDIO + PROMPT_SAMPLE_RATE + PROMPT_TEX
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ import numpy as np
 
 from stepaudio.chat.template import turns_from_json
 from stepaudio_triton import bls, specs
-from stepaudio_triton.adapter import given_inputs, optional_input, optional_scalar, optional_string, parameter
+from stepaudio_triton.adapter import (
+    given_inputs,
+    optional_input,
+    optional_scalar,
+    optional_string,
+    parameter,
+    rendered_parameter,
+)
 
 PROMPT_VOICE = specs.names(specs.PROMPT_VOICE)  # a cloned reply voice, as tts_stream takes it
 
@@ -26,19 +34,24 @@ class ChatGraph:
     chat_model: str
     tts_model: str
     stream_tts_model: str
-    default_speaker: str
-    max_sentence_chars: int
+    default_speaker: str | None = None  # the reply voice: set by speaking_from_config
+    max_sentence_chars: int | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> ChatGraph:
+        """The models a turn calls; no reply voice (chat_reply's reply is spoken by the ensemble's tts step)."""
         return cls(
             parameter(config, "tokenizer_model", "tokenizer"),
             parameter(config, "chat_model", "chat_llm"),
             parameter(config, "tts_model", "ensemble_tts"),
             parameter(config, "stream_tts_model", "tts_stream"),
-            parameter(config, "default_speaker", "Tingting"),
-            parameter(config, "max_sentence_chars", 200, int),
         )
+
+    @classmethod
+    def speaking_from_config(cls, config: dict) -> ChatGraph:
+        """The models and the reply voice's parameters (voice_chat, voice_chat_stream)."""
+        return dataclasses.replace(cls.from_config(config), default_speaker=rendered_parameter(config, "default_speaker"),
+                                   max_sentence_chars=rendered_parameter(config, "max_sentence_chars", int))
 
 
 @dataclass

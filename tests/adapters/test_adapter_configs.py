@@ -98,6 +98,7 @@ class Calls:
     def __init__(self, model_py: Path):
         self.reads: list[tuple[str, type | None, str]] = []  # (tensor name, python type or None, where)
         self.writes: list[tuple[str, str]] = []
+        self.parameters: list[tuple[str, str]] = []  # rendered_parameter keys: (key, where)
         self.readers = dict(READERS)
         self.seen: set[int] = set()
         own = Module(model_py)
@@ -125,6 +126,8 @@ class Calls:
                 self._read(node, callee, module, loops, parameters, function.name)
             elif callee in WRITERS and node.args and isinstance(node.args[0], ast.Constant):
                 self.writes.append((node.args[0].value, function.name))
+            elif callee == "rendered_parameter":
+                self.parameters.append((node.args[1].value, function.name))
             for target, target_module, target_owner in self._resolve(node, module, owner):
                 self._visit(target, target_module, target_owner)
 
@@ -236,6 +239,15 @@ def test_every_declared_tensor_is_used(model, configs):
         assert {o.name for o in config.output} - {specs.ERROR.name} <= written, f"{model}: declared outputs never written"
 
 
+@pytest.mark.parametrize("model", PYTHON_MODELS)
+def test_rendered_parameters_are_set_in_every_config(model, configs):
+    """An adapter's ``rendered_parameter`` has no default: a config without it would fail to load."""
+    calls = Calls(TEMPLATES / model / "1" / "model.py")
+    for variant, config in configs[model].items():
+        for key, where in calls.parameters:
+            assert config.parameters[key].string_value, f"{model} ({variant}): {where} needs parameter {key}"
+
+
 def test_the_scan_sees_reads_through_groups_wrappers_and_shared_modules():
     """The scan must find what these adapters read indirectly, or the tests above would pass on nothing."""
     tts = {name for name, _, _ in Calls(TEMPLATES / "tts" / "1" / "model.py").reads}
@@ -247,3 +259,6 @@ def test_the_scan_sees_reads_through_groups_wrappers_and_shared_modules():
     realtime = {name for name, _, _ in Calls(TEMPLATES / "realtime_session" / "1" / "model.py").reads}
     assert {"SPECULATION", "AUDIO", "START"} <= realtime
     assert "AUDIO" not in {n for n, _ in Calls(TEMPLATES / "realtime_session" / "1" / "model.py").writes}
+    assert ("max_text_chars", "initialize") in Calls(TEMPLATES / "tts_frontend" / "1" / "model.py").parameters
+    assert ("default_speaker", "speaking_from_config") in Calls(TEMPLATES / "voice_chat" / "1" / "model.py").parameters
+    assert not Calls(TEMPLATES / "chat_reply" / "1" / "model.py").parameters  # it never speaks

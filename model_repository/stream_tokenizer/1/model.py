@@ -10,6 +10,7 @@ from stepaudio_triton.adapter import (
     optional_scalar,
     parameter,
     parse_config,
+    rendered_parameter,
     repository_path,
     required_input,
 )
@@ -31,13 +32,13 @@ class TritonPythonModel:
         self.tokenizer = AudioTokenizer.from_checkpoint(
             parameter(config, "tokenizer_checkpoint"), backend="onnx",
             vq02_onnx=repository_path(args, parameter(config, "vq02_onnx")),
-            vq06_segment_seconds=parameter(config, "vq06_segment_seconds", 30.0, float),
+            vq06_segment_seconds=rendered_parameter(config, "vq06_segment_seconds", float),
             threads=parameter(config, "ort_threads", 1, int))
-        self.max_chunk_seconds = parameter(config, "max_chunk_seconds", 5.0, float)
-        self.max_stream_seconds = parameter(config, "max_stream_seconds", 1800.0, float)
+        self.max_chunk_seconds = rendered_parameter(config, "max_chunk_seconds", float)
+        self.max_stream_seconds = rendered_parameter(config, "max_stream_seconds", float)
         self.gauge = LiveGauge(name)
-        idle = parameter(config, "idle_timeout_s", 30.0, float)
-        self.sessions = SequenceTable(name, parameter(config, "max_sessions", 256, int), idle, gauge=self.gauge)
+        idle = rendered_parameter(config, "idle_timeout_s", float)
+        self.sessions = SequenceTable(name, rendered_parameter(config, "max_sessions", int), idle, gauge=self.gauge)
         self.reaper, self.stop_reaper = reaper(self.sessions, min(idle, 5.0))
 
     def finalize(self):

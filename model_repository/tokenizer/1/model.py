@@ -14,6 +14,7 @@ from stepaudio_triton.adapter import (
     optional_scalar,
     parameter,
     parse_config,
+    rendered_parameter,
     repository_path,
     required_input,
     respond_each,
@@ -32,7 +33,7 @@ class TritonPythonModel:
             vq02_onnx=repository_path(args, parameter(config, "vq02_onnx", "1/vq02_encoder_chunk.onnx")),
             threads=threads,
         )
-        self.max_seconds = parameter(config, "max_audio_seconds", 60.0, float)
+        self.max_seconds = rendered_parameter(config, "max_audio_seconds", float)
         self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1))), thread_name_prefix="tokenizer")
 
     def execute(self, requests):

@@ -16,6 +16,7 @@ from stepaudio_triton.adapter import (
     optional_string,
     parameter,
     parse_config,
+    rendered_parameter,
     repository_path,
     required_input,
     respond_each,
@@ -45,10 +46,10 @@ class TritonPythonModel:
             parameter(config, "tts_checkpoint"),
             parameter(config, "tokenizer_checkpoint"),
             parameter(config, "voices_dir") or None,
-            voice_cache_entries=parameter(config, "voice_cache_entries", 256, int),
+            voice_cache_entries=rendered_parameter(config, "voice_cache_entries", int),
             vq02_onnx=repository_path(args, parameter(config, "vq02_onnx", "../tokenizer/1/vq02_encoder_chunk.onnx")),
-            max_text_chars=parameter(config, "max_text_chars", 1000, int),
-            max_prompt_seconds=parameter(config, "max_prompt_seconds", 30.0, float),
+            max_text_chars=rendered_parameter(config, "max_text_chars", int),
+            max_prompt_seconds=rendered_parameter(config, "max_prompt_seconds", float),
         )
         if self.frontend.presets is not None:
             self.frontend.presets.warm()  # preset voices are featurised before the model reports READY

@@ -8,7 +8,7 @@ stop id is not sent), then an empty final response. Every concurrent stream shar
 from stepaudio.llm.engine import GenerationRequest
 from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
 from stepaudio.llm.sampling import SamplingParams
-from stepaudio_triton.adapter import Outputs, device_for, parameter, parse_config
+from stepaudio_triton.adapter import Outputs, device_for, parameter, parse_config, rendered_parameter
 from stepaudio_triton.generation import (
     LiveStreams,
     prompt_ids,
@@ -31,21 +31,21 @@ class TritonPythonModel:
             LLMEngineOptions.from_parameters(config.get("parameters", {})),
             dtype=parameter(config, "dtype", "bfloat16" if on_gpu else "float32"),
             device=device,
-            max_batch_size=parameter(config, "max_batch_size", 8, int),
+            max_batch_size=rendered_parameter(config, "max_batch_size", int),
         )
         self.defaults = SamplingParams(
             temperature=parameter(config, "temperature", 0.7, float),
             top_k=parameter(config, "top_k", 50, int),
             top_p=parameter(config, "top_p", 1.0, float),
-            max_new_tokens=parameter(config, "max_new_tokens", 4096, int),
+            max_new_tokens=rendered_parameter(config, "max_new_tokens", int),
             repetition_window=parameter(config, "repetition_window", 10, int),
             repetition_threshold=parameter(config, "repetition_threshold", 0.1, float),
             allowed_token_ranges=token_ranges(parameter(config, "allowed_token_ranges", "")),
         )
         self.defaults.validate()
-        self.max_new_tokens_limit = parameter(config, "max_new_tokens_limit", self.defaults.max_new_tokens, int)
+        self.max_new_tokens_limit = rendered_parameter(config, "max_new_tokens_limit", int)
         self.live = LiveStreams()
-        self.workers = BoundedThreads(parameter(config, "max_streams", 128, int), "tts_llm")
+        self.workers = BoundedThreads(rendered_parameter(config, "max_streams", int), "tts_llm")
 
     def execute(self, requests):
         for request in requests:

@@ -25,6 +25,7 @@ from stepaudio_triton.adapter import (
     optional_scalar,
     parameter,
     parse_config,
+    rendered_parameter,
     send,
     send_error,
 )
@@ -47,15 +48,15 @@ class TritonPythonModel:
             for decoder in ("speech", "music")
         }
         self.schedule = ChunkSchedule(
-            first_tokens=parameter(config, "first_chunk_tokens", 25, int),
-            growth=parameter(config, "chunk_growth", 2.0, float),
-            max_tokens=parameter(config, "max_chunk_tokens", 200, int),
+            first_tokens=rendered_parameter(config, "first_chunk_tokens", int),
+            growth=rendered_parameter(config, "chunk_growth", float),
+            max_tokens=rendered_parameter(config, "max_chunk_tokens", int),
         )
         self.schedule.validate()
         self.frontend_model = parameter(config, "frontend_model", "tts_frontend")
         self.llm_model = parameter(config, "llm_model", "tts_llm")
 
-        self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "tts_stream")
+        self.workers = BoundedThreads(rendered_parameter(config, "max_streams", int), "tts_stream")
         self.live = LiveStreams()  # running streams by cancel token
 
     def execute(self, requests):

@@ -11,6 +11,7 @@ from stepaudio_triton.adapter import (
     optional_scalar,
     parameter,
     parse_config,
+    rendered_parameter,
     required_input,
 )
 from stepaudio_triton.sequences import LiveGauge, SequenceControls, SequenceTable, reaper
@@ -31,10 +32,10 @@ class TritonPythonModel:
         name = args["model_name"]
         self.outputs = Outputs(config)
         self.vad = SileroVad(threads=parameter(config, "ort_threads", 1, int))
-        self.max_chunk_seconds = parameter(config, "max_chunk_seconds", 5.0, float)
+        self.max_chunk_seconds = rendered_parameter(config, "max_chunk_seconds", float)
         self.gauge = LiveGauge(name)
-        idle = parameter(config, "idle_timeout_s", 30.0, float)
-        self.sessions = SequenceTable(name, parameter(config, "max_sessions", 256, int), idle, gauge=self.gauge)
+        idle = rendered_parameter(config, "idle_timeout_s", float)
+        self.sessions = SequenceTable(name, rendered_parameter(config, "max_sessions", int), idle, gauge=self.gauge)
         self.reaper, self.stop_reaper = reaper(self.sessions, min(idle, 5.0))
 
     def finalize(self):

@@ -18,7 +18,7 @@ class TritonPythonModel:
         config = parse_config(args)
         bls.configure(config)
         self.outputs = Outputs(config)
-        self.graph = ChatGraph.from_config(config)
+        self.graph = ChatGraph.speaking_from_config(config)
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="voice_chat")
         self.asr_pool = ThreadPoolExecutor(8, thread_name_prefix="voice_chat-asr")  # separate: turns wait on transcriptions
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from stepaudio.chat.speech import SentenceSplitter
 from stepaudio_triton import bls
-from stepaudio_triton.adapter import Outputs, parameter, parse_config, send_error, string_tensor
+from stepaudio_triton.adapter import Outputs, parse_config, rendered_parameter, send_error, string_tensor
 from stepaudio_triton.adapter import send as send_response  # its own `send` sends under a lock
 from stepaudio_triton.threads import BoundedThreads
 from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
@@ -22,8 +22,8 @@ class TritonPythonModel:
         config = parse_config(args)
         bls.configure(config)
         self.outputs = Outputs(config)
-        self.graph = ChatGraph.from_config(config)
-        limit = parameter(config, "max_streams", 64, int)
+        self.graph = ChatGraph.speaking_from_config(config)
+        limit = rendered_parameter(config, "max_streams", int)
         self.pool = ThreadPoolExecutor(limit, thread_name_prefix="voice_chat_stream-asr")
         self.turns = BoundedThreads(limit, "voice_chat_stream")
         # One speaker per running turn; twice the room because a finished speaker frees its slot a moment after
