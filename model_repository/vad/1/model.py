@@ -14,7 +14,7 @@ from stepaudio_triton.adapter import (
     rendered_parameter,
     required_input,
 )
-from stepaudio_triton.sequences import LiveGauge, SequenceControls, SequenceTable, reaper
+from stepaudio_triton.sequences import SequenceControls, Sessions
 
 
 def chunk_of(request, max_seconds: float, rate: int) -> np.ndarray:
@@ -33,16 +33,11 @@ class TritonPythonModel:
         self.outputs = Outputs(config)
         self.vad = SileroVad(threads=parameter(config, "ort_threads", 1, int))
         self.max_chunk_seconds = rendered_parameter(config, "max_chunk_seconds", float)
-        self.gauge = LiveGauge(name)
-        idle = rendered_parameter(config, "idle_timeout_s", float)
-        self.sessions = SequenceTable(name, rendered_parameter(config, "max_sessions", int), idle, gauge=self.gauge)
-        self.reaper, self.stop_reaper = reaper(self.sessions, min(idle, 5.0))
+        self.live = Sessions(name, config)
+        self.sessions = self.live.table
 
     def finalize(self):
-        self.stop_reaper.set()
-        self.reaper.join()
-        self.sessions.close_all()
-        self.gauge.close()
+        self.live.close()
 
     def _stream(self, request, controls: SequenceControls):
         rate = optional_scalar(request, "SAMPLE_RATE", int)
