@@ -23,7 +23,6 @@ from stepaudio_triton.threads import BoundedThreads
 MIN_CANCEL_TOKEN_CHARS = 16
 
 
-
 def token_ranges(text: str) -> tuple[tuple[int, int], ...] | None:
     """A config's "lo:hi,lo:hi" → ((lo, hi), ...): the ids a model may generate (stop id included); "" = all."""
     if not text:

@@ -57,16 +57,9 @@ class ModelIO:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
 
-    def input(self, name: str) -> Tensor:
-        return next(t for t in self.inputs if t.name == name)
-
 
 def names(tensors) -> list[str]:
     return [t.name for t in tensors]
-
-
-def optional(*tensors: Tensor) -> tuple[Tensor, ...]:
-    return tuple(t.but(optional=True) for t in tensors)
 
 
 def pbtxt_block(kind: str, tensors: tuple[Tensor, ...], variant: str) -> str:

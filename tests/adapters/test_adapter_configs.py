@@ -262,3 +262,14 @@ def test_the_scan_sees_reads_through_groups_wrappers_and_shared_modules():
     assert ("max_text_chars", "initialize") in Calls(TEMPLATES / "tts_frontend" / "1" / "model.py").parameters
     assert ("default_speaker", "speaking_from_config") in Calls(TEMPLATES / "voice_chat" / "1" / "model.py").parameters
     assert not Calls(TEMPLATES / "chat_reply" / "1" / "model.py").parameters  # it never speaks
+
+
+def test_sampling_inputs_are_named_after_sampling_params_fields():
+    """``generation.sampling_from_request`` sets the field named like each input, lower-cased."""
+    import dataclasses
+
+    from stepaudio.llm.sampling import SamplingParams
+
+    fields = {f.name for f in dataclasses.fields(SamplingParams)}
+    for tensor in specs.SAMPLING:
+        assert tensor.name.lower() in fields
