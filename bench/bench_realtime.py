@@ -18,6 +18,7 @@ the 600 ms end of turn), then silence until the reply has finished. Measured per
 from __future__ import annotations
 
 import argparse
+import collections
 import re
 import sys
 import threading
@@ -44,6 +45,21 @@ class SessionResult:
     latencies: list[float] = field(default_factory=list)
     barge_ins: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+
+
+# The first of these in a turn says whether the turn was answered with audio.
+REPLY_OUTCOMES = ("response.audio.delta", "response.done", "error")
+
+
+def no_audio_reason(event) -> str:
+    """Why a turn got no audio: none in time, a reply that ended without speaking (tiny random weights can reply
+    with text that holds no sentence), or a server error."""
+    if event is None:
+        return "no reply event in time"
+    if event.type == "response.done":
+        response = event.data["response"]
+        return f"reply {response['status']} without audio (text {response['output_transcript']!r})"
+    return f"error {event.data['error'].get('code')}: {event.data['error'].get('message', '')[:120]}"
 
 
 class PacedSession:
@@ -106,9 +122,9 @@ def run_session(url: str, speculation: bool, turns: int, index: int, tokens: int
                 session.send(wave[:last])
             end_sent = session.due - CHUNK_SECONDS  # the chunk with the last speech sample was due then
             session.send(wave[last:])
-            heard = session.silence_until(lambda e: e.type == "response.audio.delta", start=audio_before)
-            if heard is None:
-                result.failures.append("no reply audio")
+            heard = session.silence_until(lambda e: e.type in REPLY_OUTCOMES, start=audio_before)
+            if heard is None or heard.type != "response.audio.delta":
+                result.failures.append(no_audio_reason(heard))
                 continue
             result.latencies.append(heard.at - end_sent)
             if turn == turns:  # the barge-in turn
@@ -198,6 +214,8 @@ def main(argv=None) -> int:
                       f"| {started:.0f} / {d.get('stepaudio_realtime_replies_total:committed', 0):.0f} / "
                       f"{d.get('stepaudio_realtime_replies_total:discarded', 0):.0f} | "
                       f"{d.get('stepaudio_realtime_discarded_reply_seconds_total', 0):.1f} | {len(failures)} |", flush=True)
+                for reason, count in collections.Counter(failures).items():
+                    print(f"<!-- {count} × {reason} -->", flush=True)
     finally:
         if server is not None:
             server.stop()

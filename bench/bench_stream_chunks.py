@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stepaudio.checkpoints import layout  # noqa: E402
 from stepaudio.decoder import OnnxToken2Wav, Token2Wav, flow_noise, source_noise  # noqa: E402
-from stepaudio.decoder.checkpoint import load_config, tiny_config, write_decoder_dir  # noqa: E402
+from stepaudio.decoder.checkpoint import load_config  # noqa: E402
+from stepaudio.testing.decoder import tiny_config, write_decoder_dir  # noqa: E402
 
 
 def timed(decoder):

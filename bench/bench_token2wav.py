@@ -32,8 +32,8 @@ from export.flow_onnx import export_flow_onnx  # noqa: E402
 from export.vocoder_onnx import export_vocoder_onnx  # noqa: E402
 from stepaudio.checkpoints import layout  # noqa: E402
 from stepaudio.decoder import DecoderNoise, OnnxToken2Wav, Token2Wav, Token2WavBase, Token2WavRequest  # noqa: E402
-from stepaudio.decoder.checkpoint import write_decoder_dir  # noqa: E402
 from stepaudio.decoder.config import DecoderConfig  # noqa: E402
+from stepaudio.testing.decoder import write_decoder_dir  # noqa: E402
 
 PROMPT_SECONDS = 3.0
 

@@ -46,6 +46,20 @@ def decoder_counts(url: str) -> dict[str, tuple[int, int]]:
     return {m: (s.inference_count, s.execution_count) for m, s in stats.items()}
 
 
+def settled_decoder_counts(url: str, quiet_s: float = 0.3, timeout_s: float = 10.0) -> dict[str, tuple[int, int]]:
+    """The decoder counts once they stop changing. Triton records a request's statistics after its response has
+    left, so the last decoder calls can be missing right after the streams end; how many calls a stream makes is not
+    known ahead (a chunk's vocoder call can be skipped), so poll until the counts hold still for ``quiet_s``."""
+    counts, still_since = decoder_counts(url), time.monotonic()
+    deadline = still_since + timeout_s
+    while time.monotonic() < deadline and time.monotonic() - still_since < quiet_s:
+        time.sleep(0.05)
+        latest = decoder_counts(url)
+        if latest != counts:
+            counts, still_since = latest, time.monotonic()
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
@@ -71,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(args.streams) as pool:
             results = list(pool.map(one, range(args.streams)))
         wall = time.perf_counter() - start
-        time.sleep(1)  # Triton records statistics after the responses leave
-        after = decoder_counts(url)
+        after = settled_decoder_counts(url)
     audio = sum(r["audio_s"] for r in results)
     firsts = [r["first_chunk_s"] * 1000 for r in results]
     print(f"{args.streams} streams at once: wall {wall:.1f} s for {audio:.1f} s of audio, aggregate RTF {wall / audio:.2f}, "

@@ -24,9 +24,9 @@ def main() -> None:
 
     from stepaudio.llm.engine import GenerationRequest
     from stepaudio.llm.engine_config import LLMEngineOptions
-    from stepaudio.llm.hf_compat import TINY_LLAMA, write_tiny_llama
     from stepaudio.llm.sampling import SamplingParams
     from stepaudio.llm.vllm_engine import VllmEngine
+    from stepaudio.testing.hf_compat import TINY_LLAMA, write_tiny_llama
 
     with tempfile.TemporaryDirectory() as folder:
         write_tiny_llama(folder, TINY_LLAMA, seed=5)

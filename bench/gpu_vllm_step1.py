@@ -51,14 +51,14 @@ SIZES = {
 
 
 def write_checkpoint(root: Path, size: str) -> Path:
-    from stepaudio.llm.checkpoint import (
+    from stepaudio.llm.config import Step1Config
+    from stepaudio.testing.llm import (
         _TOKENIZER_CONFIG,
         MAX_SEQ_LEN,
         VOCAB_SIZE,
         build_tiny_spm,
         write_step1_folder,
     )
-    from stepaudio.llm.config import Step1Config
 
     config = Step1Config(vocab_size=VOCAB_SIZE, max_seq_len=MAX_SEQ_LEN, **SIZES[size])
     folder = root / size

@@ -14,7 +14,7 @@ if [ ! -x "$binary" ]; then
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install -q "tritonclient[all]==2.51.0"
 fi
-# perf_analyzer needs libb64.so.0d and libcudart.so.12: link them from the pytriton wheel (triton-on-cpu.md).
+# perf_analyzer needs libb64.so.0d and libcudart.so.12: link them from the pytriton wheel (docs/triton-on-cpu.md#perf_analyzer).
 libs=$(.venv/bin/python -c "import pathlib, pytriton; print(pathlib.Path(pytriton.__file__).parents[1] / 'nvidia_pytriton.libs')")
 mkdir -p "$tools/lib"
 ln -sf "$libs"/libb64-*.so.0d "$tools/lib/libb64.so.0d"

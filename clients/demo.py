@@ -4,7 +4,8 @@ until Ctrl-C (``--once`` stops after the requests).
 
 A rendered repository is reused while nothing that shapes it changed (``export.render_repository``'s digest); the
 exporters' own output goes to ``<build>/render.log``, the server's to ``<build>/server.log``, the gateway's to
-``<build>/gateway.log``. The terminal gets one line per step with its time.
+``<build>/gateway.log``. The terminal gets one line per step with its time, and a progress bar while the exports
+run and while the server loads its models.
 
     make demo                                            # tiny random checkpoints (noise, not speech)
     STEPAUDIO_CHECKPOINTS=/models make demo              # the downloaded Step-Audio-TTS-3B + Step-Audio-Tokenizer
@@ -24,6 +25,26 @@ from stepaudio.checkpoints import layout, write_tree
 from stepaudio.serve import TritonServer
 
 TEXT = "(高兴1)你好，欢迎使用阶跃星辰的语音合成服务。"
+
+
+class ProgressBar:
+    """A tqdm bar fed (done, total) counts; opened on the first count, closed by ``close``."""
+
+    def __init__(self, description: str, unit: str):
+        self.description, self.unit, self.bar = description, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=f"  {self.description}", unit=self.unit, leave=False,
+                            bar_format="{desc}: {bar:30} {n}/{total} {unit} [{elapsed}]")
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def prepare_checkpoints(build: Path) -> Path:
@@ -91,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = prepare_checkpoints(build)
     voices = prepare_voices(checkpoints, build)
     repository = build / "model_repository"
-    render(checkpoints, repository, voices, log_path=build / "render.log", progress=lambda line: print(f"  {line}"))
+    exports = ProgressBar("exporting", "models")
+    try:
+        render(checkpoints, repository, voices, log_path=build / "render.log", progress=lambda line: print(f"  {line}"),
+               on_exported=exports)
+    finally:
+        exports.close()
     print(f"repository {repository} ready in {time.perf_counter() - started:.1f} s")
     tiny = "STEPAUDIO_CHECKPOINTS" not in os.environ
     cap = args.max_new_tokens or (150 if tiny else None)
@@ -100,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     # A busy 2-core machine can need more than the launcher's default 120 s to load every model.
     print(f"starting tritonserver (log: {build / 'server.log'})")
-    with TritonServer(repository, http_port=0, grpc_port=0, metrics_port=0, log_path=build / "server.log").start(timeout=300) as server:
+    loading = ProgressBar("loading", "models ready")
+    try:
+        server = TritonServer(repository, http_port=0, grpc_port=0, metrics_port=0, log_path=build / "server.log")
+        server.start(timeout=300, on_models_ready=loading)
+    finally:
+        loading.close()
+    with server:
         print(f"tritonserver ready in {time.perf_counter() - started:.1f} s: http://{server.http_url} grpc {server.grpc_url}")
         for name, stream, protocol, url in (("offline", False, "http", server.http_url),
                                             ("stream", True, "grpc", server.grpc_url)):

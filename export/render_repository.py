@@ -3,11 +3,14 @@
     python -m export.render_repository --checkpoints DIR --out build/model_repository [--voices DIR] [--set k=v ...]
 
 What it does, in one pass:
-1. copies each served model's template folder (``config.pbtxt`` for GPU production, ``configs/cpu.pbtxt`` for the
-   CPU server, ``1/model.py``) under its served name; a template can be served under several names with other
-   values (``flow_decoder`` → ``flow_decoder_music`` with the music decoder's weights);
-2. fills every ``${name}`` placeholder of the configs (``fill_template.py`` syntax) from the checkpoint paths, the
-   deployment values (``DEFAULTS`` overridden by ``--set``) and the model's own values;
+1. copies each served model's template folder (``config.pbtxt``, ``1/model.py``) under its served name; a template
+   can be served under several names with other values (``flow_decoder`` → ``flow_decoder_music`` with the music
+   decoder's weights);
+2. writes the model's configs from its template: ``config.pbtxt`` for GPU production and, for a template with lines
+   that start ``@gpu `` / ``@cpu `` (a line of that variant only), ``configs/cpu.pbtxt`` for the CPU server; fills
+   every ``${name}`` placeholder (``fill_template.py`` syntax) from the checkpoint paths, the deployment values
+   (``DEFAULTS`` overridden by ``--set``), the model's own values and its tensors (``${inputs}``, ``${outputs}``,
+   ``${sampling_input_map}`` from ``stepaudio_triton/specs.py``);
 3. exports the ONNX files the ONNX models serve (flow decoder and vocoder of each decoder folder); exports of one
    exporter run in one worker process that traces each architecture once (the music decoder reuses the speech
    decoder's trace with its own weights), third-party exporter output goes to ``--log``;
@@ -34,7 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import get_context
@@ -42,18 +45,24 @@ from pathlib import Path
 from typing import Callable
 
 from stepaudio.checkpoints import layout
+from stepaudio.serving.files import templates_dir
+from stepaudio_triton import specs
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "model_repository"
+# The checkout's model_repository/, or the copy an installed wheel carries (stepaudio/serving/files.py).
+TEMPLATES = templates_dir()
 # Code whose change can change a rendered tree (re-fill every config) and, narrower, an exported graph (re-export):
 # the exporters and the library parts they trace (tests/export/test_render_cache.py checks that list).
-CODE_DIRS = (ROOT / "export", ROOT / "stepaudio")
+CODE_DIRS = (ROOT / "export", ROOT / "stepaudio", ROOT / "stepaudio_triton" / "specs.py")
 EXPORT_CODE = (ROOT / "export", ROOT / "stepaudio" / "__init__.py", *(ROOT / "stepaudio" / part for part in
                ("audio", "checkpoints", "decoder", "tokenizer")))
 EXPORT_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime")
 RENDER_DIGEST = ".render-digest"  # suffix of the file next to the repository (Triton scans everything inside)
 BUILD_DIGEST = ".build-digest"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Config file per server variant; a template line starting "@gpu " / "@cpu " belongs to that variant's file only.
+VARIANT_FILES = {"gpu": "config.pbtxt", "cpu": "configs/cpu.pbtxt"}
+_VARIANT_LINE = re.compile(r"@(gpu|cpu) ")
 
 # Deployment values a profile may override with --set key=value.
 DEFAULTS: dict[str, str] = {
@@ -203,6 +212,26 @@ def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str
     return values
 
 
+def variant_configs(template: str) -> dict[str, str]:
+    """A template's config text per variant. A template without variant lines is one config for every server (CPU-only
+    orchestration): it renders ``config.pbtxt`` alone, which the CPU server loads too."""
+    tagged = [((m := _VARIANT_LINE.match(line)) and m.group(1), line) for line in template.splitlines(keepends=True)]
+    variants = list(VARIANT_FILES) if any(tag for tag, _ in tagged) else ["gpu"]
+    return {variant: "".join(line[len("@gpu "):] if tag else line for tag, line in tagged if tag in (None, variant))
+            for variant in variants}
+
+
+def tensor_values(template: str, variant: str) -> dict[str, str]:
+    """The placeholders a config's tensors fill, from the template's entry in ``specs.MODELS``."""
+    if template not in specs.MODELS:
+        raise RenderError(f"no tensors declared for template {template!r} in stepaudio_triton/specs.py")
+    io = specs.MODELS[template]
+    sampling_map = "\n      ".join(f'input_map {{ key: "{t.name}" value: "{t.name}" }}' for t in specs.SAMPLING)
+    return {"inputs": specs.pbtxt_block("input", io.inputs, variant),
+            "outputs": specs.pbtxt_block("output", io.outputs, variant),
+            "sampling_input_map": sampling_map}
+
+
 _TEMPLATE_IGNORE = shutil.ignore_patterns("__pycache__", "*.onnx", "README.md")
 
 
@@ -225,9 +254,10 @@ def render_model(model: ServedModel, out: Path, values: dict[str, str], keep_bui
                 if not (target / "1" / built.name).exists():  # template files are always fresh
                     shutil.move(built, target / "1" / built.name)
     model_values = values | {"model_name": model.name} | model.values
-    for config in [target / "config.pbtxt", *sorted((target / "configs").glob("*.pbtxt"))]:
-        if config.exists():
-            config.write_text(fill(config.read_text(), model_values, str(config.relative_to(out))))
+    for variant, text in variant_configs((template / "config.pbtxt").read_text()).items():
+        config = target / VARIANT_FILES[variant]
+        config.parent.mkdir(exist_ok=True)
+        config.write_text(fill(text, model_values | tensor_values(model.template, variant), str(config.relative_to(out))))
     return target  # ensembles get an (empty) version folder too
 
 
@@ -300,9 +330,11 @@ def render(
     only: list[str] | None = None,
     log_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    on_exported: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Render the repository into ``out`` (reused as it is when its digest is unchanged); ``log_path`` collects the
-    exporters' output (None: the terminal), ``progress`` gets a short line per step."""
+    exporters' output (None: the terminal), ``progress`` gets a short line per step, ``on_exported(done, total)``
+    hears each finished export (the long step: a progress bar)."""
     say = progress or (lambda line: None)
     checkpoints = Path(checkpoints)
     if not checkpoints.is_dir():
@@ -347,9 +379,15 @@ def render(
         say(f"exporting {names}" + (f" (exporter output: {log_path})" if log_path else ""))
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run_builds, job, str(log_path) if log_path else None) for job in jobs]
-            for future in futures:
+            futures = {pool.submit(_run_builds, job, str(log_path) if log_path else None): len(job) for job in jobs}
+            total, done = sum(futures.values()), 0
+            if on_exported is not None:
+                on_exported(0, total)  # the bar's clock starts with the exports
+            for future in as_completed(futures):
                 future.result()
+                done += futures[future]
+                if on_exported is not None:
+                    on_exported(done, total)
         for job in jobs:
             for _, version in job:
                 (version / BUILD_DIGEST).write_text(builds[version.parent.name])

@@ -6,13 +6,13 @@
 Where the server comes from:
 - a system ``tritonserver`` on PATH (an NGC Triton container): used as is, with its own backends;
 - otherwise the Triton 2.51 build inside the ``nvidia-pytriton`` wheel, set up exactly as
-  ``triton-on-cpu.md`` measured: a backend directory of our own with *copies* of ``libtriton_python.so``, the
+  ``docs/triton-on-cpu.md#launch-recipe`` measured: a backend directory of our own with *copies* of ``libtriton_python.so``, the
   stub and ``triton_python_backend_utils.py``; the venv's ``bin`` first on PATH (the stub finds the venv through
   ``python3``); ``LD_LIBRARY_PATH`` = Python's LIBDIR + the wheel's ``nvidia_pytriton.libs``.
 
-The project's python-based backends (``backends/<name>/model.py``, e.g. the CPU ``onnxruntime`` backend) are
-copied next to the python backend, so ONNX models whose GPU config names the native ORT backend load on this
-CPU build through ``configs/cpu.pbtxt``. With no GPU present the launcher passes ``--model-config-name=cpu``.
+The project's python-based backends (``backends/<name>/model.py``, e.g. the CPU ``onnxruntime`` backend; an
+installed wheel carries them, see ``stepaudio.serving.files``) are copied next to the python backend, so ONNX
+models whose GPU config names the native ORT backend load on this CPU build through ``configs/cpu.pbtxt``. With no GPU present the launcher passes ``--model-config-name=cpu``.
 
 The library never imports Triton: this module only starts a process and speaks HTTP with urllib.
 """
@@ -25,6 +25,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -36,16 +37,18 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepaudio.serving.files import backends_dir
 from stepaudio.serving.http_guard import GuardLimits, HttpGuard
 from stepaudio.serving.supervisor import StubSupervisor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROJECT_BACKENDS = PROJECT_ROOT / "backends"
 # Every python-based backend names its stubs' regions triton_<backend>_backend_shm_region_<uuid>.
 _SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
+_LOADED_MODEL = re.compile(r"successfully loaded '([^']+)'")  # Triton's log line as each model becomes ready
 # Triton's restricted-API header: these endpoint groups answer only requests that carry it (Triton checks it).
 ADMIN_HEADER = "stepaudio-admin-key"
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
@@ -128,7 +131,7 @@ def _prepare_wheel_server(workdir: Path) -> ServerBinary:
     # Copies, not symlinks: a symlinked libtriton_python.so makes python-based backends fail to load.
     for src in (wheel / "backends/python/libtriton_python.so", wheel / "backends/python/triton_python_backend_utils.py", stub):
         shutil.copy2(src, python_dir / src.name)
-    for backend in sorted(PROJECT_BACKENDS.glob("*/model.py")):
+    for backend in sorted(backends_dir().glob("*/model.py")):
         target = backend_dir / backend.parent.name
         target.mkdir(exist_ok=True)
         shutil.copy2(backend, target / "model.py")
@@ -148,6 +151,12 @@ def locate_server(workdir: Path, prefer_system: bool = True) -> ServerBinary:
     if system:
         return ServerBinary(Path(system), dict(os.environ), None, None)
     return _prepare_wheel_server(workdir)
+
+
+def unrendered_configs(repository: Path) -> list[Path]:
+    """Configs with unfilled ``${...}`` placeholders: the ``model_repository/`` templates, which
+    ``export.render_repository`` fills; served as they are, every model would fail with a config parse error."""
+    return [config for config in sorted(Path(repository).glob("*/config.pbtxt")) if "${" in config.read_text()]
 
 
 def _mapped_shm_regions() -> set[str]:
@@ -265,7 +274,8 @@ class TritonServer:
             cmd.append(f"--cache-config=local,size={self.response_cache_bytes}")
         return cmd + list(self.extra_args)
 
-    def start(self, timeout: float = 120.0) -> TritonServer:
+    def start(self, timeout: float = 120.0, on_models_ready: Callable[[int, int], None] | None = None) -> TritonServer:
+        """Launch and wait until ready; ``on_models_ready(ready, total)`` hears each change while models load."""
         for attr, host in (("http_port", self.host), ("grpc_port", self.grpc_host), ("metrics_port", self.host),
                            ("triton_http_port", LOOPBACK)):
             if getattr(self, attr) == 0:
@@ -287,7 +297,7 @@ class TritonServer:
             preexec_fn=_die_with_parent,
         )
         try:
-            self._wait_ready(timeout)
+            self._wait_ready(timeout, on_models_ready)
             self.internal_models = self._internal_models()
             if self.supervise:
                 self.supervisor = StubSupervisor(self.process.pid, self.reload_model, log=self._event_log()).start()
@@ -378,9 +388,28 @@ class TritonServer:
                 failures[config.parent.name] = "not loaded: no model version folder was found (add <model>/1/)"
         return failures
 
-    def _wait_ready(self, timeout: float) -> None:
+    def models_loaded(self) -> tuple[int, int]:
+        """(models loaded so far, model folders in the repository), read from the server's log: at startup Triton
+        loads every model before its HTTP/gRPC endpoints answer, so the API cannot tell."""
+        total = len(list(Path(self.model_repository).glob("*/config.pbtxt")))
+        try:
+            log = Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return 0, total
+        return len(set(_LOADED_MODEL.findall(log))), total
+
+    def _wait_ready(self, timeout: float, on_models_ready: Callable[[int, int], None] | None = None) -> None:
         deadline = time.monotonic() + timeout
+        reported = None
+
+        def report() -> None:
+            nonlocal reported
+            if on_models_ready is not None and (loaded := self.models_loaded()) != reported:
+                on_models_ready(*loaded)
+                reported = loaded
+
         while time.monotonic() < deadline:
+            report()
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode}\n{self.log_tail()}")
             try:
@@ -390,6 +419,7 @@ class TritonServer:
                 time.sleep(0.2)
                 continue
             if ready == 200:
+                report()
                 return
             if live == 200:
                 # Live but not ready: either still loading, or a model failed (ready stays 400 for good).
@@ -471,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.model_repository.is_dir():
         print(f"error: model repository {args.model_repository} is not a directory", file=sys.stderr)
+        return 2
+    templates = unrendered_configs(args.model_repository)
+    if templates:
+        print(f"error: {args.model_repository} is a template tree ({templates[0]} has unfilled ${{...}} values); "
+              "render it first: python -m export.render_repository --checkpoints DIR --out build/model_repository "
+              "(or make repository)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 

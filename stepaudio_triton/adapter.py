@@ -27,6 +27,15 @@ def parameter(config: dict, key: str, default: Any = None, cast: Callable[[str],
     return cast(value)
 
 
+def rendered_parameter(config: dict, key: str, cast: Callable[[str], Any] = str) -> Any:
+    """A parameter the model's template always sets from a deployment value, whose default lives in one place only
+    (``DEFAULTS`` of export/render_repository.py, or the template). Unset means an unrendered config: no load."""
+    value = parameter(config, key, None, cast)
+    if value is None:
+        raise ValueError(f"parameter {key!r} is not set; serve a repository rendered by python -m export.render_repository")
+    return value
+
+
 def owned(tensor) -> np.ndarray:
     """A tensor's values as an array that owns its memory. ``as_numpy()`` is a view into the stub's shared-memory
     region, whose allocator hands a released response's memory out again: a view kept past its tensor reads
@@ -44,6 +53,11 @@ def required_input(request, name: str) -> np.ndarray:
     if value is None:
         raise ValueError(f"input {name} is required")
     return value
+
+
+def given_inputs(request, names) -> dict[str, np.ndarray]:
+    """The inputs among ``names`` (a group of ``specs.py``) that the request carries, by name."""
+    return {name: value for name in names if (value := optional_input(request, name)) is not None}
 
 
 def _one_element(value: np.ndarray, name: str) -> Any:
@@ -77,6 +91,16 @@ def optional_scalar(request, name: str, cast: Callable[[Any], Any]) -> Any:
 
 def tensor(name: str, array: np.ndarray):
     return pb_utils.Tensor(name, np.ascontiguousarray(array))
+
+
+class Outputs:
+    """Output tensors in the dtype the model's config declares (``specs.py`` writes it), so no adapter restates one."""
+
+    def __init__(self, config: dict):
+        self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+
+    def __call__(self, name: str, values):
+        return tensor(name, np.asarray(values, dtype=self.dtypes[name]))
 
 
 def string_tensor(name: str, text: str):

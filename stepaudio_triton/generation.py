@@ -9,27 +9,18 @@ import json
 import threading
 from typing import Callable
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.errors import Cancelled
-from stepaudio.llm.engine import GenerationRequest, TokenStream
+from stepaudio.llm.engine import TokenStream
 from stepaudio.llm.sampling import SamplingParams
+from stepaudio_triton import specs
 from stepaudio_triton.adapter import optional_scalar, optional_string, required_input, send, send_error
 from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
 from stepaudio_triton.errors import BLS_REQUEST_ID_PREFIX
 from stepaudio_triton.threads import BoundedThreads
 
 MIN_CANCEL_TOKEN_CHARS = 16
-
-# Optional per-request sampling inputs shared by every LLM-backed model: (tensor name, field, cast).
-SAMPLING_INPUTS = (
-    ("TEMPERATURE", "temperature", float),
-    ("TOP_K", "top_k", int),
-    ("TOP_P", "top_p", float),
-    ("SEED", "seed", int),
-    ("MAX_NEW_TOKENS", "max_new_tokens", int),
-)
 
 
 def token_ranges(text: str) -> tuple[tuple[int, int], ...] | None:
@@ -45,10 +36,10 @@ def token_ranges(text: str) -> tuple[tuple[int, int], ...] | None:
 def sampling_from_request(request, defaults: SamplingParams, max_new_tokens_limit: int | None = None) -> SamplingParams:
     """The request's sampling inputs over ``defaults``; MAX_NEW_TOKENS above the model's limit is refused."""
     overrides = {}
-    for tensor_name, field_name, cast in SAMPLING_INPUTS:
-        value = optional_scalar(request, tensor_name, cast)
+    for sampling_input in specs.SAMPLING:  # each named after its SamplingParams field
+        value = optional_scalar(request, sampling_input.name, sampling_input.python_type)
         if value is not None:
-            overrides[field_name] = value
+            overrides[sampling_input.name.lower()] = value
     params = dataclasses.replace(defaults, **overrides)
     params.validate()
     limit = max_new_tokens_limit or defaults.max_new_tokens
@@ -198,8 +189,14 @@ def serve_generation(request, live: LiveStreams, workers: BoundedThreads, submit
         send_error(request.get_response_sender(), request, exc)
 
 
-def ids_tensor(name: str, ids: list[int]):
-    return pb_utils.Tensor(name, np.asarray(ids, dtype=np.int32))
-
-
-__all__ = ["GenerationRequest", "SamplingParams", "prompt_ids", "sampling_from_request", "serve_generation", "ids_tensor"]
+# What the LLM models import from here.
+__all__ = [
+    "LiveStreams",
+    "answer_cancel",
+    "cancel_token",
+    "prompt_ids",
+    "sampling_from_request",
+    "serve_generation",
+    "stream_tokens",
+    "token_ranges",
+]

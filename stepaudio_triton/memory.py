@@ -29,7 +29,7 @@ class IdleTrim:
         self._trim = _malloc_trim()
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._last = 0.0
+        self._last = float("-inf")  # monotonic time starts near boot: the first idle moment trims
 
     def __enter__(self) -> "IdleTrim":
         with self._lock:

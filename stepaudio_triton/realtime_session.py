@@ -51,6 +51,7 @@ from stepaudio_triton.adapter import (
     optional_scalar,
     optional_string,
     parameter,
+    rendered_parameter,
     required_input,
 )
 from stepaudio_triton.sequences import SequenceControls
@@ -80,16 +81,20 @@ class ServiceConfig:
 
     @classmethod
     def from_config(cls, config: dict) -> ServiceConfig:
-        p = lambda key, default, cast=str: parameter(config, key, default, cast)  # noqa: E731
         controller = RealtimeConfig(
-            end_of_turn_ms=p("end_of_turn_ms", 600.0, float), pause_ms=p("pause_ms", 200.0, float),
-            speculation=p("speculation", True, bool), max_turn_seconds=p("max_turn_seconds", 30.0, float),
-            max_session_seconds=p("max_session_seconds", 1800.0, float),
-            idle_timeout_seconds=p("idle_timeout_s", 30.0, float)).validate()
-        return cls(p("vad_model", "vad"), p("tokenizer_model", "tokenizer"), p("chat_model", "chat_llm"),
-                   p("tts_model", "tts_stream"), p("default_speaker", "Tingting"), p("max_sentence_chars", 200, int),
-                   p("max_chunk_seconds", 5.0, float), p("max_history_turns", 16, int),
-                   p("chat_max_new_tokens", 256, int), p("tts_max_new_tokens", 1024, int), controller)
+            end_of_turn_ms=rendered_parameter(config, "end_of_turn_ms", float),
+            pause_ms=rendered_parameter(config, "pause_ms", float),
+            speculation=rendered_parameter(config, "speculation", bool),
+            max_turn_seconds=rendered_parameter(config, "max_turn_seconds", float),
+            max_session_seconds=rendered_parameter(config, "max_session_seconds", float),
+            idle_timeout_seconds=rendered_parameter(config, "idle_timeout_s", float)).validate()
+        return cls(parameter(config, "vad_model", "vad"), parameter(config, "tokenizer_model", "tokenizer"),
+                   parameter(config, "chat_model", "chat_llm"), parameter(config, "tts_model", "tts_stream"),
+                   rendered_parameter(config, "default_speaker"), rendered_parameter(config, "max_sentence_chars", int),
+                   rendered_parameter(config, "max_chunk_seconds", float),
+                   rendered_parameter(config, "max_history_turns", int),
+                   rendered_parameter(config, "chat_max_new_tokens", int),
+                   rendered_parameter(config, "tts_max_new_tokens", int), controller)
 
 
 @dataclass(frozen=True)

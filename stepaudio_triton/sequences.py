@@ -20,7 +20,7 @@ from typing import Callable, Generic, TypeVar
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.errors import Unavailable
-from stepaudio_triton.adapter import optional_input
+from stepaudio_triton.adapter import optional_input, rendered_parameter
 
 T = TypeVar("T")
 
@@ -142,3 +142,20 @@ def reaper(table: SequenceTable, every_s: float) -> tuple[threading.Thread, thre
     thread = threading.Thread(target=run, name=f"{table.model}-reaper", daemon=True)
     thread.start()
     return thread, stop
+
+
+class Sessions:
+    """A sequence model's live sessions (``vad``, ``stream_tokenizer``): the table, sized and timed by the rendered
+    ``max_sessions`` / ``idle_timeout_s``, its gauge, and the reaper that frees idle sessions."""
+
+    def __init__(self, model: str, config: dict):
+        self.gauge = LiveGauge(model)
+        idle = rendered_parameter(config, "idle_timeout_s", float)
+        self.table = SequenceTable(model, rendered_parameter(config, "max_sessions", int), idle, gauge=self.gauge)
+        self._reaper, self._stop_reaper = reaper(self.table, min(idle, 5.0))
+
+    def close(self) -> None:
+        self._stop_reaper.set()
+        self._reaper.join()
+        self.table.close_all()
+        self.gauge.close()

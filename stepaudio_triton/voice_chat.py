@@ -7,6 +7,7 @@ preset SPEAKER or a cloned voice (PROMPT_AUDIO + PROMPT_SAMPLE_RATE + PROMPT_TEX
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,11 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from stepaudio.chat.template import turns_from_json
-from stepaudio_triton import bls
-from stepaudio_triton.adapter import optional_input, optional_scalar, optional_string, parameter
+from stepaudio_triton import bls, specs
+from stepaudio_triton.adapter import (
+    given_inputs,
+    optional_input,
+    optional_scalar,
+    optional_string,
+    parameter,
+    rendered_parameter,
+)
 
-CHAT_SAMPLING = ("TEMPERATURE", "TOP_P", "SEED", "MAX_NEW_TOKENS")
-PROMPT_VOICE = ("PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")  # a cloned reply voice, as tts_stream takes it
+PROMPT_VOICE = specs.names(specs.PROMPT_VOICE)  # a cloned reply voice, as tts_stream takes it
 
 
 @dataclass
@@ -27,19 +34,24 @@ class ChatGraph:
     chat_model: str
     tts_model: str
     stream_tts_model: str
-    default_speaker: str
-    max_sentence_chars: int
+    default_speaker: str | None = None  # the reply voice: set by speaking_from_config
+    max_sentence_chars: int | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> ChatGraph:
+        """The models a turn calls; no reply voice (chat_reply's reply is spoken by the ensemble's tts step)."""
         return cls(
             parameter(config, "tokenizer_model", "tokenizer"),
             parameter(config, "chat_model", "chat_llm"),
             parameter(config, "tts_model", "ensemble_tts"),
             parameter(config, "stream_tts_model", "tts_stream"),
-            parameter(config, "default_speaker", "Tingting"),
-            parameter(config, "max_sentence_chars", 200, int),
         )
+
+    @classmethod
+    def speaking_from_config(cls, config: dict) -> ChatGraph:
+        """The models and the reply voice's parameters (voice_chat, voice_chat_stream)."""
+        return dataclasses.replace(cls.from_config(config), default_speaker=rendered_parameter(config, "default_speaker"),
+                                   max_sentence_chars=rendered_parameter(config, "max_sentence_chars", int))
 
 
 @dataclass
@@ -59,7 +71,7 @@ class ChatTurnInputs:
         messages = turn_messages(request, "AUDIO" if audio is not None else None)
         sampling = chat_sampling(request)
         speaker = optional_string(request, "SPEAKER")
-        prompt_voice = {n: v for n in PROMPT_VOICE if (v := optional_input(request, n)) is not None}
+        prompt_voice = given_inputs(request, PROMPT_VOICE)
         # Checked before the chat runs, so a bad voice costs no generation (tts_frontend checks the audio itself).
         if prompt_voice and len(prompt_voice) < len(PROMPT_VOICE):
             raise ValueError(f"a prompt voice needs all of {', '.join(PROMPT_VOICE)}")
@@ -92,7 +104,7 @@ def turn_messages(request, audio_input: str | None) -> str:
 
 def chat_sampling(request) -> dict:
     """The chat sampling inputs given, shaped [1] for chat_llm (a batched caller sends [1, 1])."""
-    return {n: v.reshape(1) for n in CHAT_SAMPLING if (v := optional_input(request, n)) is not None}
+    return {name: value.reshape(1) for name, value in given_inputs(request, specs.names(specs.SAMPLING)).items()}
 
 
 def collected_reply(graph: ChatGraph, request, pool: ThreadPoolExecutor) -> tuple[str, str]:

@@ -4,21 +4,13 @@ one tiny checkpoint tree, one rendered repository and one tritonserver for the w
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
 from stepaudio.serve import TritonServer
 from stepaudio.serving.http_guard import GuardLimits
-
-
-def _interrupt_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # pytest then runs fixture teardown, which stops the servers
-
-
-signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-
+from tests.helpers import sigterm_interrupts
 
 # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.
 # A BLS stream on a killed stub is abandoned after 30 s, not the production 60 (the fault-injection test waits for it).
@@ -57,5 +49,5 @@ def triton_server(model_repository, tmp_path_factory):
     # A small body limit, so the test of the limit sends 16 MiB, not the production 64.
     limits = GuardLimits(max_body_bytes=16 * 1024 * 1024)
     server = TritonServer(model_repository, log_path=log, guard_limits=limits)
-    with server.start(timeout=300):  # a busy 2-core machine can take minutes to load every model
+    with sigterm_interrupts(), server.start(timeout=300):  # a busy 2-core machine can take minutes to load every model
         yield server

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from export.render_repository import DEFAULTS
@@ -61,6 +62,17 @@ def test_dockerfile_copies_existing_paths_and_runs_the_copied_entrypoint():
     entrypoint = re.search(r'^ENTRYPOINT \["(\S+)"\]', text, re.M).group(1)
     assert entrypoint == f"{workdir}/docker/entrypoint.sh" and "COPY docker/entrypoint.sh ./docker/entrypoint.sh" in text
     assert os.access(ENTRYPOINT, os.X_OK)
+
+
+def test_dockerfile_copies_every_folder_the_install_reads():
+    # pyproject.toml lists its packages by name (and maps backends/, model_repository/): pip fails on a missing one.
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    needed = {name.split(".")[0] for name in setuptools["packages"] if name not in setuptools["package-dir"]}
+    needed |= set(setuptools["package-dir"].values())
+    copied = {line.split()[1] for line in (ROOT / "docker" / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ")}
+    assert needed - copied == set()
 
 
 def test_compose_services_build_the_dockerfile_and_set_only_known_render_keys():

@@ -1,10 +1,11 @@
-"""Launcher logic that needs no server: the command line it builds."""
+"""Launcher logic that needs no server: the command line it builds, the files it finds, what it refuses."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from stepaudio import serve
+from stepaudio.serving import files
 
 
 def _binary(tmp_path):
@@ -35,3 +36,23 @@ def test_wheel_backend_directory_holds_copies(tmp_path):
     assert (binary.backend_directory / "onnxruntime" / "model.py").is_file()
     assert binary.env["PATH"].split(":")[0].endswith("/bin")
     assert "nvidia_pytriton.libs" in binary.env["LD_LIBRARY_PATH"]
+
+
+def test_backends_and_templates_come_from_the_checkout_here():
+    # An editable install has no copies under stepaudio_triton/: the checkout's folders are the ones used.
+    root = Path(__file__).resolve().parent.parent
+    assert files.backends_dir() == root / "backends"
+    assert files.templates_dir() == root / "model_repository"
+
+
+def test_launcher_refuses_the_template_tree(capsys):
+    templates = files.templates_dir()
+    assert serve.unrendered_configs(templates), "the templates have ${...} values to fill"
+    assert serve.main(["--model-repository", str(templates)]) == 2
+    assert "render it first" in capsys.readouterr().err
+
+
+def test_a_rendered_config_is_not_a_template(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\n')
+    assert serve.unrendered_configs(tmp_path) == []

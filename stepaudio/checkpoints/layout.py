@@ -1,4 +1,4 @@
-"""File and folder names of the published Step-Audio checkpoint tree (step-audio.md §1).
+"""File and folder names of the published Step-Audio checkpoint tree (docs/checkpoints.md#folders-and-files).
 
 Every loader and every writer takes its paths from here, so the tiny trees the project writes and the
 real downloaded trees have one definition.

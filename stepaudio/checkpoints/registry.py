@@ -18,10 +18,10 @@ VARIANTS = ("tiny", "real")
 
 # Modules that register writers when imported; one per component.
 WRITER_MODULES = (
-    "stepaudio.llm.checkpoint",
-    "stepaudio.tokenizer.checkpoint",
-    "stepaudio.decoder.checkpoint",
-    "stepaudio.tts.checkpoint",
+    "stepaudio.testing.llm",
+    "stepaudio.testing.tokenizer",
+    "stepaudio.testing.decoder",
+    "stepaudio.testing.voices",
 )
 
 _WRITERS: dict[str, Writer] = {}

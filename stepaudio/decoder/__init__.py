@@ -15,7 +15,7 @@ from stepaudio.decoder.noise import (
     source_phase,
 )
 
-# The runners import torch (≈1.5 s); loaded on first use, so that orchestration stubs that only read a config or
+# The runners import torch (slow to import); loaded on first use, so that orchestration stubs that only read a config or
 # draw noise (tts, tts_music) start without it.
 _TOKEN2WAV = ("OnnxToken2Wav", "Token2Wav", "Token2WavBase", "Token2WavRequest", "Token2WavStream")
 

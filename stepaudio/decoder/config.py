@@ -4,10 +4,9 @@ The published file is hyperpyyaml: ``!new:pkg.Class`` (construct with the mappin
 (a partial), ``!apply:pkg.func [args]`` (call at load time) and ``!ref <key>`` (another top-level value). A small
 PyYAML loader records each tagged node as ``Tagged(kind, target, kwargs)`` and resolves ``!ref``; the builders below
 read the values they need by class name. Anything the yaml does not state falls back to the reference defaults
-(step-audio.md §6.2 — the configuration whose parameter count matches the published ``flow.pt``/``hift.pt``).
+(docs/checkpoints.md#decoder-folders — the configuration whose parameter count matches the published ``flow.pt``/``hift.pt``).
 
-``render_yaml`` writes a config back in the published format (tags and all), so tiny test trees are read by the
-same code path as the real files.
+The writer of the published format (tiny test trees) is ``stepaudio.testing.decoder_yaml``.
 """
 
 from __future__ import annotations
@@ -105,7 +104,7 @@ def load_hyperyaml(text: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Typed configuration; defaults = the published CosyVoice-300M-25Hz values (step-audio.md §6.2, §6.5, §6.6).
+# Typed configuration; defaults = the published CosyVoice-300M-25Hz values (docs/checkpoints.md#decoder-folders).
 
 
 @dataclass(frozen=True)
@@ -373,136 +372,6 @@ def _mel_config(node: Any) -> MelConfig:
     if not isinstance(node, Tagged) or not node.target.endswith("mel_spectrogram"):
         raise ValueError("feat_extractor must be !name:...mel_spectrogram")
     return _pick(MelConfig, node.kwargs)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Writing the published format.
-
-
-def _yaml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return f"'{value}'"
-    if isinstance(value, float) and value != 0 and abs(value) < 1e-3:
-        return f"{value:.0e}"
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
-    return str(value)
-
-
-def render_yaml(config: DecoderConfig) -> str:
-    """``cosyvoice.yaml`` text for ``config`` in the published hyperpyyaml layout."""
-    f, e, r, c, d, h, m = (
-        config.flow,
-        config.flow.encoder,
-        config.flow.length_regulator,
-        config.flow.cfm,
-        config.flow.estimator,
-        config.hift,
-        config.mel,
-    )
-    v = _yaml_value
-    lines = [
-        "# set random seed, so that you may reproduce your result.",
-        "__set_seed1: !apply:random.seed [1986]",
-        "__set_seed2: !apply:numpy.random.seed [1986]",
-        "__set_seed3: !apply:torch.manual_seed [1986]",
-        "__set_seed4: !apply:torch.cuda.manual_seed_all [1986]",
-        "",
-        "# fixed params",
-        f"sample_rate: {config.sample_rate}",
-        f"spk_embed_dim: {f.spk_embed_dim}",
-        "",
-        "# model params",
-        "flow: !new:cosyvoice.flow.flow.MaskedDiffWithXvec",
-        f"    input_size: {f.input_size}",
-        f"    output_size: {f.output_size}",
-        "    spk_embed_dim: !ref <spk_embed_dim>",
-        f"    output_type: {v(f.output_type)}",
-        f"    vocab_size: {f.vocab_size}",
-        f"    input_frame_rate: {f.input_frame_rate}",
-        f"    only_mask_loss: {v(f.only_mask_loss)}",
-        "    encoder: !new:cosyvoice.transformer.encoder.ConformerEncoder",
-        f"        output_size: {e.output_size}",
-        f"        attention_heads: {e.attention_heads}",
-        f"        linear_units: {e.linear_units}",
-        f"        num_blocks: {e.num_blocks}",
-        "        dropout_rate: 0.01",
-        "        positional_dropout_rate: 0.01",
-        "        attention_dropout_rate: 0.01",
-        f"        normalize_before: {v(e.normalize_before)}",
-        f"        input_layer: {v(e.input_layer)}",
-        f"        pos_enc_layer_type: {v(e.pos_enc_layer_type)}",
-        f"        selfattention_layer_type: {v(e.selfattention_layer_type)}",
-        f"        input_size: {e.input_size}",
-        f"        use_cnn_module: {v(e.use_cnn_module)}",
-        f"        macaron_style: {v(e.macaron_style)}",
-        "    length_regulator: !new:cosyvoice.flow.length_regulator.InterpolateRegulator",
-        f"        channels: {r.channels}",
-        f"        sampling_ratios: {v(r.sampling_ratios)}",
-        "    decoder: !new:cosyvoice.flow.flow_matching.ConditionalCFM",
-        f"        in_channels: {c.in_channels}",
-        f"        n_spks: {c.n_spks}",
-        f"        spk_emb_dim: {c.spk_emb_dim}",
-        "        cfm_params: !new:omegaconf.DictConfig",
-        "            content:",
-        f"                sigma_min: {v(c.sigma_min)}",
-        f"                solver: {v(c.solver)}",
-        f"                t_scheduler: {v(c.t_scheduler)}",
-        f"                training_cfg_rate: {c.training_cfg_rate}",
-        f"                inference_cfg_rate: {c.inference_cfg_rate}",
-        f"                reg_loss_type: {v(c.reg_loss_type)}",
-        "        estimator: !new:cosyvoice.flow.decoder.ConditionalDecoder",
-        f"            in_channels: {d.in_channels}",
-        f"            out_channels: {d.out_channels}",
-        f"            channels: {v(d.channels)}",
-        f"            dropout: {d.dropout}",
-        f"            attention_head_dim: {d.attention_head_dim}",
-        f"            n_blocks: {d.n_blocks}",
-        f"            num_mid_blocks: {d.num_mid_blocks}",
-        f"            num_heads: {d.num_heads}",
-        f"            act_fn: {v(d.act_fn)}",
-        "",
-        "hift: !new:cosyvoice.hifigan.generator.HiFTGenerator",
-        f"    in_channels: {h.in_channels}",
-        f"    base_channels: {h.base_channels}",
-        f"    nb_harmonics: {h.nb_harmonics}",
-        "    sampling_rate: !ref <sample_rate>",
-        f"    nsf_alpha: {h.nsf_alpha}",
-        f"    nsf_sigma: {h.nsf_sigma}",
-        f"    nsf_voiced_threshold: {h.nsf_voiced_threshold:g}",
-        f"    upsample_rates: {v(h.upsample_rates)}",
-        f"    upsample_kernel_sizes: {v(h.upsample_kernel_sizes)}",
-        "    istft_params:",
-        f"        n_fft: {h.n_fft}",
-        f"        hop_len: {h.hop_len}",
-        f"    resblock_kernel_sizes: {v(h.resblock_kernel_sizes)}",
-        f"    resblock_dilation_sizes: {v(h.resblock_dilation_sizes)}",
-        f"    source_resblock_kernel_sizes: {v(h.source_resblock_kernel_sizes)}",
-        f"    source_resblock_dilation_sizes: {v(h.source_resblock_dilation_sizes)}",
-        f"    lrelu_slope: {h.lrelu_slope}",
-        f"    audio_limit: {h.audio_limit}",
-        "    f0_predictor: !new:cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor",
-        f"        num_class: {h.f0_num_class}",
-        f"        in_channels: {h.f0_in_channels}",
-        f"        cond_channels: {h.f0_cond_channels}",
-        "",
-        "# processor functions",
-        "feat_extractor: !name:cosyvoice.matcha.audio.mel_spectrogram",
-        f"    n_fft: {m.n_fft}",
-        f"    num_mels: {m.num_mels}",
-        "    sampling_rate: !ref <sample_rate>",
-        f"    hop_size: {m.hop_size}",
-        f"    win_size: {m.win_size}",
-        f"    fmin: {m.fmin:g}",
-        f"    fmax: {v(None) if m.fmax is None else format(m.fmax, 'g')}",
-        f"    center: {v(m.center)}",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def load_config(decoder_dir: str | Path) -> DecoderConfig:

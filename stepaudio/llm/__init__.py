@@ -1,6 +1,6 @@
 """Step1 LLMs (Step-Audio-TTS-3B, Step-Audio-Chat): checkpoint-compatible model, tokenizer, sampling and the
 continuous-batching generation engine (or vLLM, chosen by ``LLMEngineOptions``). The tiny checkpoint writer lives in
-``stepaudio.llm.checkpoint``."""
+``stepaudio.testing.llm``."""
 
 from stepaudio.llm.config import Step1Config, resolve_dtype
 from stepaudio.llm.engine import (

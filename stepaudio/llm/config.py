@@ -1,4 +1,4 @@
-"""Step1 ``config.json``: the keys of the published TTS-3B and Chat checkpoints (step-audio.md §3.1, §4)."""
+"""Step1 ``config.json``: the keys of the published TTS-3B and Chat checkpoints (docs/checkpoints.md#step1-llm-folders)."""
 
 from __future__ import annotations
 

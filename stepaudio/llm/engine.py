@@ -33,7 +33,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -130,6 +130,7 @@ class TokenStream:
         self._queue.put(_END)
 
 
+@runtime_checkable  # the tests check both engines against it
 class GenerationEngine(Protocol):
     """What the served LLM models call; ``TorchStep1Engine`` and ``stepaudio.llm.vllm_engine.VllmEngine`` implement
     it (``engine_config.build_engine`` picks one per model).

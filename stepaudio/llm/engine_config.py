@@ -22,11 +22,14 @@ import locale
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # engine.py imports torch; the options parse without it
+    from stepaudio.llm.engine import GenerationEngine
 
 ENGINES = ("native", "vllm")
 EXECUTOR_BACKENDS = ("mp", "ray")
-# vLLM's only attention backend with ALiBi-sqrt (step-audio.md Appendix D); "auto" picks it for Step1 checkpoints.
+# vLLM's only attention backend with ALiBi-sqrt (docs/reference-notes.md#step1-on-vllm); "auto" picks it for Step1 checkpoints.
 STEP1_ATTENTION_BACKEND = "TRITON_ATTN"
 
 
@@ -162,7 +165,7 @@ def build_engine(
     device: str = "cpu",
     dtype: str | None = None,
     max_batch_size: int = 8,
-):
+) -> GenerationEngine:
     """The engine ``options`` ask for, on ``checkpoint``. ``device`` is the instance's device: the native engine
     runs there; a one-GPU vLLM engine is pinned there through ``CUDA_VISIBLE_DEVICES``; a parallel vLLM engine
     spans the visible GPUs and needs a ``KIND_MODEL`` instance (device "cpu" from Triton's point of view)."""

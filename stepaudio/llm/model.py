@@ -1,5 +1,5 @@
 """Step1 decoder (Step-Audio-TTS-3B and Step-Audio-Chat), the same math and state-dict names as the reference
-``modeling_step1.py`` (step-audio.md §5).
+``modeling_step1.py`` (docs/checkpoints.md#step1-architecture).
 
 - pre-norm RMSNorm (variance in fp32, result cast back before the weight multiply, as the reference does);
 - grouped-query attention without biases and **without RoPE**: position enters only through the ALiBi-sqrt bias

@@ -14,7 +14,7 @@ reproduces that behaviour with the ``sentencepiece`` runtime:
 ``decode`` follows the HF decoder chain: ``▁`` → space, consecutive ``<0xNN>`` pieces → UTF-8 (one U+FFFD per
 byte when invalid), one leading space stripped; special tokens are kept as text (``skip_special_tokens=False``).
 
-Id layout (step-audio.md §3.1, §2.4): 0 ``<unk>``, 1 ``<s>``, 2 ``</s>``, 3 ``<|EOT|>``, 4 ``<|BOT|>``,
+Id layout (docs/checkpoints.md#token-ids): 0 ``<unk>``, 1 ``<s>``, 2 ``</s>``, 3 ``<|EOT|>``, 4 ``<|BOT|>``,
 ``<audio_N>`` = 65536 + N for N in 0..5119.
 """
 

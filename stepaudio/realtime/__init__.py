@@ -15,6 +15,19 @@ from stepaudio.realtime.controller import (
 from stepaudio.realtime.vad import SAMPLE_RATE, WINDOW_SAMPLES, SileroVad, VadFrame, VadStream
 
 __all__ = [
-    "Action", "CancelReply", "CommitReply", "DiscardReply", "RealtimeConfig", "RealtimeController", "SpeechStarted",
-    "SpeechStopped", "StartReply", "TurnState", "SAMPLE_RATE", "WINDOW_SAMPLES", "SileroVad", "VadFrame", "VadStream",
+    "Action",
+    "CancelReply",
+    "CommitReply",
+    "DiscardReply",
+    "RealtimeConfig",
+    "RealtimeController",
+    "SAMPLE_RATE",
+    "SileroVad",
+    "SpeechStarted",
+    "SpeechStopped",
+    "StartReply",
+    "TurnState",
+    "VadFrame",
+    "VadStream",
+    "WINDOW_SAMPLES",
 ]

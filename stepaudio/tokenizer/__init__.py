@@ -20,7 +20,7 @@ from stepaudio.tokenizer.ids import (
     interleave,
 )
 
-# The encoders import torch (≈1.5 s); loaded on first use, so that code needing only the id helpers (the chat
+# The encoders import torch (slow to import); loaded on first use, so that code needing only the id helpers (the chat
 # template in every chat orchestration stub) starts without it.
 _LAZY = {
     "SpeakerEncoder": "stepaudio.tokenizer.campplus",

@@ -1,4 +1,4 @@
-"""Dual-codebook id space (step-audio.md §2.4).
+"""Dual-codebook id space (docs/checkpoints.md#token-ids).
 
 vq02 code c (0…1023) is LLM id ``65536 + c``; vq06 code c (0…4095) is LLM id ``66560 + c``. Audio is interleaved in
 groups of 2 vq02 + 3 vq06 codes (120 ms each); codes that do not fill a whole group are dropped. The Chat model reads

@@ -62,6 +62,7 @@ def adapter(monkeypatch):
     fake.get_input_tensor_by_name = lambda request, name: request.get(name)
     fake.get_output_tensor_by_name = lambda response, name: getattr(response, "tensor", lambda name: None)(name)
     fake.Logger = types.SimpleNamespace(log_error=lambda message: logged.append(message))
+    fake.triton_string_to_numpy = lambda data_type: {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32}[data_type]
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
     sys.modules.pop("stepaudio_triton.adapter", None)
     module = importlib.import_module("stepaudio_triton.adapter")
@@ -75,6 +76,21 @@ def test_parameters_treat_unfilled_placeholders_as_unset(adapter):
     assert adapter.parameter(config, "b", 3, int) == 7
     assert adapter.parameter(config, "c", False, bool) is True
     assert adapter.parameter(config, "missing", "x") == "x"
+
+
+def test_outputs_take_the_dtype_their_config_declares(adapter):
+    outputs = adapter.Outputs({"output": [{"name": "LEN", "data_type": "TYPE_INT64"}, {"name": "MEL", "data_type": "TYPE_FP32"}]})
+    assert outputs("LEN", [[3]]).value.dtype == np.int64
+    mel = outputs("MEL", np.ones((2, 80), np.float64))
+    assert (mel.name, mel.value.dtype, mel.value.shape) == ("MEL", np.float32, (2, 80))
+    with pytest.raises(KeyError):
+        outputs("UNDECLARED", [1])
+
+
+def test_given_inputs_keeps_only_what_the_request_carries(adapter):
+    request = FakeRequest({"SEED": FakeTensor("SEED", np.array([7]))})
+    given = adapter.given_inputs(request, ["TEMPERATURE", "SEED"])
+    assert list(given) == ["SEED"] and given["SEED"].tolist() == [7]
 
 
 def test_inputs_and_bls_outputs_own_their_memory(adapter):

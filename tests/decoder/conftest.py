@@ -9,7 +9,7 @@ import torch
 
 from stepaudio.checkpoints import layout
 from stepaudio.decoder import Token2Wav
-from stepaudio.decoder.checkpoint import write_decoder
+from stepaudio.testing.decoder import write_decoder
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stepaudio.checkpoints import layout
-from stepaudio.decoder.checkpoint import load_config, load_flow, load_hift, write_decoder
+from stepaudio.decoder.checkpoint import load_config, load_flow, load_hift
+from stepaudio.testing.decoder import write_decoder
 
 
 def test_writer_emits_the_published_file_set(decoder_root, speech_dir, music_dir):

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from stepaudio.decoder import DecoderConfig, mel_frames_for_tokens
-from stepaudio.decoder.checkpoint import build_flow, build_hift, parameter_count, tiny_config
-from stepaudio.decoder.config import load_hyperyaml, render_yaml
+from stepaudio.decoder.checkpoint import build_flow, build_hift, parameter_count
+from stepaudio.decoder.config import load_hyperyaml
+from stepaudio.testing.decoder import tiny_config
+from stepaudio.testing.decoder_yaml import render_yaml
 
 # Trimmed from the layout of FunAudioLLM/CosyVoice examples/libritts/cosyvoice/conf/cosyvoice.yaml (Apache-2.0):
-# the tags the loader must understand, values as the Step-Audio 25 Hz decoder states them (step-audio.md §6.2).
+# the tags the loader must understand, values as the Step-Audio 25 Hz decoder states them (docs/checkpoints.md#decoder-folders).
 HYPERPYYAML = """
 __set_seed1: !apply:random.seed [1986]
 sample_rate: 22050
@@ -83,7 +85,7 @@ def test_unsupported_configs_are_rejected():
 
 
 def test_real_size_parameter_counts_match_the_published_files():
-    """flow.pt is 421.6 MB fp32 = 105,399,040 params; hift.pt 81.9 MB ≈ 20.46 M (step-audio.md Appendix A)."""
+    """flow.pt is 421.6 MB fp32 = 105,399,040 params; hift.pt 81.9 MB ≈ 20.46 M (docs/checkpoints.md#parameter-counts)."""
     config = DecoderConfig()
     flow, hift = build_flow(config, "meta"), build_hift(config, "meta")
     assert parameter_count(flow) == 105_399_040

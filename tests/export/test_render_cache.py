@@ -43,7 +43,8 @@ def rendering(tmp_path, monkeypatch):
 
     monkeypatch.setattr(render_repository, "served_models", models)
     out = tmp_path / "repo"
-    return lambda **values: render(checkpoints, out, None, values), out, calls, decoder
+    return (lambda on_exported=None, **values: render(checkpoints, out, None, values, on_exported=on_exported),
+            out, calls, decoder)
 
 
 def test_unchanged_inputs_reuse_the_tree_and_export_nothing(rendering):
@@ -55,6 +56,15 @@ def test_unchanged_inputs_reuse_the_tree_and_export_nothing(rendering):
     assert run() == first
     assert calls.read_text().split() == ["flow_decoder"]  # no export work
     assert _tree(out) == tree  # the same files, not even rewritten
+
+
+def test_the_export_step_reports_each_finished_export(rendering):
+    run, _, _, decoder = rendering
+    counts = []
+    run(on_exported=lambda done, total: counts.append((done, total)))
+    assert counts == [(0, 1), (1, 1)]
+    run(on_exported=lambda done, total: counts.append((done, total)))
+    assert counts == [(0, 1), (1, 1)]  # reused: nothing exported, nothing reported
 
 
 def test_a_changed_value_refills_configs_and_keeps_exports(rendering):

@@ -7,8 +7,9 @@ from export import sharing_traces
 from export.flow_onnx import build_flow_onnx
 from export.vocoder_onnx import build_vocoder_onnx
 from stepaudio.checkpoints import layout
-from stepaudio.decoder.checkpoint import load_flow, load_hift, write_decoder_dir
-from tests.export.conftest import MICRO
+from stepaudio.decoder.checkpoint import load_flow, load_hift
+from stepaudio.testing.decoder import write_decoder_dir
+from tests.export.helpers import MICRO
 
 
 def test_second_decoder_of_an_architecture_equals_its_own_export(micro_dir, flow_session, vocoder_session, vocoder_export,

@@ -10,9 +10,8 @@ import httpx2 as httpx
 import pytest
 
 from gateway.process import GatewayProcess
+from tests.gateway.helpers import API_KEY, TOKENS
 
-API_KEY = "test-key-1"
-TOKENS = 40  # default speech ids per request on the test gateway (the tiny LLM rarely samples the stop id)
 # Small caps keep the tiny models' requests short; limits small enough to test.
 TEST_ARGS = ["--max-new-tokens", str(TOKENS), "--max-new-tokens-limit", "2000", "--chat-max-tokens", "8",
              "--chat-tts-max-new-tokens", "30", "--max-input-chars", "200", "--max-body-bytes", "2000000",

@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from stepaudio.serve import free_port
-from tests.gateway.conftest import API_KEY
-from tests.server.conftest import BatchCounts
+from tests.gateway.helpers import API_KEY
+from tests.server.helpers import BatchCounts
 
 pytestmark = pytest.mark.server
 SPEECH = {"model": "step-audio-tts", "input": "你好", "voice": "Tingting", "response_format": "pcm"}

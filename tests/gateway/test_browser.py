@@ -14,8 +14,8 @@ import soundfile
 
 from stepaudio.decoder.token2wav import mel_frames_for_tokens
 from stepaudio.serve import PROJECT_ROOT
-from stepaudio.tts.checkpoint import synthetic_voice
-from tests.gateway.conftest import API_KEY, TOKENS
+from stepaudio.testing.voices import synthetic_voice
+from tests.gateway.helpers import API_KEY, TOKENS
 
 pytestmark = pytest.mark.server
 CHROMIUM = "/usr/bin/chromium"

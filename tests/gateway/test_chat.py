@@ -9,9 +9,9 @@ import openai
 import pytest
 import soundfile
 
-from stepaudio.tts.checkpoint import synthetic_voice
+from stepaudio.testing.voices import synthetic_voice
 from tests.gateway.test_voices import upload, wav_file
-from tests.server.conftest import BatchCounts
+from tests.server.helpers import BatchCounts
 
 pytestmark = pytest.mark.server
 AUDIO_OUT = {"modalities": ["text", "audio"], "audio": {"voice": "Tingting", "format": "wav"}}

@@ -12,7 +12,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from tests.gateway.conftest import API_KEY
+from tests.gateway.helpers import API_KEY
 from tests.realtime.scripted import build
 
 pytestmark = pytest.mark.server

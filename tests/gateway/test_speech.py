@@ -13,7 +13,7 @@ import soundfile
 
 from gateway.audio import decode_audio
 from stepaudio.decoder.token2wav import mel_frames_for_tokens
-from tests.gateway.conftest import TOKENS
+from tests.gateway.helpers import TOKENS
 
 pytestmark = pytest.mark.server
 SAMPLES = 256 * mel_frames_for_tokens(TOKENS)  # one request's audio at 22.05 kHz

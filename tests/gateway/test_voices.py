@@ -10,8 +10,8 @@ import pytest
 import soundfile
 
 from gateway.audio import encode_whole
-from stepaudio.tts.checkpoint import synthetic_voice
-from tests.gateway.conftest import API_KEY
+from stepaudio.testing.voices import synthetic_voice
+from tests.gateway.helpers import API_KEY
 
 pytestmark = pytest.mark.server
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from stepaudio.checkpoints.layout import CHAT_DIR, TTS_DIR
-from stepaudio.llm.checkpoint import write_llm
 from stepaudio.llm.tokenizer import Step1Tokenizer
 from stepaudio.llm.weights import load_step1
+from stepaudio.testing.llm import write_llm
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,4 @@
-"""Test helpers: random prompts and a naive Step1 forward written from the spec (step-audio.md §5)."""
+"""Test helpers: random prompts and a naive Step1 forward written from the spec (docs/checkpoints.md#step1-architecture)."""
 
 from __future__ import annotations
 

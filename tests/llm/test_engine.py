@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stepaudio.llm import engine as engine_module
-from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
+from stepaudio.llm.engine import GenerationEngine, GenerationRequest, TorchStep1Engine
 from stepaudio.llm.sampling import SamplingParams, apply_repetition_rule
 from tests.llm.helpers import random_prompt
 
@@ -17,6 +17,11 @@ def engine(tts_model):
     # A small prefill chunk so prompts span several chunks and batch rows finish in different chunks.
     with TorchStep1Engine(tts_model, max_batch_size=4, prefill_chunk=8) as running:
         yield running
+
+
+def test_native_engine_is_a_generation_engine(engine):
+    # build_engine hands either engine to the served models as a GenerationEngine; they call only its members.
+    assert isinstance(engine, GenerationEngine)
 
 
 def _requests(greedy: bool, max_new_tokens: int = 12) -> list[GenerationRequest]:

@@ -7,8 +7,8 @@ import json
 import transformers
 
 from stepaudio.checkpoints.layout import LLM_CONFIG, LLM_CONFIG_MODULE
-from stepaudio.llm.checkpoint import step1_config
-from stepaudio.llm.hf_compat import LLAMA_WEIGHTS, write_tiny_llama
+from stepaudio.testing.hf_compat import LLAMA_WEIGHTS, write_tiny_llama
+from stepaudio.testing.llm import step1_config
 
 
 def test_tiny_step1_folders_ship_the_configuration_module_named_in_auto_map(tts_dir, chat_dir):

@@ -18,11 +18,11 @@ from stepaudio.checkpoints.layout import (
     LLM_WEIGHTS_INDEX,
     TTS_DIR,
 )
-from stepaudio.llm.checkpoint import step1_config, write_llm
 from stepaudio.llm.model import Step1ForCausalLM
 from stepaudio.llm.weights import load_step1
+from stepaudio.testing.llm import step1_config, write_llm
 
-# Keys of the published config.json (step-audio.md §3.1).
+# Keys of the published config.json (docs/checkpoints.md#step1-llm-folders).
 REAL_CONFIG_KEYS = {
     "architectures", "auto_map", "model_type", "hidden_size", "intermediate_size", "num_attention_heads",
     "num_attention_groups", "num_hidden_layers", "max_seq_len", "vocab_size", "rms_norm_eps", "bos_token_id",

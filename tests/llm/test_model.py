@@ -11,7 +11,7 @@ from tests.llm.helpers import naive_logits, random_prompt
 
 
 def test_slopes_48_heads_match_the_spec_table():
-    # step-audio.md §5: TTS-3B = 2^(-k/4) for k = 1..32, then 2^(-k/8) for odd k = 1..31.
+    # docs/checkpoints.md#step1-architecture: TTS-3B = 2^(-k/4) for k = 1..32, then 2^(-k/8) for odd k = 1..31.
     expected = [2 ** (-k / 4) for k in range(1, 33)] + [2 ** (-k / 8) for k in range(1, 32, 2)]
     torch.testing.assert_close(alibi_slopes(48), torch.tensor(expected, dtype=torch.float32), rtol=1e-6, atol=0)
 

@@ -8,7 +8,7 @@ import urllib.request
 
 import numpy as np
 
-from tests.server.conftest import grpc_input
+from tests.server.helpers import grpc_input
 
 
 def sequence_infer(client, model: str, sequence_id: int, audio: np.ndarray, outputs: list[str], rate: int | None = None,

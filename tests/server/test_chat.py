@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from stepaudio.tts.checkpoint import synthetic_voice
-from tests.server.conftest import BatchCounts, grpc_input, http_input
+from stepaudio.testing.voices import synthetic_voice
+from tests.server.helpers import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
 GREEDY = {"TEMPERATURE": np.array([0.0], np.float32)}
@@ -61,6 +61,16 @@ def test_text_in_and_history_changes_the_reply(http_client):
     history = [{"role": "user", "content": "我叫小明"}, {"role": "assistant", "content": text_of(plain, "REPLY_TEXT")}]
     with_history = voice_chat(http_client, TEXT=_s("你好"), HISTORY=_s(json.dumps(history, ensure_ascii=False)))
     assert text_of(with_history, "REPLY_TEXT") != text_of(plain, "REPLY_TEXT")  # greedy: only the prompt differs
+
+
+def test_top_k_reaches_the_chat_model(http_client):
+    """TOP_K 1 samples the most likely id at any temperature, so the reply is the greedy one; the same temperature
+    without it samples another reply."""
+    text_only = {"TEXT": _s("你好"), "REPLY_AUDIO": np.array([False])}
+    hot = {"TEMPERATURE": np.array([1.5], np.float32)}
+    greedy = text_of(voice_chat(http_client, **text_only), "REPLY_TEXT")
+    assert text_of(voice_chat(http_client, **text_only, **hot, TOP_K=np.array([1], np.int32)), "REPLY_TEXT") == greedy
+    assert text_of(voice_chat(http_client, **text_only, **hot), "REPLY_TEXT") != greedy
 
 
 def test_three_turn_session_keeps_text_history(triton_server, tmp_path):

@@ -25,7 +25,7 @@ from stepaudio.checkpoints import layout
 from stepaudio.decoder.checkpoint import load_config
 from stepaudio.decoder.token2wav import DecoderNoise, Token2WavBase, Token2WavRequest
 from tests.decoder.inputs import make_tokens, make_voice
-from tests.server.conftest import BatchCounts, grpc_input, write_smoke_onnx
+from tests.server.helpers import BatchCounts, grpc_input, write_smoke_onnx
 
 BACKEND = Path(__file__).resolve().parents[2] / "backends" / "onnxruntime" / "model.py"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tests.server.conftest import BatchCounts, http_input
+from tests.server.helpers import BatchCounts, http_input
 from tests.server.test_chat import GREEDY, SHORT, speech, text_of, voice_chat
 
 pytestmark = pytest.mark.server

@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from stepaudio.serve import ADMIN_HEADER, TritonServer
 from stepaudio.serving.supervisor import list_stubs
-from tests.server.conftest import grpc_input, http_input
+from tests.server.helpers import grpc_input, http_input
 
 pytestmark = pytest.mark.server
 

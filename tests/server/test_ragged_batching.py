@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from tests.server.conftest import BatchCounts, grpc_input
+from tests.server.helpers import BatchCounts, grpc_input
 from tests.server.test_decoder_isolation import decoder, flow_feeds, send, vocoder_feeds  # noqa: F401 (fixture)
 from tests.server.test_tts import infer, tts_inputs
 

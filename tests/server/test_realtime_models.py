@@ -19,7 +19,7 @@ from stepaudio.realtime import (
 )
 from stepaudio.realtime.vad import WINDOW_SECONDS
 from tests.realtime.scripted import build, clip
-from tests.server.conftest import grpc_input
+from tests.server.helpers import grpc_input
 from tests.server.realtime_helpers import live_sequences, rendered_parameter, sequence_infer, stream_through
 
 pytestmark = pytest.mark.server

@@ -167,7 +167,7 @@ def _drain(session, seconds: float = 5.0):
 def test_idle_sessions_are_freed_and_100_dropped_sessions_leave_no_state(triton_server, model_repository):
     import tritonclient.grpc as grpcclient
 
-    from tests.server.conftest import grpc_input
+    from tests.server.helpers import grpc_input
 
     idle = float(rendered_parameter(model_repository, "realtime_session", "idle_timeout_s"))
     if idle > 10:

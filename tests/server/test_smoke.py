@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stepaudio.serve import ADMIN_HEADER, ModelLoadError, TritonServer
-from tests.server.conftest import BatchCounts, grpc_input, http_input
+from tests.server.helpers import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
 
@@ -184,3 +184,14 @@ def test_model_folder_without_version_is_reported_not_waited_on(tmp_path):
         TritonServer(repository, log_path=tmp_path / "log").start(timeout=60)
     assert list(info.value.failures) == ["smoke_orphan"]
     assert "version folder" in info.value.failures["smoke_orphan"]
+
+
+def test_start_reports_models_ready_as_they_load(smoke_repository, tmp_path):
+    """The demo's loading bar: models loaded so far (from the server's log), ending at every model."""
+    counts = []
+    with TritonServer(smoke_repository, log_path=tmp_path / "log").start(
+            timeout=60, on_models_ready=lambda ready, total: counts.append((ready, total))):
+        pass
+    models = len([p for p in smoke_repository.iterdir() if (p / "config.pbtxt").is_file()])
+    assert counts[0][0] < models and counts[-1] == (models, models)  # seen while loading, then complete
+    assert [ready for ready, _ in counts] == sorted(ready for ready, _ in counts)

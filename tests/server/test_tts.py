@@ -12,8 +12,8 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from stepaudio.decoder.token2wav import mel_frames_for_tokens
-from stepaudio.tts.checkpoint import synthetic_voice
-from tests.server.conftest import BatchCounts, grpc_input, http_input
+from stepaudio.testing.voices import synthetic_voice
+from tests.server.helpers import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
 TOKENS = 40  # generated audio ids per test request (tiny random weights rarely sample the stop id)

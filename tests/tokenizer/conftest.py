@@ -10,8 +10,8 @@ import torch
 from export.tokenizer_onnx import export_vq02_encoder
 from stepaudio.audio import load_audio
 from stepaudio.checkpoints import layout
+from stepaudio.testing.tokenizer import write_tokenizer
 from stepaudio.tokenizer import AudioTokenizer
-from stepaudio.tokenizer.checkpoint import write_tokenizer
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

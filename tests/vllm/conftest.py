@@ -9,9 +9,9 @@ import os
 import pytest
 
 from stepaudio.checkpoints.layout import TTS_DIR
-from stepaudio.llm.checkpoint import write_llm
-from stepaudio.llm.engine_config import LLMEngineOptions
-from stepaudio.llm.hf_compat import TINY_LLAMA, write_tiny_llama
+from stepaudio.testing.hf_compat import TINY_LLAMA, write_tiny_llama
+from stepaudio.testing.llm import write_llm
+from tests.vllm.helpers import MAX_BATCH, engine_options
 
 try:
     import vllm  # noqa: F401
@@ -21,14 +21,6 @@ except ImportError:  # the main venv: these tests belong to make test-vllm
 # Read when an engine starts: a 1 GiB KV cache (the machine has 24 GiB, shared). OpenMP threads keep vLLM's default
 # core binding: unbound ("nobind") decoding measured 5-6x slower on the shared 2-core machine (bench/bench_vllm_cpu.py).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-MAX_MODEL_LEN = TINY_LLAMA.max_seq_len
-MAX_BATCH = 2  # two running requests: a third one waits for a free slot
-
-
-def engine_options(**changes) -> LLMEngineOptions:
-    return LLMEngineOptions(engine="vllm", max_model_len=MAX_MODEL_LEN, gpu_memory_utilization=0.1).replace(**changes)
 
 
 @pytest.fixture(scope="session")

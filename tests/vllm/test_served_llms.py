@@ -14,10 +14,10 @@ from clients.triton_io import inputs
 from stepaudio.chat.session import TextDeltas, chat_prompt_ids
 from stepaudio.chat.template import asr_max_new_tokens, asr_turns, turns_from_json
 from stepaudio.checkpoints.layout import CHAT_DIR, LLM_WEIGHTS, LLM_WEIGHTS_INDEX, TTS_DIR
-from stepaudio.llm.checkpoint import write_llm
-from stepaudio.llm.hf_compat import TINY_LLAMA, write_tiny_llama
 from stepaudio.llm.sampling import SamplingParams, next_token
 from stepaudio.llm.tokenizer import Step1Tokenizer
+from stepaudio.testing.hf_compat import TINY_LLAMA, write_tiny_llama
+from stepaudio.testing.llm import write_llm
 from tests.llm.helpers import random_prompt
 
 pytestmark = pytest.mark.server
@@ -51,7 +51,9 @@ def server(checkpoints, tmp_path_factory):
     }
     render(checkpoints, repo, None, values, only=["tts_llm", "chat_llm"])
     log = tmp_path_factory.mktemp("vllm_server_log") / "server.log"
-    with TritonServer(repo, log_path=log) as running:  # waits for readiness: both vLLM engines have started
+    # Waits for readiness: both vLLM engines have started and compiled their warm-up; on a loaded 2-core machine that
+    # took over 120 s (the launcher's default), so wait like the main suite's server does.
+    with TritonServer(repo, log_path=log).start(timeout=600) as running:
         yield running
 
 

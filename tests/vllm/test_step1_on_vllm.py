@@ -9,7 +9,7 @@ import pytest
 
 from stepaudio.llm.engine_config import STEP1_ATTENTION_BACKEND
 from stepaudio.llm.vllm_engine import engine_args
-from tests.vllm.conftest import engine_options
+from tests.vllm.helpers import engine_options
 
 
 def _engine_config(step1_tts_dir, **overrides):

@@ -14,7 +14,7 @@ from stepaudio.llm.vllm_engine import (
     vllm_sampling_params,
 )
 from tests.llm.helpers import random_prompt
-from tests.vllm.conftest import MAX_BATCH, MAX_MODEL_LEN
+from tests.vllm.helpers import MAX_BATCH, MAX_MODEL_LEN
 
 AUDIO_RANGES = ((3, 4), (65536, 70656))  # what tts_llm serves: the stop id and the audio ids
 LONG = MAX_MODEL_LEN - 48  # a request that runs for seconds: never finishes inside a test unless it should

@@ -19,7 +19,14 @@ from stepaudio.llm.engine import GenerationRequest
 from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio.llm.tokenizer import Step1Tokenizer
-from stepaudio_triton.adapter import device_for, optional_input, optional_string, parameter, parse_config
+from stepaudio_triton.adapter import (
+    device_for,
+    optional_input,
+    optional_string,
+    parameter,
+    parse_config,
+    rendered_parameter,
+)
 from stepaudio_triton.generation import LiveStreams, sampling_from_request, serve_generation, token_ranges
 from stepaudio_triton.threads import BoundedThreads
 
@@ -58,9 +65,9 @@ class TritonPythonModel:
             LLMEngineOptions.from_parameters(config.get("parameters", {})),
             dtype=parameter(config, "dtype", "bfloat16" if device != "cpu" else "float32"),
             device=device,
-            max_batch_size=parameter(config, "max_batch_size", 8, int),
+            max_batch_size=rendered_parameter(config, "max_batch_size", int),
         )
-        self.max_context_tokens = min(parameter(config, "max_context_tokens", 30000, int), self.engine.max_seq_len - 1)
+        self.max_context_tokens = min(rendered_parameter(config, "max_context_tokens", int), self.engine.max_seq_len - 1)
         # Reference StepAudio.__call__: temperature 0.7, top_p 0.9, 2048 new tokens, HF's top_k 50, no repetition rule.
         self.defaults = SamplingParams(
             temperature=parameter(config, "temperature", 0.7, float),
@@ -72,9 +79,9 @@ class TritonPythonModel:
         )
         self.defaults.validate()
         self.asr_defaults = dataclasses.replace(self.defaults, temperature=0.0)
-        self.max_new_tokens_limit = parameter(config, "max_new_tokens_limit", self.defaults.max_new_tokens, int)
+        self.max_new_tokens_limit = rendered_parameter(config, "max_new_tokens_limit", int)
         self.live = LiveStreams()
-        self.workers = BoundedThreads(parameter(config, "max_streams", 128, int), "chat_llm")
+        self.workers = BoundedThreads(rendered_parameter(config, "max_streams", int), "chat_llm")
 
     def execute(self, requests):
         for request in requests:

@@ -1,7 +1,7 @@
 """realtime_session: a voice conversation per sequence (VAD → turn-taking → speculative replies → barge-in);
 the session logic is ``stepaudio_triton.realtime_session``."""
 
-from stepaudio_triton.adapter import parameter, parse_config
+from stepaudio_triton.adapter import parse_config, rendered_parameter
 from stepaudio_triton.realtime_session import Metrics, RealtimeService, ServiceConfig
 from stepaudio_triton.sequences import LiveGauge, SequenceTable, reaper
 
@@ -11,7 +11,7 @@ class TritonPythonModel:
         config = parse_config(args)
         name = args["model_name"]
         service_config = ServiceConfig.from_config(config)
-        max_sessions = parameter(config, "max_sessions", 128, int)
+        max_sessions = rendered_parameter(config, "max_sessions", int)
         idle = service_config.controller.idle_timeout_seconds
         self.gauge, self.metrics = LiveGauge(name), Metrics(name)
         table = SequenceTable(name, max_sessions, idle, close=lambda s: s.close(f"no audio for {idle:g} s", error=True),

@@ -1,20 +1,20 @@
 """stream_tokenizer: a session's audio chunks → the dual-codebook LLM ids that each chunk makes final (END flushes)."""
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.tokenizer import AudioTokenizer
 from stepaudio_triton.adapter import (
+    Outputs,
     device_for,
     error_response,
     optional_scalar,
     parameter,
     parse_config,
+    rendered_parameter,
     repository_path,
     required_input,
-    tensor,
 )
-from stepaudio_triton.sequences import LiveGauge, SequenceControls, SequenceTable, reaper
+from stepaudio_triton.sequences import SequenceControls, Sessions
 
 
 class Session:
@@ -28,23 +28,19 @@ class TritonPythonModel:
         config = parse_config(args)
         device_for(args, config)
         name = args["model_name"]
+        self.outputs = Outputs(config)
         self.tokenizer = AudioTokenizer.from_checkpoint(
             parameter(config, "tokenizer_checkpoint"), backend="onnx",
             vq02_onnx=repository_path(args, parameter(config, "vq02_onnx")),
-            vq06_segment_seconds=parameter(config, "vq06_segment_seconds", 30.0, float),
+            vq06_segment_seconds=rendered_parameter(config, "vq06_segment_seconds", float),
             threads=parameter(config, "ort_threads", 1, int))
-        self.max_chunk_seconds = parameter(config, "max_chunk_seconds", 5.0, float)
-        self.max_stream_seconds = parameter(config, "max_stream_seconds", 1800.0, float)
-        self.gauge = LiveGauge(name)
-        idle = parameter(config, "idle_timeout_s", 30.0, float)
-        self.sessions = SequenceTable(name, parameter(config, "max_sessions", 256, int), idle, gauge=self.gauge)
-        self.reaper, self.stop_reaper = reaper(self.sessions, min(idle, 5.0))
+        self.max_chunk_seconds = rendered_parameter(config, "max_chunk_seconds", float)
+        self.max_stream_seconds = rendered_parameter(config, "max_stream_seconds", float)
+        self.live = Sessions(name, config)
+        self.sessions = self.live.table
 
     def finalize(self):
-        self.stop_reaper.set()
-        self.reaper.join()
-        self.sessions.close_all()
-        self.gauge.close()
+        self.live.close()
 
     def execute(self, requests):
         return [self._answer(request) for request in requests]
@@ -54,7 +50,7 @@ class TritonPythonModel:
         try:
             controls = SequenceControls.from_request(request)
             ids = self._ids(request, controls)
-            return pb_utils.InferenceResponse(output_tensors=[tensor("AUDIO_IDS", np.asarray([ids], dtype=np.int32))])
+            return pb_utils.InferenceResponse(output_tensors=[self.outputs("AUDIO_IDS", [ids])])
         except Exception as exc:  # noqa: BLE001 - this request's error; the model stays up
             return error_response(exc, request)
         finally:

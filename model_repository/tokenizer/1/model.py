@@ -7,19 +7,17 @@ Inputs are ragged, so concurrent requests of different lengths still reach one `
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
 from stepaudio.tokenizer import AudioTokenizer, ids_to_audio_string
 from stepaudio_triton.adapter import (
+    Outputs,
     device_for,
     optional_scalar,
     parameter,
     parse_config,
+    rendered_parameter,
     repository_path,
     required_input,
     respond_each,
-    tensor,
 )
 
 
@@ -27,6 +25,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         device_for(args, config)
+        self.outputs = Outputs(config)
         threads = parameter(config, "ort_threads", 1, int)
         self.tokenizer = AudioTokenizer.from_checkpoint(
             parameter(config, "tokenizer_checkpoint"),
@@ -34,7 +33,7 @@ class TritonPythonModel:
             vq02_onnx=repository_path(args, parameter(config, "vq02_onnx", "1/vq02_encoder_chunk.onnx")),
             threads=threads,
         )
-        self.max_seconds = parameter(config, "max_audio_seconds", 60.0, float)
+        self.max_seconds = rendered_parameter(config, "max_audio_seconds", float)
         self.pool = ThreadPoolExecutor(max(1, int(config.get("max_batch_size", 1))), thread_name_prefix="tokenizer")
 
     def execute(self, requests):
@@ -54,8 +53,8 @@ class TritonPythonModel:
         if not result.ids:
             raise ValueError("audio is too short to give one 120 ms group of audio tokens")
         return [
-            tensor("AUDIO_IDS", np.asarray([result.ids], dtype=np.int32)),
-            tensor("VQ02", np.asarray([result.vq02], dtype=np.int32)),
-            tensor("VQ06", np.asarray([result.vq06], dtype=np.int32)),
-            pb_utils.Tensor("AUDIO_STRING", np.array([[ids_to_audio_string(result.ids).encode()]], dtype=np.object_)),
+            self.outputs("AUDIO_IDS", [result.ids]),
+            self.outputs("VQ02", [result.vq02]),
+            self.outputs("VQ06", [result.vq06]),
+            self.outputs("AUDIO_STRING", [[ids_to_audio_string(result.ids).encode()]]),
         ]

@@ -7,21 +7,20 @@ arrays, never paths.
 
 import gc
 
-import numpy as np
-
 from stepaudio.tts.frontend import TTSFrontend, TTSRequest
 from stepaudio_triton.adapter import (
+    Outputs,
     device_for,
     optional_input,
     optional_scalar,
     optional_string,
     parameter,
     parse_config,
+    rendered_parameter,
     repository_path,
     required_input,
     respond_each,
     string_tensor,
-    tensor,
 )
 
 
@@ -29,11 +28,10 @@ def tts_request(request) -> TTSRequest:
     text = optional_string(request, "TEXT")
     if text is None:
         required_input(request, "TEXT")
-    audio = optional_input(request, "PROMPT_AUDIO")
     return TTSRequest(
         text=text,
         speaker=optional_string(request, "SPEAKER"),
-        prompt_audio=None if audio is None else audio,
+        prompt_audio=optional_input(request, "PROMPT_AUDIO"),
         prompt_sample_rate=optional_scalar(request, "PROMPT_SAMPLE_RATE", int),
         prompt_text=optional_string(request, "PROMPT_TEXT"),
     )
@@ -43,14 +41,15 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         device_for(args, config)
+        self.outputs = Outputs(config)
         self.frontend = TTSFrontend.from_checkpoints(
             parameter(config, "tts_checkpoint"),
             parameter(config, "tokenizer_checkpoint"),
             parameter(config, "voices_dir") or None,
-            voice_cache_entries=parameter(config, "voice_cache_entries", 256, int),
+            voice_cache_entries=rendered_parameter(config, "voice_cache_entries", int),
             vq02_onnx=repository_path(args, parameter(config, "vq02_onnx", "../tokenizer/1/vq02_encoder_chunk.onnx")),
-            max_text_chars=parameter(config, "max_text_chars", 1000, int),
-            max_prompt_seconds=parameter(config, "max_prompt_seconds", 30.0, float),
+            max_text_chars=rendered_parameter(config, "max_text_chars", int),
+            max_prompt_seconds=rendered_parameter(config, "max_prompt_seconds", float),
         )
         if self.frontend.presets is not None:
             self.frontend.presets.warm()  # preset voices are featurised before the model reports READY
@@ -67,9 +66,9 @@ class TritonPythonModel:
         prepared = self.frontend.prepare(tts_request(request))
         voice = prepared.voice
         return [
-            tensor("INPUT_IDS", np.asarray(prepared.prompt_ids, dtype=np.int32)),
-            tensor("PROMPT_TOKENS", voice.decoder_tokens.astype(np.int64)),
-            tensor("PROMPT_MEL", voice.prompt_mel.astype(np.float32)),
-            tensor("SPEAKER_EMBEDDING", voice.speaker_embedding.astype(np.float32)),
+            self.outputs("INPUT_IDS", prepared.prompt_ids),
+            self.outputs("PROMPT_TOKENS", voice.decoder_tokens),
+            self.outputs("PROMPT_MEL", voice.prompt_mel),
+            self.outputs("SPEAKER_EMBEDDING", voice.speaker_embedding),
             string_tensor("DECODER", "music" if prepared.music else "speech"),
         ]

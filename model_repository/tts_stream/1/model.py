@@ -18,28 +18,27 @@ import triton_python_backend_utils as pb_utils
 
 from stepaudio.errors import Cancelled
 from stepaudio.tts.streaming import ChunkSchedule, SpeechStream
-from stepaudio_triton import bls
+from stepaudio_triton import bls, specs
 from stepaudio_triton.adapter import (
-    optional_input,
+    Outputs,
+    given_inputs,
     optional_scalar,
     parameter,
     parse_config,
+    rendered_parameter,
     send,
     send_error,
-    tensor,
 )
-from stepaudio_triton.generation import SAMPLING_INPUTS, LiveStreams, answer_cancel, cancel_token
+from stepaudio_triton.generation import LiveStreams, answer_cancel, cancel_token
 from stepaudio_triton.served_decoder import ServedToken2Wav
 from stepaudio_triton.threads import BoundedThreads
-
-FRONTEND_INPUTS = ("TEXT", "SPEAKER", "PROMPT_AUDIO", "PROMPT_SAMPLE_RATE", "PROMPT_TEXT")
-FRONTEND_OUTPUTS = ["INPUT_IDS", "PROMPT_TOKENS", "PROMPT_MEL", "SPEAKER_EMBEDDING", "DECODER"]
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         bls.configure(config)
+        self.outputs = Outputs(config)
         self.decoders = {
             decoder: ServedToken2Wav(
                 parameter(config, f"{decoder}_decoder_dir"),
@@ -49,15 +48,15 @@ class TritonPythonModel:
             for decoder in ("speech", "music")
         }
         self.schedule = ChunkSchedule(
-            first_tokens=parameter(config, "first_chunk_tokens", 25, int),
-            growth=parameter(config, "chunk_growth", 2.0, float),
-            max_tokens=parameter(config, "max_chunk_tokens", 200, int),
+            first_tokens=rendered_parameter(config, "first_chunk_tokens", int),
+            growth=rendered_parameter(config, "chunk_growth", float),
+            max_tokens=rendered_parameter(config, "max_chunk_tokens", int),
         )
         self.schedule.validate()
         self.frontend_model = parameter(config, "frontend_model", "tts_frontend")
         self.llm_model = parameter(config, "llm_model", "tts_llm")
 
-        self.workers = BoundedThreads(parameter(config, "max_streams", 64, int), "tts_stream")
+        self.workers = BoundedThreads(rendered_parameter(config, "max_streams", int), "tts_stream")
         self.live = LiveStreams()  # running streams by cancel token
 
     def execute(self, requests):
@@ -81,10 +80,10 @@ class TritonPythonModel:
             token = cancel_token(request)
             if token is not None:
                 self.live.add(token, cancelled)
-            inputs = {n: v for n in FRONTEND_INPUTS if (v := optional_input(request, n)) is not None}
-            sampling = {n: v for n, _, _ in SAMPLING_INPUTS if (v := optional_input(request, n)) is not None}
+            inputs = given_inputs(request, specs.names(specs.FRONTEND_INPUTS))
+            sampling = given_inputs(request, specs.names(specs.SAMPLING))
             seed = optional_scalar(request, "SEED", int)
-            prepared = bls.call(self.frontend_model, inputs, FRONTEND_OUTPUTS)
+            prepared = bls.call(self.frontend_model, inputs, specs.names(specs.MODELS["tts_frontend"].outputs))
             decoder = self.decoders[prepared["DECODER"].reshape(-1)[0].decode()]
             speech = SpeechStream(
                 decoder.stream(
@@ -96,7 +95,7 @@ class TritonPythonModel:
                 ),
                 self.schedule,
             )
-            rate = np.array([decoder.sample_rate], dtype=np.int32)
+            rate = [decoder.sample_rate]
             llm_responses = bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"],
                                        cancellable=True)
             for response in llm_responses:
@@ -108,9 +107,9 @@ class TritonPythonModel:
                     raise Cancelled("stream cancelled by its owner")
                 chunk = speech.feed(response["OUTPUT_IDS"])
                 if chunk.size:
-                    send(sender, request, [tensor("WAVEFORM", chunk), tensor("SAMPLE_RATE", rate)])
+                    send(sender, request, [self.outputs("WAVEFORM", chunk), self.outputs("SAMPLE_RATE", rate)])
             last = speech.finish()
-            send(sender, request, [tensor("WAVEFORM", last), tensor("SAMPLE_RATE", rate)], final=True)
+            send(sender, request, [self.outputs("WAVEFORM", last), self.outputs("SAMPLE_RATE", rate)], final=True)
         except Exception as exc:  # noqa: BLE001 - the client gets the error; the model stays READY
             if llm_responses is not None:
                 llm_responses.cancel()

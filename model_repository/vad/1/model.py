@@ -6,14 +6,15 @@ import triton_python_backend_utils as pb_utils
 
 from stepaudio.realtime.vad import SileroVad, run_batched
 from stepaudio_triton.adapter import (
+    Outputs,
     error_response,
     optional_scalar,
     parameter,
     parse_config,
+    rendered_parameter,
     required_input,
-    tensor,
 )
-from stepaudio_triton.sequences import LiveGauge, SequenceControls, SequenceTable, reaper
+from stepaudio_triton.sequences import SequenceControls, Sessions
 
 
 def chunk_of(request, max_seconds: float, rate: int) -> np.ndarray:
@@ -29,18 +30,14 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         name = args["model_name"]
+        self.outputs = Outputs(config)
         self.vad = SileroVad(threads=parameter(config, "ort_threads", 1, int))
-        self.max_chunk_seconds = parameter(config, "max_chunk_seconds", 5.0, float)
-        self.gauge = LiveGauge(name)
-        idle = parameter(config, "idle_timeout_s", 30.0, float)
-        self.sessions = SequenceTable(name, parameter(config, "max_sessions", 256, int), idle, gauge=self.gauge)
-        self.reaper, self.stop_reaper = reaper(self.sessions, min(idle, 5.0))
+        self.max_chunk_seconds = rendered_parameter(config, "max_chunk_seconds", float)
+        self.live = Sessions(name, config)
+        self.sessions = self.live.table
 
     def finalize(self):
-        self.stop_reaper.set()
-        self.reaper.join()
-        self.sessions.close_all()
-        self.gauge.close()
+        self.live.close()
 
     def _stream(self, request, controls: SequenceControls):
         rate = optional_scalar(request, "SAMPLE_RATE", int)
@@ -77,8 +74,8 @@ class TritonPythonModel:
             for (i, stream, _, controls), got in zip(this_round, frames):
                 first = stream.windows_done - len(got)
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                    tensor("PROBABILITY", np.asarray([[f.probability for f in got]], dtype=np.float32)),
-                    tensor("FIRST_WINDOW", np.asarray([[first]], dtype=np.int64)),
+                    self.outputs("PROBABILITY", [[f.probability for f in got]]),
+                    self.outputs("FIRST_WINDOW", [[first]]),
                 ])
                 if controls.end:
                     self.sessions.close(controls.correlation_id)

@@ -9,7 +9,7 @@ import numpy as np
 
 from stepaudio.chat.speech import SentenceSplitter
 from stepaudio_triton import bls
-from stepaudio_triton.adapter import parse_config, respond_each, string_tensor, tensor
+from stepaudio_triton.adapter import Outputs, parse_config, respond_each, string_tensor
 from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
 
 
@@ -17,7 +17,8 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         bls.configure(config)
-        self.graph = ChatGraph.from_config(config)
+        self.outputs = Outputs(config)
+        self.graph = ChatGraph.speaking_from_config(config)
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="voice_chat")
         self.asr_pool = ThreadPoolExecutor(8, thread_name_prefix="voice_chat-asr")  # separate: turns wait on transcriptions
 
@@ -41,10 +42,10 @@ class TritonPythonModel:
             out = bls.call(self.graph.tts_model, run.tts_inputs(sentence, batched=True), ["WAVEFORM", "SAMPLE_RATE"])
             waves.append(out["WAVEFORM"].reshape(-1))
             rate = int(out["SAMPLE_RATE"].reshape(-1)[0])
-        wave = np.concatenate(waves) if waves else np.zeros(0, np.float32)
+        wave = np.concatenate(waves) if waves else []
         return [
             string_tensor("REPLY_TEXT", reply),
             string_tensor("USER_TRANSCRIPT", run.transcript()),
-            tensor("WAVEFORM", wave.astype(np.float32)),
-            tensor("SAMPLE_RATE", np.array([rate], np.int32)),
+            self.outputs("WAVEFORM", wave),
+            self.outputs("SAMPLE_RATE", [rate]),
         ]

@@ -7,11 +7,9 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from stepaudio.chat.speech import SentenceSplitter
 from stepaudio_triton import bls
-from stepaudio_triton.adapter import parameter, parse_config, send_error, string_tensor, tensor
+from stepaudio_triton.adapter import Outputs, parse_config, rendered_parameter, send_error, string_tensor
 from stepaudio_triton.adapter import send as send_response  # its own `send` sends under a lock
 from stepaudio_triton.threads import BoundedThreads
 from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
@@ -23,8 +21,9 @@ class TritonPythonModel:
     def initialize(self, args):
         config = parse_config(args)
         bls.configure(config)
-        self.graph = ChatGraph.from_config(config)
-        limit = parameter(config, "max_streams", 64, int)
+        self.outputs = Outputs(config)
+        self.graph = ChatGraph.speaking_from_config(config)
+        limit = rendered_parameter(config, "max_streams", int)
         self.pool = ThreadPoolExecutor(limit, thread_name_prefix="voice_chat_stream-asr")
         self.turns = BoundedThreads(limit, "voice_chat_stream")
         # One speaker per running turn; twice the room because a finished speaker frees its slot a moment after
@@ -89,7 +88,7 @@ class TritonPythonModel:
                 if sender.is_cancelled():
                     continue
                 for chunk in bls.Stream(self.graph.stream_tts_model, run.tts_inputs(sentence, batched=False), ["WAVEFORM", "SAMPLE_RATE"]):
-                    send([tensor("WAVEFORM", chunk["WAVEFORM"].astype(np.float32)), tensor("SAMPLE_RATE", chunk["SAMPLE_RATE"])])
+                    send([self.outputs("WAVEFORM", chunk["WAVEFORM"]), self.outputs("SAMPLE_RATE", chunk["SAMPLE_RATE"])])
         except Exception as exc:  # noqa: BLE001 - reported by the turn thread
             errors.append(exc)
         finally:

@@ -31,7 +31,6 @@ from stepaudio.checkpoints.layout import (
     TTS_DIR,
 )
 from stepaudio.llm.config import Step1Config
-from stepaudio.llm.hf_compat import write_configuration_module
 from stepaudio.llm.model import Step1ForCausalLM
 from stepaudio.llm.tokenizer import (
     AUDIO_ID_OFFSET,
@@ -46,11 +45,12 @@ from stepaudio.llm.tokenizer import (
     audio_piece,
     spm_proto_module,
 )
+from stepaudio.testing.hf_compat import write_configuration_module
 
 VOCAB_SIZE = 74752
 MAX_SEQ_LEN = 32768
 
-# Published dims (step-audio.md §3.1, §4) and small ones that still exercise GQA (2 and 3 query heads per group).
+# Published dims (docs/checkpoints.md#step1-llm-folders) and small ones that still exercise GQA (2 and 3 query heads per group).
 _DIMS = {
     (TTS_DIR, "real"): dict(hidden_size=3072, intermediate_size=8192, num_attention_heads=48, num_attention_groups=4, num_hidden_layers=32),
     (CHAT_DIR, "real"): dict(hidden_size=12288, intermediate_size=31232, num_attention_heads=96, num_attention_groups=8, num_hidden_layers=88),
@@ -68,7 +68,7 @@ _TOKENIZER_CONFIG = {
     "tokenizer_class": "LlamaTokenizer",
     "unk_token": "<unk>",
 }
-# Written from the behaviour described in step-audio.md §4 (user → human, default system message, generation
+# Written from the behaviour described in docs/reference-notes.md#chat-template (user → human, default system message, generation
 # prompt); the published template text may differ in form but renders the same prompts.
 CHAT_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}{{ '<|BOT|>system\\nYou are a helpful assistant.<|EOT|>' }}{% endif %}"

@@ -1,6 +1,6 @@
 """Small torch models that compute what the published ONNX files compute, for the checkpoint writer.
 
-``SemanticStandIn`` mirrors ``speech_tokenizer_v1.onnx`` (step-audio.md §2.3): two stride-2 convolutions with GELU
+``SemanticStandIn`` mirrors ``speech_tokenizer_v1.onnx`` (docs/checkpoints.md#audio-tokenizer-folder): two stride-2 convolutions with GELU
 (÷4 → 25 Hz), a learned position table, Whisper-style pre-LN attention blocks (q/v/out with bias, k without, q and k
 each scaled by head_dim^-¼, GELU MLP ×4), L2 normalisation and the nearest code of a (dim, 4096) codebook. Inputs are
 named and typed like the real graph: ``feats`` (1, 128, T) float32, ``feats_length`` (1,) int32 → ``indices``.

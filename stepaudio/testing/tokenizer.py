@@ -22,10 +22,10 @@ import torch
 import yaml
 
 from stepaudio.checkpoints import layout, register_writer
+from stepaudio.testing.stand_ins import CampplusStandIn, SemanticStandIn
 from stepaudio.tokenizer.funasr_files import EncoderConfig, FrontendConfig
 from stepaudio.tokenizer.onnx_export import export_onnx
 from stepaudio.tokenizer.sanm import SanmEncoder
-from stepaudio.tokenizer.stand_ins import CampplusStandIn, SemanticStandIn
 
 VQ02_CODEBOOK_ROWS = 1024
 

@@ -103,7 +103,7 @@ def llama_config_dict(config: Step1Config) -> dict:
 
 def write_tiny_llama(folder: Path | str, config: Step1Config, seed: int) -> Path:
     """A Llama-architecture folder with random Step1-named weights of ``config``; returns the folder."""
-    from stepaudio.llm.checkpoint import random_state_dict  # the writer imports this module
+    from stepaudio.testing.llm import random_state_dict  # the writer imports this module
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

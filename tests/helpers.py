@@ -1,0 +1,22 @@
+"""Helpers the test packages share (conftest files hold fixtures only; tests import helpers from modules)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Iterator
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # pytest then runs fixture teardown, which stops the servers
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While a live-server fixture runs, SIGTERM (a CI timeout, ``kill``) ends the run through pytest's teardown
+    instead of killing it with the servers still up; the previous handler comes back afterwards."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
