@@ -40,6 +40,13 @@ class Tensor:
     def python_type(self) -> type:
         return python_type(self.data_type)
 
+    @property
+    def numpy_dtype(self) -> str:
+        """numpy's name for the data type (clients build their arrays with it; no numpy import here)."""
+        if self.data_type == "TYPE_STRING":
+            return "object"
+        return self.data_type.removeprefix("TYPE_").lower().replace("fp", "float")
+
     def pbtxt(self, variant: str) -> str:
         dims = ", ".join(str(d) for d in self.dims)
         text = f'{{ name: "{self.name}" data_type: {self.data_type} dims: [ {dims} ]'
