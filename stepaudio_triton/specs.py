@@ -129,6 +129,14 @@ CHAT_TURN_INPUTS = (
     *SAMPLING,
     TTS_MAX_NEW_TOKENS,
 )
+# A realtime session's options (its first request only); clients send each from their attribute of the same name,
+# lower-cased (clients/realtime_client.py, gateway/realtime.py).
+SESSION_OPTIONS = (
+    SEED,
+    Tensor("SPECULATION", "TYPE_BOOL", (1,), optional=True),
+    MAX_NEW_TOKENS,
+    TTS_MAX_NEW_TOKENS,
+)
 REPLY_TEXT, USER_TRANSCRIPT, TEXT_DELTA = _string("REPLY_TEXT"), _string("USER_TRANSCRIPT"), _string("TEXT_DELTA")
 
 
@@ -234,10 +242,7 @@ MODELS: dict[str, ModelIO] = {
             AUDIO_CHUNK,
             SAMPLE_RATE.but(optional=True),
             SPEAKER,
-            SEED,
-            Tensor("SPECULATION", "TYPE_BOOL", (1,), optional=True),
-            MAX_NEW_TOKENS,
-            TTS_MAX_NEW_TOKENS,
+            *SESSION_OPTIONS,
         ),
         outputs=(_string("EVENT"), WAVEFORM),
     ),
