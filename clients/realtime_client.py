@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stepaudio_triton.specs import SESSION_OPTIONS
+
 CHUNK_SECONDS = 0.02
 _sequence_ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 16)
 
@@ -78,11 +80,10 @@ class TritonRealtimeSession:
         tensors = {"AUDIO": np.asarray(chunk, dtype=np.float32)[None]}
         if not self._started:
             tensors["SAMPLE_RATE"] = np.array([[self.sample_rate]], dtype=np.int32)
-            for name, value, dtype in (("SEED", self.seed, np.int64), ("SPECULATION", self.speculation, np.bool_),
-                                       ("MAX_NEW_TOKENS", self.max_new_tokens, np.int32),
-                                       ("TTS_MAX_NEW_TOKENS", self.tts_max_new_tokens, np.int32)):
+            for option in SESSION_OPTIONS:
+                value = getattr(self, option.name.lower())
                 if value is not None:
-                    tensors[name] = np.array([[value]], dtype=dtype)
+                    tensors[option.name] = np.array([[value]], dtype=option.numpy_dtype)
             if self.speaker is not None:
                 tensors["SPEAKER"] = np.array([[self.speaker.encode()]], dtype=np.object_)
         inputs = []

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from clients import triton_io
+from stepaudio_triton.specs import SAMPLING
 
 
 def _string(value: str) -> np.ndarray:
@@ -37,11 +38,10 @@ def request_tensors(args) -> dict[str, np.ndarray]:
         tensors["PROMPT_TEXT"] = _string(args.prompt_text)
     else:
         tensors["SPEAKER"] = _string(args.speaker)
-    for name, value, dtype in (("SEED", args.seed, np.int64), ("TEMPERATURE", args.temperature, np.float32),
-                               ("TOP_K", args.top_k, np.int32), ("TOP_P", args.top_p, np.float32),
-                               ("MAX_NEW_TOKENS", args.max_new_tokens, np.int32)):
+    for tensor in SAMPLING:  # each has an option of its name: --seed, --top-k, ...
+        value = getattr(args, tensor.name.lower())
         if value is not None:
-            tensors[name] = np.array([value], dtype)
+            tensors[tensor.name] = np.array([value], tensor.numpy_dtype)
     return tensors
 
 

@@ -46,6 +46,7 @@ from typing import Callable
 
 from stepaudio.checkpoints import layout
 from stepaudio.serving.files import templates_dir
+from stepaudio.tts.limits import MAX_PROMPT_SECONDS, MAX_TEXT_CHARS
 from stepaudio_triton import specs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,11 +87,11 @@ DEFAULTS: dict[str, str] = {
     "decoder_max_tokens": "5400",
     "decoder_max_mel_frames": "11100",
     "tokenizer_max_batch_size": "8",
-    "max_text_chars": "1000",
+    "max_text_chars": str(MAX_TEXT_CHARS),
     "chat_max_context_tokens": "30000",
     "default_speaker": "Tingting",
     "max_sentence_chars": "200",
-    "max_prompt_seconds": "30",
+    "max_prompt_seconds": f"{MAX_PROMPT_SECONDS:g}",
     "voice_cache_entries": "256",
     "stream_first_chunk_tokens": "25",
     "stream_chunk_growth": "2.0",

@@ -178,6 +178,15 @@ def create_app(settings: Settings) -> FastAPI:
                            param="model")
         return table[name]
 
+    async def uploaded_voice(key: str, voice_id: str, param: str):
+        """The caller's uploaded voice for a ``voice_...`` id (404 when it has none), None for a preset's name."""
+        if not voice_id.startswith("voice_"):
+            return None
+        voice = await asyncio.to_thread(store.get, key, voice_id)
+        if voice is None:
+            raise APIError(404, f"voice {voice_id!r} does not exist", code="voice_not_found", param=param)
+        return voice
+
     def check_text(text: str, param: str) -> None:
         if len(text) > settings.max_input_chars:
             raise APIError(400, f"{param} is {len(text)} characters; the limit is {settings.max_input_chars}",
@@ -217,11 +226,7 @@ def create_app(settings: Settings) -> FastAPI:
             if not body.input.strip():
                 raise APIError(400, "input is empty", param="input")
             text = styled_text(body.input, body.instructions, body.speed)
-            voice = None
-            if body.voice_id.startswith("voice_"):
-                voice = await asyncio.to_thread(store.get, key, body.voice_id)
-                if voice is None:
-                    raise APIError(404, f"voice {body.voice_id!r} does not exist", code="voice_not_found", param="voice")
+            voice = await uploaded_voice(key, body.voice_id, "voice")
             tokens = capped(body.max_new_tokens, settings.max_new_tokens, settings.max_new_tokens_limit, "max_new_tokens")
             first, rest = await open_stream(model, tts_tensors(body, text, voice, tokens), _SPEECH_OUTPUTS)
         except BaseException:
@@ -308,11 +313,7 @@ def create_app(settings: Settings) -> FastAPI:
             model = served_model(settings.chat_models, body.model, "chat")
             history, text, audio_file = split_messages(body.messages)
             check_text(text, "messages")
-            voice = None
-            if body.wants_audio and body.voice.startswith("voice_"):
-                voice = await asyncio.to_thread(store.get, key, body.voice)
-                if voice is None:
-                    raise APIError(404, f"voice {body.voice!r} does not exist", code="voice_not_found", param="audio.voice")
+            voice = await uploaded_voice(key, body.voice, "audio.voice") if body.wants_audio else None
             fmt = body.audio_format if body.wants_audio else "pcm"
             audio = None if audio_file is None else await asyncio.to_thread(checked_audio, audio_file, "input_audio")
             max_tokens = capped(body.max_completion_tokens or body.max_tokens, settings.chat_max_tokens, settings.chat_max_tokens,

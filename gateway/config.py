@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepaudio.tts.limits import MAX_PROMPT_SECONDS, MAX_TEXT_CHARS
+
 # Served models behind each public model name. tts_stream routes RAP/humming texts to the music decoder itself.
 SPEECH_MODELS = {"step-audio-tts": "tts_stream", "tts-1": "tts_stream", "tts-1-hd": "tts_stream", "gpt-4o-mini-tts": "tts_stream"}
 CHAT_MODELS = {"step-audio-chat": "voice_chat_stream", "gpt-4o-audio-preview": "voice_chat_stream"}
@@ -24,9 +26,9 @@ class Settings:
     rate_per_minute: int = 60  # requests per key per minute on the routes that run models (burst = the same)
     max_concurrent: int = 4  # streams per key at once
     max_body_bytes: int = 16 * 1024 * 1024
-    max_input_chars: int = 1000  # the served TTS front end's own limit
+    max_input_chars: int = MAX_TEXT_CHARS  # the served TTS front end's own limit
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_upload_seconds: float = 30.0  # the served voice cache's limit
+    max_upload_seconds: float = MAX_PROMPT_SECONDS  # the served front end's voice prompt limit
     min_upload_seconds: float = 0.5
     max_new_tokens: int = 2048  # TTS ids when a request names none (≈41.7 per second of speech)
     max_new_tokens_limit: int = 4096  # the most a request may ask for

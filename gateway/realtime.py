@@ -27,6 +27,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from gateway.errors import APIError
 from gateway.limits import Auth, Limiter
+from stepaudio_triton.specs import SESSION_OPTIONS
 
 log = logging.getLogger("gateway.realtime")
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
@@ -101,11 +102,10 @@ class SessionOptions:
 
     def tensors(self) -> dict[str, np.ndarray]:
         tensors = {"SAMPLE_RATE": np.array([[self.sample_rate]], dtype=np.int32)}
-        for name, value, dtype in (("SEED", self.seed, np.int64), ("SPECULATION", self.speculation, np.bool_),
-                                   ("MAX_NEW_TOKENS", self.max_new_tokens, np.int32),
-                                   ("TTS_MAX_NEW_TOKENS", self.tts_max_new_tokens, np.int32)):
+        for option in SESSION_OPTIONS:
+            value = getattr(self, option.name.lower())
             if value is not None:
-                tensors[name] = np.array([[value]], dtype=dtype)
+                tensors[option.name] = np.array([[value]], dtype=option.numpy_dtype)
         if self.voice is not None:
             tensors["SPEAKER"] = np.array([[self.voice.encode()]], dtype=np.object_)
         return tensors

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from stepaudio_triton import errors
+from stepaudio_triton.specs import SAMPLING
 
 # The served model's error code (tagged into the message, gRPC stream errors carry none) → the gateway's status.
 _STATUS = {"INVALID_ARG": 400, "UNAVAILABLE": 503, "CANCELLED": 499, "INTERNAL": 502}
@@ -43,8 +44,12 @@ def scalar(value, dtype) -> np.ndarray:
 
 def sampling(seed: int | None, temperature: float | None, top_p: float | None) -> dict[str, np.ndarray]:
     """The optional LLM sampling inputs that were given."""
-    given = (("SEED", seed, np.int64), ("TEMPERATURE", temperature, np.float32), ("TOP_P", top_p, np.float32))
-    return {name: scalar(value, dtype) for name, value, dtype in given if value is not None}
+    given = {"seed": seed, "temperature": temperature, "top_p": top_p}  # SamplingParams field = tensor name, lower
+    return {
+        t.name: scalar(given[t.name.lower()], t.numpy_dtype)
+        for t in SAMPLING
+        if given.get(t.name.lower()) is not None
+    }
 
 
 class Triton:

@@ -154,6 +154,15 @@ def send_error(sender, request, exc: BaseException) -> None:
         sender.send(error_response(exc, request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
+def serve_decoupled(request, threads, handle: Callable[[Any], None]) -> None:
+    """Decoupled execute: ``handle(request)`` on a thread of ``threads`` (a ``BoundedThreads``), which sends the
+    responses; with every thread busy the request ends at once with UNAVAILABLE."""
+    try:
+        threads.submit(lambda: handle(request))
+    except Exception as exc:  # noqa: BLE001 - all threads busy: UNAVAILABLE for this request
+        send_error(request.get_response_sender(), request, exc)
+
+
 def _answer(handle: Callable[[Any], list], request):
     """One request → its response. The exception is turned into a response here and dropped: a kept exception
     holds its traceback's frames, which hold the request and BLS responses past ``execute`` (see

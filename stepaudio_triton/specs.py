@@ -40,6 +40,13 @@ class Tensor:
     def python_type(self) -> type:
         return python_type(self.data_type)
 
+    @property
+    def numpy_dtype(self) -> str:
+        """numpy's name for the data type (clients build their arrays with it; no numpy import here)."""
+        if self.data_type == "TYPE_STRING":
+            return "object"
+        return self.data_type.removeprefix("TYPE_").lower().replace("fp", "float")
+
     def pbtxt(self, variant: str) -> str:
         dims = ", ".join(str(d) for d in self.dims)
         text = f'{{ name: "{self.name}" data_type: {self.data_type} dims: [ {dims} ]'
@@ -120,6 +127,14 @@ CHAT_TURN_INPUTS = (
     *VOICE,
     Tensor("REPLY_AUDIO", "TYPE_BOOL", (1,), optional=True),
     *SAMPLING,
+    TTS_MAX_NEW_TOKENS,
+)
+# A realtime session's options (its first request only); clients send each from their attribute of the same name,
+# lower-cased (clients/realtime_client.py, gateway/realtime.py).
+SESSION_OPTIONS = (
+    SEED,
+    Tensor("SPECULATION", "TYPE_BOOL", (1,), optional=True),
+    MAX_NEW_TOKENS,
     TTS_MAX_NEW_TOKENS,
 )
 REPLY_TEXT, USER_TRANSCRIPT, TEXT_DELTA = _string("REPLY_TEXT"), _string("USER_TRANSCRIPT"), _string("TEXT_DELTA")
@@ -227,10 +242,7 @@ MODELS: dict[str, ModelIO] = {
             AUDIO_CHUNK,
             SAMPLE_RATE.but(optional=True),
             SPEAKER,
-            SEED,
-            Tensor("SPECULATION", "TYPE_BOOL", (1,), optional=True),
-            MAX_NEW_TOKENS,
-            TTS_MAX_NEW_TOKENS,
+            *SESSION_OPTIONS,
         ),
         outputs=(_string("EVENT"), WAVEFORM),
     ),

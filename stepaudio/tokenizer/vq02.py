@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from stepaudio.checkpoints import layout
-from stepaudio.tokenizer.frontend import OnlineFrontend
+from stepaudio.tokenizer.features import OnlineFrontend
 from stepaudio.tokenizer.funasr_files import ParaformerConfig, load_cmvn, load_paraformer_config
 from stepaudio.tokenizer.sanm import CHUNK_SAMPLES, SanmEncoder
 

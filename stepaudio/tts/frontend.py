@@ -25,12 +25,10 @@ from stepaudio.decoder.frontend import prompt_mel
 from stepaudio.llm.tokenizer import Step1Tokenizer
 from stepaudio.tokenizer import AudioTokenizer, SpeakerEncoder
 from stepaudio.tts.decoder_ids import decoder_tokens  # noqa: F401 - re-exported: part of this module's API
+from stepaudio.tts.limits import MAX_PROMPT_SECONDS, MAX_TEXT_CHARS
 from stepaudio.tts.prompt import TextTokenizer, build_tts_prompt
 from stepaudio.tts.tags import parse_style_tags
 from stepaudio.tts.voices import PresetVoices, VoiceCache, VoiceFeatures, VoicePrompt
-
-MAX_TEXT_CHARS = 1000
-MAX_PROMPT_SECONDS = 30.0
 
 
 @dataclass

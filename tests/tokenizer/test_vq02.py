@@ -12,7 +12,7 @@ import torch
 
 from stepaudio.audio import energy_normalize, kaldi_fbank
 from stepaudio.checkpoints import layout
-from stepaudio.tokenizer.frontend import OnlineFrontend
+from stepaudio.tokenizer.features import OnlineFrontend
 from stepaudio.tokenizer.funasr_files import load_cmvn, load_paraformer_config
 from stepaudio.tokenizer.sanm import CACHE_FRAMES, CHUNK_SAMPLES, OVERLAP_FRAMES
 from stepaudio.tokenizer.vq02 import INPUT_NAMES, OUTPUT_NAMES, load_encoder_weights

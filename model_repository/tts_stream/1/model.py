@@ -28,6 +28,7 @@ from stepaudio_triton.adapter import (
     rendered_parameter,
     send,
     send_error,
+    serve_decoupled,
 )
 from stepaudio_triton.generation import LiveStreams, answer_cancel, cancel_token
 from stepaudio_triton.served_decoder import ServedToken2Wav
@@ -63,10 +64,7 @@ class TritonPythonModel:
         for request in requests:
             if answer_cancel(request, self.live):
                 continue
-            try:
-                self.workers.submit(lambda request=request: self._serve(request))
-            except Exception as exc:  # noqa: BLE001 - all workers busy: UNAVAILABLE for this request
-                send_error(request.get_response_sender(), request, exc)
+            serve_decoupled(request, self.workers, self._serve)
         return None
 
     def finalize(self):

@@ -9,7 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from stepaudio.chat.speech import SentenceSplitter
 from stepaudio_triton import bls
-from stepaudio_triton.adapter import Outputs, parse_config, rendered_parameter, send_error, string_tensor
+from stepaudio_triton.adapter import (
+    Outputs,
+    parse_config,
+    rendered_parameter,
+    send_error,
+    serve_decoupled,
+    string_tensor,
+)
 from stepaudio_triton.adapter import send as send_response  # its own `send` sends under a lock
 from stepaudio_triton.threads import BoundedThreads
 from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
@@ -32,10 +39,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            try:
-                self.turns.submit(lambda request=request: self._turn(request))
-            except Exception as exc:  # noqa: BLE001 - all workers busy: UNAVAILABLE for this request
-                send_error(request.get_response_sender(), request, exc)
+            serve_decoupled(request, self.turns, self._turn)
         return None
 
     def finalize(self):

@@ -1,4 +1,4 @@
-"""The vq02 feature front end, step for step like FunASR's ``WavFrontendOnline`` fed 240 ms chunks.
+"""The vq02 features, step for step like FunASR's ``WavFrontendOnline`` (its front end) fed 240 ms chunks.
 
 Per chunk: samples left over from the previous chunk are prepended and every complete 25 ms frame (10 ms hop) gets a
 Kaldi fbank (waveform ×32768, Hamming, dither per config); the fbank frames join a splice cache (which starts with 3
