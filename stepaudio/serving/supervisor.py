@@ -45,6 +45,12 @@ def _read(path: str) -> bytes | None:
         return None
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited child of ours stays one until it is reaped)."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat is not None and stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
 def list_stubs(server_pid: int) -> list[Stub]:
     """The python stubs whose parent is ``server_pid``. Stub argv: exe, model file, shm region, shm sizes (2),
     parent pid, backend dir, IPC handle, instance name, ... (python_backend's stub launcher)."""
@@ -119,6 +125,12 @@ class StubSupervisor:
                 self.log.exception("stub supervision check failed")
 
     def _check(self) -> None:
+        if not _running(self.server_pid):
+            # Every stub dies with the server and nothing can be reloaded: say it once (the server's own log
+            # above holds why it ended) instead of a reload failure per model on every check.
+            self.log.error("tritonserver (pid %d) has exited; stub supervision stops", self.server_pid)
+            self._stop.set()
+            return
         alive = {s.pid for s in self.scan() if not s.zombie}
         dead = {model: sorted(name for name, pid in instances.items() if pid not in alive)
                 for model, instances in self._instances.items()}
