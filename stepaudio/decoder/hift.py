@@ -30,31 +30,37 @@ from torch import nn
 from stepaudio.decoder.config import HiFTConfig
 
 
-class WeightNormConv1d(nn.Conv1d):
-    """Conv1d whose weight is ``weight_g · weight_v / ‖weight_v‖`` (norm over all dims but 0), old-API names."""
+class _WeightNorm:
+    """Replaces a conv's ``weight`` by the old weight-norm API's ``weight_g`` and ``weight_v`` (the checkpoint's
+    key names): weight = weight_g · weight_v / ‖weight_v‖, the norm over all dims but 0."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def _split_weight(self) -> None:
         weight = self.weight.detach()
         del self.weight
         self.weight_g = nn.Parameter(torch.norm_except_dim(weight, 2, 0))
         self.weight_v = nn.Parameter(weight.clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias)
+    def normed_weight(self) -> torch.Tensor:
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
 
-class WeightNormConvTranspose1d(nn.ConvTranspose1d):
+class WeightNormConv1d(_WeightNorm, nn.Conv1d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        weight = self.weight.detach()
-        del self.weight
-        self.weight_g = nn.Parameter(torch.norm_except_dim(weight, 2, 0))
-        self.weight_v = nn.Parameter(weight.clone())
+        self._split_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = torch._weight_norm(self.weight_v, self.weight_g, 0)
-        return F.conv_transpose1d(x, weight, self.bias, self.stride, self.padding, 0, self.groups, self.dilation)
+        return self._conv_forward(x, self.normed_weight(), self.bias)
+
+
+class WeightNormConvTranspose1d(_WeightNorm, nn.ConvTranspose1d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._split_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose1d(x, self.normed_weight(), self.bias, self.stride, self.padding, 0, self.groups,
+                                  self.dilation)
 
 
 class Snake(nn.Module):
