@@ -31,8 +31,7 @@ the loop unrolled in PyTorch took >10 min; the real one would take hours), so th
 2B-row CFG batch) and ``select_target`` — and stitched into one graph here: the step's nodes are repeated 10 times
 with that step's (t, dt) as constants, all copies sharing one set of weights (weight transposes are folded first,
 so ONNX Runtime does not fold one copy per step). ``MaskedDiffWithXvec.forward`` runs the same three parts, so the
-graph computes exactly what the library does. Real size: export 137 s on the 2-core build machine, 428 MB file,
-68k nodes.
+graph computes exactly what the library does. At real size the file holds one copy of the weights (~430 MB).
 
 Why one graph rather than the estimator alone with the Euler loop in the caller: the compute is identical (the loop
 adds 10 session calls per request, milliseconds against seconds), and one graph makes ``flow_decoder`` a plain
