@@ -133,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     config = decoders["pytorch eager"].config
 
-    print(f"\nToken2wav, {args.seconds:g} s of speech per request (+{PROMPT_SECONDS:g} s prompt), {args.threads} threads")
-    print(f"{'backend':<14}{'batch':>6}{'flow s':>10}{'vocoder s':>11}{'total s':>10}{'RTF':>8}")
+    from bench.report import sgemm_gflops
+
+    print(f"\nToken2wav, {args.seconds:g} s of speech per request (+{PROMPT_SECONDS:g} s prompt), {args.threads} threads;"
+          f" load average {os.getloadavg()}")
+    print(f"{'backend':<14}{'batch':>6}{'flow s':>10}{'vocoder s':>11}{'total s':>10}{'RTF':>8}"
+          f"{'sgemm GF/s':>12}{'% of it':>9}")
     for batch in args.batches:
         requests = requests_for(batch, args.seconds)
         for r in requests:
@@ -144,11 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         waves = {}
         for backend, decoder in decoders.items():
             run(decoder, requests, noises)  # warm-up
+            peak = sgemm_gflops(args.threads)  # the same threads' matmul peak, measured next to this backend's runs
             timings = [run(decoder, requests, noises) for _ in range(args.repeats)]
             flow_s, vocoder_s = (float(np.median([t[i] for t in timings])) for i in (0, 1))
             waves[backend] = timings[-1][2]
             total = flow_s + vocoder_s
-            print(f"{backend:<14}{batch:>6}{flow_s:>10.2f}{vocoder_s:>11.2f}{total:>10.2f}{total / audio_seconds:>8.3f}")
+            work = args.gflop * batch * args.seconds / 10
+            print(f"{backend:<14}{batch:>6}{flow_s:>10.2f}{vocoder_s:>11.2f}{total:>10.2f}{total / audio_seconds:>8.3f}"
+                  f"{peak:>12.0f}{100 * work / total / peak:>9.0f}")
         gap = max(float(np.abs(a - b).max()) for a, b in zip(*waves.values()))
         print(f"{'':<14}{batch:>6}  max |wave(pytorch) − wave(onnxruntime)| = {gap:.2e}")
     return 0
