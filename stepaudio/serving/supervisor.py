@@ -6,7 +6,7 @@ and its readiness endpoints keep answering 200 while every request routed to tha
 
 - every ``interval_s`` it lists the server's stub processes from ``/proc`` (a stub's argv carries its model file,
   shared-memory region and instance name);
-- a known instance whose process is gone or a zombie marks its model *down* (the guard's readiness says so) and
+- a known instance whose process is gone, exiting or a zombie marks its model *down* (the guard's readiness says so) and
   the model is reloaded through Triton's model-control API (explicit mode): new stubs start, the old version
   serves the requests already queued and is then unloaded;
 - once the new stubs exist the model is up again.
@@ -34,7 +34,7 @@ class Stub:
     model: str
     instance: str
     shm_region: str
-    zombie: bool
+    exited: bool  # a zombie, or exiting (a killed stub with much memory takes a while to become one)
 
 
 def _read(path: str) -> bytes | None:
@@ -45,10 +45,22 @@ def _read(path: str) -> bytes | None:
         return None
 
 
+PF_EXITING = 0x4  # /proc/<pid>/stat flags: the kernel is tearing the process down
+
+
+def _stat_fields(stat: bytes) -> list[bytes]:
+    """The fields after the command name, whose parentheses may hold spaces: state, ppid, ..., flags (index 6)."""
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _exited(fields: list[bytes]) -> bool:
+    return fields[0] == b"Z" or bool(int(fields[6]) & PF_EXITING)
+
+
 def _running(pid: int) -> bool:
-    """The process exists and is not a zombie (an exited child of ours stays one until it is reaped)."""
+    """The process exists, is not exiting and is not a zombie (an exited child of ours stays one until reaped)."""
     stat = _read(f"/proc/{pid}/stat")
-    return stat is not None and stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+    return stat is not None and not _exited(_stat_fields(stat))
 
 
 def list_stubs(server_pid: int) -> list[Stub]:
@@ -62,14 +74,13 @@ def list_stubs(server_pid: int) -> list[Stub]:
         argv = (_read(f"/proc/{entry}/cmdline") or b"").split(b"\0")
         if stat is None:
             continue
-        # The command name in parentheses may contain spaces: the fields after its closing parenthesis are fixed.
-        fields = stat[stat.rfind(b")") + 2 :].split()
+        fields = _stat_fields(stat)
         if int(fields[1]) != server_pid:
             continue
-        state = fields[0].decode()
         if len(argv) > 8 and argv[0].endswith(STUB_EXECUTABLE.encode()):
             model_file = Path(argv[1].decode(errors="replace"))
-            stubs.append(Stub(int(entry), model_file.parent.parent.name, argv[8].decode(), argv[2].decode(), state == "Z"))
+            stubs.append(Stub(int(entry), model_file.parent.parent.name, argv[8].decode(), argv[2].decode(),
+                              _exited(fields)))
     return stubs
 
 
@@ -114,7 +125,7 @@ class StubSupervisor:
 
     def _baseline(self) -> None:
         for stub in self.scan():
-            if not stub.zombie:
+            if not stub.exited:
                 self._instances.setdefault(stub.model, {})[stub.instance] = stub.pid
 
     def _run(self) -> None:
@@ -131,7 +142,7 @@ class StubSupervisor:
             self.log.error("tritonserver (pid %d) has exited; stub supervision stops", self.server_pid)
             self._stop.set()
             return
-        alive = {s.pid for s in self.scan() if not s.zombie}
+        alive = {s.pid for s in self.scan() if not s.exited}
         dead = {model: sorted(name for name, pid in instances.items() if pid not in alive)
                 for model, instances in self._instances.items()}
         dead = {model: names for model, names in dead.items() if names}
@@ -163,7 +174,7 @@ class StubSupervisor:
         deadline = time.monotonic() + self.settle_timeout_s
         while time.monotonic() < deadline:
             fresh = {s.instance: s.pid for s in self.scan()
-                     if s.model == model and not s.zombie and s.pid not in self._retired}
+                     if s.model == model and not s.exited and s.pid not in self._retired}
             if expected <= set(fresh):
                 self._instances[model] = fresh
                 return
