@@ -159,6 +159,27 @@ def unrendered_configs(repository: Path) -> list[Path]:
     return [config for config in sorted(Path(repository).glob("*/config.pbtxt")) if "${" in config.read_text()]
 
 
+class _LoadCounter:
+    """Models loaded so far, from the lines Triton appends to its log (at startup Triton loads every model before
+    its HTTP/gRPC endpoints answer, so the API cannot tell); each call reads only what is new."""
+
+    def __init__(self, log_path: Path, repository: Path):
+        self.log_path, self.offset, self.loaded = Path(log_path), 0, set()
+        self.total = len(list(Path(repository).glob("*/config.pbtxt")))
+
+    def __call__(self) -> tuple[int, int]:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.offset)
+                new = log.read()
+        except OSError:
+            return len(self.loaded), self.total
+        complete = new.rfind(b"\n") + 1  # a line still being written is read next time
+        self.offset += complete
+        self.loaded.update(_LOADED_MODEL.findall(new[:complete].decode(errors="replace")))
+        return len(self.loaded), self.total
+
+
 def _mapped_shm_regions() -> set[str]:
     """Names of the /dev/shm files some live process has mapped (so a sweep never removes another server's)."""
     mapped = set()
@@ -388,23 +409,14 @@ class TritonServer:
                 failures[config.parent.name] = "not loaded: no model version folder was found (add <model>/1/)"
         return failures
 
-    def models_loaded(self) -> tuple[int, int]:
-        """(models loaded so far, model folders in the repository), read from the server's log: at startup Triton
-        loads every model before its HTTP/gRPC endpoints answer, so the API cannot tell."""
-        total = len(list(Path(self.model_repository).glob("*/config.pbtxt")))
-        try:
-            log = Path(self.log_path).read_text(errors="replace")
-        except OSError:
-            return 0, total
-        return len(set(_LOADED_MODEL.findall(log))), total
-
     def _wait_ready(self, timeout: float, on_models_ready: Callable[[int, int], None] | None = None) -> None:
         deadline = time.monotonic() + timeout
         reported = None
+        count = _LoadCounter(self.log_path, self.model_repository) if on_models_ready is not None else None
 
         def report() -> None:
             nonlocal reported
-            if on_models_ready is not None and (loaded := self.models_loaded()) != reported:
+            if count is not None and (loaded := count()) != reported:
                 on_models_ready(*loaded)
                 reported = loaded
 
