@@ -125,6 +125,17 @@ def test_music_folder_loads_with_the_same_code(music_dir, token2wav):
     assert np.abs(speech_wave - music_wave).max() > 1e-4  # separately trained weights
 
 
-def test_reduced_precision_is_refused_on_cpu(speech_dir):
+def test_float16_is_refused_on_cpu(speech_dir):
     with pytest.raises(ValueError, match="CUDA"):
-        Token2Wav.from_checkpoint(speech_dir, dtype=torch.bfloat16)
+        Token2Wav.from_checkpoint(speech_dir, dtype=torch.float16)
+
+
+def test_bfloat16_flow_is_an_opt_in_on_cpu(speech_dir, token2wav):
+    """The opt-in bf16 flow runs on CPU, keeps HiFT in float32 and stays within a few percent of the float32 wave."""
+    half = Token2Wav.from_checkpoint(speech_dir, dtype=torch.bfloat16)
+    assert next(half.flow.parameters()).dtype == torch.bfloat16
+    assert {p.dtype for p in half.hift.parameters()} == {torch.float32}
+    args = (make_tokens(5, 30), *make_voice(5, 10, 24))
+    full_wave, half_wave = token2wav(*args, seed=3), half(*args, seed=3)
+    assert full_wave.dtype == half_wave.dtype == np.float32 and full_wave.shape == half_wave.shape
+    assert 0 < np.linalg.norm(half_wave - full_wave) / np.linalg.norm(full_wave) < 0.1
