@@ -11,7 +11,14 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export.render_repository import VARIANT_FILES, RenderError, base_values, main, render_model, served_models
+from export.render_repository import (
+    VARIANT_FILES,
+    RenderError,
+    base_values,
+    main,
+    render_model,
+    served_models,
+)
 
 EXPECTED = Path(__file__).with_name("rendered_configs.txt")
 CHECKPOINTS = Path("/checkpoints")  # never read: only filled into the configs' paths
