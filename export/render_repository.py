@@ -86,6 +86,10 @@ DEFAULTS: dict[str, str] = {
     # (4096 generated ids) with a 30 s voice prompt (1250 ids, 2584 mel frames) needs 5346 ids and 11050 frames.
     "decoder_max_tokens": "5400",
     "decoder_max_mel_frames": "11100",
+    # CPU server's flow_decoder(_music): float32 runs the exported ONNX graph on ORT. Opt-in bfloat16 runs the library's
+    # PyTorch flow in bf16 instead (ORT's CPU EP has no bf16 MatMul): fast only on CPUs with AMX, ~3 % mel error
+    # (docs/decoder-contract.md, docs/performance.md). The GPU config (native ORT / TensorRT) ignores it.
+    "decoder_flow_dtype": "float32",
     "tokenizer_max_batch_size": "8",
     "max_text_chars": str(MAX_TEXT_CHARS),
     "chat_max_context_tokens": "30000",
@@ -196,11 +200,27 @@ def fill(text: str, values: dict[str, str], where: str) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
+FLOW_DTYPES = ("float32", "bfloat16")  # stepaudio.decoder.torch_session.FLOW_DTYPES (not imported: it loads torch)
+FLOW_SESSION_FACTORY = "stepaudio.decoder.torch_session:flow_session"
+
+
+def flow_session_parameters(dtype: str) -> str:
+    """The CPU flow_decoder's ``${decoder_flow_session}``: nothing for float32 (the backend runs ORT on the exported
+    graph, as without the value), for bfloat16 the backend's ``session_factory`` running the PyTorch flow."""
+    if dtype not in FLOW_DTYPES:
+        raise RenderError(f"decoder_flow_dtype must be one of {list(FLOW_DTYPES)}, got {dtype!r}")
+    if dtype == "float32":
+        return ""
+    return (f'parameters {{ key: "session_factory" value: {{ string_value: "{FLOW_SESSION_FACTORY}" }} }}\n'
+            f'parameters {{ key: "flow_dtype" value: {{ string_value: "{dtype}" }} }}')
+
+
 def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str]) -> dict[str, str]:
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise RenderError(f"unknown --set key(s) {unknown}; known: {sorted(DEFAULTS)}")
     values = dict(DEFAULTS) | overrides
+    values["decoder_flow_session"] = flow_session_parameters(values["decoder_flow_dtype"])
     values["realtime_idle_timeout_us"] = str(int(float(values["realtime_idle_timeout_s"]) * 1_000_000))
     values |= {
         "tts_checkpoint": str((checkpoints / layout.TTS_DIR).resolve()),

@@ -21,6 +21,13 @@ Beyond it, one request never fails another:
   the validator: then the fault is ours; logged with the traceback).
 - Every float output is checked finite per request; a NaN/infinity fails that request only (INTERNAL, logged).
 
+Another runtime behind the same contract: ``session_factory`` (``"module:factory"``, ``factory(parameters)``) returns
+an object with ``run(output_names, feeds, run_options)`` → a list of numpy arrays and ``get_inputs()`` → objects with
+``.name``, used instead of an ORT session; the ONNX file is then not loaded at all. Validation, batching, isolation,
+the finiteness check and error codes are the same; an error it raises is handled as ORT's (a failed batch re-runs
+request by request; INTERNAL for a validated request). The CPU flow_decoder's opt-in bf16 flow uses it
+(``stepaudio.decoder.torch_session:flow_session``, the library's PyTorch flow: ORT's CPU EP has no bf16 MatMul).
+
 Ragged batching: with ``ragged_batching`` (``"module:factory"``, same call as ``feed_validator``) and
 ``allow_ragged_batch`` inputs, requests of different lengths run together: the factory's object groups them into
 length buckets (``buckets``), zero-pads each bucket into one batch (``pad``) and cuts each request's outputs back to
@@ -65,9 +72,13 @@ class TritonPythonModel:
         shrinkage = self.parameters.get("memory.enable_memory_arena_shrinkage")
         if shrinkage:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", shrinkage)
-        self.session = ort.InferenceSession(
-            os.path.join(version_dir, filename), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        # A session factory replaces ORT (and the ONNX file is never read); errors are reported under its name.
+        self.session = self._load_factory("session_factory")
+        self.runtime = self.parameters["session_factory"] if self.session is not None else "onnxruntime"
+        if self.session is None:
+            self.session = ort.InferenceSession(
+                os.path.join(version_dir, filename), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         self.inputs = [i["name"] for i in self.config["input"]]
         self.input_dtypes = {
             i["name"]: pb_utils.triton_string_to_numpy(i["data_type"]) for i in self.config["input"]
@@ -82,7 +93,8 @@ class TritonPythonModel:
         session_inputs = {i.name for i in self.session.get_inputs()}
         missing = [name for name in self.inputs if name not in session_inputs]
         if missing:
-            raise pb_utils.TritonModelException(f"config inputs {missing} are not inputs of {filename}")
+            source = filename if self.runtime == "onnxruntime" else self.runtime
+            raise pb_utils.TritonModelException(f"config inputs {missing} are not inputs of {source}")
         self.validate = self._load_factory("feed_validator")
         self.ragged = self._load_factory("ragged_batching") if self.max_batch_size else None
 
@@ -164,17 +176,17 @@ class TritonPythonModel:
     def _run_group(self, indices, feeds, responses):
         try:
             results = self.session.run(self.outputs, self._batch(indices, feeds), self.run_options)
-        except Exception as exc:  # ORT raises its own exception types
+        except Exception as exc:  # ORT raises its own exception types (a session factory's object, any)
             if len(indices) > 1:
                 # Find the culprit: each request again on its own; the others still get their answers.
                 for i in indices:
                     self._run_group([i], feeds, responses)
                 return
-            self._fault("onnxruntime failed", indices)
+            self._fault(f"{self.runtime} failed", indices)
             # A request the validator passed must run: its failure is ours. Unvalidated, ORT judges the input.
             invalid = self.validate is None and isinstance(exc, ort.capi.onnxruntime_pybind11_state.InvalidArgument)
             code = pb_utils.TritonError.INVALID_ARG if invalid else pb_utils.TritonError.INTERNAL
-            responses[indices[0]] = _error(f"{self.name}: onnxruntime: {exc}", code)
+            responses[indices[0]] = _error(f"{self.name}: {self.runtime}: {exc}", code)
             return
         for i, outputs in zip(indices, self._split(indices, feeds, results)):
             parts = {}

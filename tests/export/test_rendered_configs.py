@@ -7,10 +7,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export.render_repository import VARIANT_FILES, base_values, render_model, served_models
+from export.render_repository import (
+    VARIANT_FILES,
+    RenderError,
+    base_values,
+    main,
+    render_model,
+    served_models,
+)
 
 EXPECTED = Path(__file__).with_name("rendered_configs.txt")
 CHECKPOINTS = Path("/checkpoints")  # never read: only filled into the configs' paths
@@ -41,3 +49,39 @@ def test_rendered_configs_match_the_recorded_interface(tmp_path):
     if os.environ.get("STEPAUDIO_UPDATE_RENDERED_CONFIGS"):
         EXPECTED.write_text(actual)
     assert actual == EXPECTED.read_text()
+
+
+def _flow_configs(out: Path, overrides: dict[str, str]) -> dict[str, model_config_pb2.ModelConfig]:
+    values = base_values(CHECKPOINTS, None, overrides)
+    configs = {}
+    for model in served_models(CHECKPOINTS):
+        if model.template == "flow_decoder":
+            target = render_model(model, out, values)
+            configs |= {f"{model.name}/{name}": parsed(target / name) for name in VARIANT_FILES.values()}
+    return configs
+
+
+def test_the_bf16_flow_opt_in_changes_only_the_cpu_flow_decoders_session(tmp_path):
+    default = _flow_configs(tmp_path / "default", {})
+    explicit = _flow_configs(tmp_path / "float32", {"decoder_flow_dtype": "float32"})
+    half = _flow_configs(tmp_path / "bfloat16", {"decoder_flow_dtype": "bfloat16"})
+    assert sorted(half) == sorted(default) == [f"{m}/{f}" for m in ("flow_decoder", "flow_decoder_music")
+                                               for f in sorted(VARIANT_FILES.values())]
+    for key, config in default.items():
+        assert "session_factory" not in config.parameters and "flow_dtype" not in config.parameters, key
+        assert explicit[key] == config, key
+        if key.endswith(VARIANT_FILES["gpu"]):
+            assert half[key] == config, f"{key}: the GPU config ignores decoder_flow_dtype"
+            continue
+        expected = model_config_pb2.ModelConfig()
+        expected.CopyFrom(config)
+        expected.parameters["session_factory"].string_value = "stepaudio.decoder.torch_session:flow_session"
+        expected.parameters["flow_dtype"].string_value = "bfloat16"
+        assert half[key] == expected, key
+
+
+def test_an_unknown_flow_dtype_is_refused_at_render_time(tmp_path, capsys):
+    with pytest.raises(RenderError, match="decoder_flow_dtype must be one of"):
+        base_values(CHECKPOINTS, None, {"decoder_flow_dtype": "float16"})
+    assert main(["--checkpoints", str(tmp_path), "--out", str(tmp_path / "repo"), "--set", "decoder_flow_dtype=bf16"]) == 2
+    assert "decoder_flow_dtype must be one of ['float32', 'bfloat16'], got 'bf16'" in capsys.readouterr().err

@@ -297,3 +297,64 @@ def test_arena_parameters_reach_onnxruntime(backend):
     model = make(**{"memory.enable_memory_arena_shrinkage": "cpu:0"})
     assert model.run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
     np.testing.assert_allclose(model.execute([smoke_request(1)])[0].outputs["y"], 4)
+
+
+class SmokeSession:
+    """What a ``session_factory`` returns, computing the smoke graph (y = 3x·gain + 1, total = Σy) in numpy; x = 666
+    raises, as a faulty runtime would."""
+
+    def __init__(self, parameters):
+        self.parameters, self.calls = parameters, 0
+
+    def get_inputs(self):
+        return [types.SimpleNamespace(name=name) for name in ("x", "gain")]
+
+    def run(self, output_names, feeds, run_options):
+        self.calls += 1
+        if np.any(feeds["x"] == 666):
+            raise RuntimeError("simulated session fault")
+        with np.errstate(invalid="ignore"):  # inf·0 = NaN, the output check's case
+            y = 3 * feeds["x"] * feeds["gain"][:, None] + 1
+        return [{"y": y, "total": y.sum(axis=1)}[name] for name in output_names]
+
+
+def smoke_session(parameters):
+    return SmokeSession(parameters)
+
+
+def no_gain_session(parameters):
+    session = SmokeSession(parameters)
+    session.get_inputs = lambda: [types.SimpleNamespace(name="x")]
+    return session
+
+
+SMOKE_SESSION = "tests.server.test_decoder_isolation:smoke_session"
+
+
+def test_a_session_factory_replaces_onnxruntime_and_keeps_the_isolation(backend, tmp_path):
+    make, logged = backend
+    (tmp_path / "1" / "model.onnx").write_bytes(b"not an onnx file: a session factory never reads it")
+    model = make(session_factory=SMOKE_SESSION, feed_validator="tests.server.test_decoder_isolation:reject_negative_gain",
+                 intra_op_thread_count="3")
+    assert isinstance(model.session, SmokeSession) and model.session.parameters["intra_op_thread_count"] == "3"
+    responses = model.execute([smoke_request(1), smoke_request(666), smoke_request(2, -1.0), smoke_request(np.inf, 0.0),
+                               smoke_request(2, 2.0)])
+    assert responses[1].error.code == "INTERNAL" and "simulated session fault" in responses[1].error.message
+    assert SMOKE_SESSION in responses[1].error.message  # named for the session, not onnxruntime
+    assert responses[2].error.code == "INVALID_ARG" and "gain must be ≥ 0" in responses[2].error.message
+    assert responses[3].error.code == "INTERNAL" and "NaN or infinity" in responses[3].error.message
+    np.testing.assert_allclose(responses[0].outputs["y"], [[4] * 4])
+    np.testing.assert_allclose(responses[4].outputs["total"], [[52]])  # back to dims [1]
+    assert responses[0].error is None and responses[4].error is None
+    assert model.session.calls == 5  # one batch of four, then each again alone (the validator kept one out)
+    assert any("Traceback" in line and "simulated session fault" in line for line in logged)
+
+
+def test_a_session_factory_that_fails_or_lacks_inputs_fails_the_model_load(backend):
+    make, _ = backend
+    with pytest.raises(FakeModelException, match="session_factory"):
+        make(session_factory="tests.server.test_decoder_isolation:no_such_factory")
+    with pytest.raises(FakeModelException, match=r"\['gain'\] are not inputs of tests.server.test_decoder_isolation:no_gain"):
+        make(session_factory="tests.server.test_decoder_isolation:no_gain_session")
+    with pytest.raises(FakeModelException, match="unsupported flow dtype 'float16'"):
+        make(session_factory="stepaudio.decoder.torch_session:flow_session", decoder_dir="/nowhere", flow_dtype="float16")
