@@ -12,8 +12,12 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from stepaudio.decoder import DecoderNoise, Token2Wav, Token2WavRequest
-from stepaudio.decoder import estimator  # noqa: F401 - registers torch.ops.stepaudio.key_masked_attention
+from stepaudio.decoder import (
+    DecoderNoise,
+    Token2Wav,
+    Token2WavRequest,
+    estimator,  # noqa: F401 - registers torch.ops.stepaudio.key_masked_attention
+)
 
 
 @register_flop_formula(torch.ops.stepaudio.key_masked_attention)

@@ -17,6 +17,7 @@ from torch import nn
 
 from stepaudio.decoder.config import EstimatorConfig
 from stepaudio.decoder.encoder import key_padding_bias
+from stepaudio.decoder.masks import masked, no_padding
 
 
 @torch.library.custom_op("stepaudio::key_masked_attention", mutates_args=())
@@ -43,8 +44,11 @@ def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor
     return q.new_empty(q.shape[:2] + v.shape[2:])
 
 
-def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm whose mean/variance use only frames where ``mask`` (B, 1, T) is 1; statistics in float32."""
+def masked_group_norm(x: torch.Tensor, mask: torch.Tensor | None, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm whose mean/variance use only frames where ``mask`` (B, 1, T) is 1; statistics in float32.
+    ``mask=None``: no padding, PyTorch's own GroupNorm."""
+    if mask is None:
+        return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
     batch, channels, length = x.shape
     groups = norm.num_groups
     xg = x.float().reshape(batch, groups, channels // groups, length)
@@ -86,10 +90,10 @@ class Block1D(nn.Module):
         super().__init__()
         self.block = nn.ModuleList([nn.Conv1d(dim, dim_out, 3, padding=1), nn.GroupNorm(groups, dim_out)])
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.block[0](x * mask)
-        h = F.mish(masked_group_norm(h, mask, self.block[1]))
-        return h * mask
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``mask=None``: no padding (see ``no_padding``)."""
+        h = self.block[0](masked(x, mask))
+        return masked(F.mish(masked_group_norm(h, mask, self.block[1])), mask)
 
 
 class ResnetBlock1D(nn.Module):
@@ -100,10 +104,10 @@ class ResnetBlock1D(nn.Module):
         self.block2 = Block1D(dim_out, dim_out, groups)
         self.res_conv = nn.Conv1d(dim, dim_out, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, time_emb: torch.Tensor) -> torch.Tensor:
         h = self.block1(x, mask) + self.mlp(time_emb).unsqueeze(-1)
         h = self.block2(h, mask)
-        return h + self.res_conv(x * mask)
+        return h + self.res_conv(masked(x, mask))
 
 
 class Downsample1D(nn.Module):
@@ -211,7 +215,9 @@ class ConditionalDecoder(nn.Module):
     @staticmethod
     def _transformers(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         key_valid = mask[:, 0, :] > 0
-        h = x.transpose(1, 2)
+        # Contiguous (B, T, C): a transposed view would keep its strides through every residual add, and each
+        # LayerNorm / Linear would copy it again.
+        h = x.transpose(1, 2).contiguous()
         for block in blocks:
             h = block(h, key_valid)
         return h.transpose(1, 2)
@@ -233,22 +239,27 @@ class ConditionalDecoder(nn.Module):
         # cropped with index_select, so no shape needs a min() and the export stays dynamic in T.
         hiddens = []
         masks = [mask]
+        dense = no_padding(mask)  # then every mask below is all ones: the ResNet blocks skip masking
+
+        def resnet_mask(m: torch.Tensor) -> torch.Tensor | None:
+            return None if dense else m
+
         for i, (resnet, blocks, downsample) in enumerate(self.down_blocks):
             mask_down = masks[-1]
-            x = self._transformers(blocks, resnet(x, mask_down, t), mask_down)
+            x = self._transformers(blocks, resnet(x, resnet_mask(mask_down), t), mask_down)
             hiddens.append(x)
-            x = downsample(x * mask_down)
+            x = downsample(masked(x, resnet_mask(mask_down)))
             if i < len(self.down_blocks) - 1:
                 every_other = torch.arange(x.shape[-1], device=x.device) * 2
                 masks.append(mask_down.index_select(2, every_other))
         mask_mid = masks[-1]
         for resnet, blocks in self.mid_blocks:
-            x = self._transformers(blocks, resnet(x, mask_mid, t), mask_mid)
+            x = self._transformers(blocks, resnet(x, resnet_mask(mask_mid), t), mask_mid)
         for resnet, blocks, upsample in self.up_blocks:
             mask_up = masks.pop()
             skip = hiddens.pop()
             x = torch.cat([x.index_select(2, torch.arange(skip.shape[-1], device=x.device)), skip], dim=1)
-            x = self._transformers(blocks, resnet(x, mask_up, t), mask_up)
-            x = upsample(x * mask_up)
-        x = self.final_block(x, mask_up)
-        return self.final_proj(x * mask_up) * mask
+            x = self._transformers(blocks, resnet(x, resnet_mask(mask_up), t), mask_up)
+            x = upsample(masked(x, resnet_mask(mask_up)))
+        x = self.final_block(x, resnet_mask(mask_up))
+        return masked(self.final_proj(masked(x, resnet_mask(mask_up))), resnet_mask(mask))

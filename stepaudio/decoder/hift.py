@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stepaudio.decoder.config import HiFTConfig
+from stepaudio.decoder.masks import masked, no_padding
 
 
 class _WeightNorm:
@@ -90,10 +91,11 @@ class ResBlock(nn.Module):
         self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
         self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``mask=None``: no padding (stepaudio/decoder/masks.py)."""
         for conv1, conv2, act1, act2 in zip(self.convs1, self.convs2, self.activations1, self.activations2):
-            xt = conv1(act1(x)) * mask
-            x = conv2(act2(xt)) * mask + x
+            xt = masked(conv1(act1(x)), mask)
+            x = masked(conv2(act2(xt)), mask) + x
         return x
 
 
@@ -106,11 +108,11 @@ class ConvRNNF0Predictor(nn.Module):
         self.condnet = nn.Sequential(*layers)
         self.classifier = nn.Linear(cond_channels, num_class)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """mel (B, 80, T), mask (B, 1, T) → f0 (B, T) ≥ 0."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """mel (B, 80, T), mask (B, 1, T) or None (no padding) → f0 (B, T) ≥ 0."""
         for i in range(0, len(self.condnet), 2):
             conv, activation = self.condnet[i], self.condnet[i + 1]
-            x = activation(conv(x)) * mask
+            x = masked(activation(conv(x)), mask)
         return torch.abs(self.classifier(x.transpose(1, 2)).squeeze(-1))
 
 
@@ -270,14 +272,19 @@ class HiFTGenerator(nn.Module):
             return (positions < mel_lens.unsqueeze(1) * scale + extra).unsqueeze(1).to(mel.dtype)
 
         mel_mask = (steps < mel_lens.unsqueeze(1)).unsqueeze(1).to(mel.dtype)
-        mel = mel * mel_mask
-        f0 = self.f0_predictor(mel, mel_mask)
+        dense = no_padding(mel_mask)  # then every mask below is all ones and the generator skips them
+
+        def mask_or_none(scale: int, extra: int = 0) -> torch.Tensor | None:
+            return None if dense else mask_at(scale, extra)
+
+        mel = masked(mel, mask_or_none(1))
+        f0 = self.f0_predictor(mel, mask_or_none(1))
         source = self.source(f0, source_phase, source_noise)
         sample_lens = mel_lens * c.samples_per_frame
         spec_mask = mask_at(c.samples_per_frame // c.hop_len, 1)
         source_spec = self.source_stft(source, sample_lens) * spec_mask
 
-        x = self.conv_pre(mel) * mel_mask
+        x = masked(self.conv_pre(mel), mask_or_none(1))
         scale = 1
         n_kernels = len(c.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):
@@ -286,9 +293,9 @@ class HiFTGenerator(nn.Module):
             last = i == len(self.ups) - 1
             if last:
                 x = F.pad(x, (1, 0), mode="reflect")
-            mask = mask_at(scale, 1 if last else 0)
-            x = x * mask
-            si = self.source_downs[i](source_spec) * mask
+            mask = mask_or_none(scale, 1 if last else 0)
+            x = masked(x, mask)
+            si = masked(self.source_downs[i](source_spec), mask)
             x = x + self.source_resblocks[i](si, mask)
             x = sum(self.resblocks[i * n_kernels + j](x, mask) for j in range(n_kernels)) / n_kernels
         x = self.conv_post(F.leaky_relu(x))
