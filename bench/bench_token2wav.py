@@ -6,7 +6,7 @@
 With ``--baseline-dir`` (a decoder folder holding older exports of the same weights, e.g. made from a checkout of
 main) only the ONNX graphs run: a plain fp32 matmul (torch, ``--threads``), the baseline graphs and the current ones
 take turns ``--repeats`` times on one batch-1 request, and the report gives each one's time, its share of the matmul
-peak for the decoder's FLOP count (``--gflop``, real size 2480 GFLOP per 10 s of speech, issue 14) and the per-turn
+peak for the request's FLOPs (counted with attention, bench/flops.py: 3611 GFLOP for 10 s at real size) and the per-turn
 speed ratio — the number to trust on a shared machine, since both sides see the same load.
 
 Without ``--decoder-dir`` a real-size random-weight decoder folder is written to ``build/bench/decoder`` (flow
@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.flops import request_gflop  # noqa: E402
 from export.flow_onnx import export_flow_onnx  # noqa: E402
 from export.vocoder_onnx import export_vocoder_onnx  # noqa: E402
 from stepaudio.checkpoints import layout  # noqa: E402
@@ -75,7 +76,7 @@ def compare_onnx(decoder_dir: Path, baseline_dir: Path, threads: int, seconds: f
     for r in requests:
         r.validate(config)
     noises = [DecoderNoise.from_seed(0, r.prompt_mel.shape[0], r.tokens.size, config) for r in requests]
-    work = gflop * seconds / 10
+    work = gflop or request_gflop(decoder_dir, seconds)
     waves = {name: run(decoder, requests, noises)[2] for name, decoder in decoders.items()}  # warm-up
     gap = max(float(np.abs(a - b).max()) for a, b in zip(*waves.values()))
     print(f"load average before: {os.getloadavg()}")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--baseline-dir", type=Path, help="compare the ONNX graphs with this folder's (see above)")
-    parser.add_argument("--gflop", type=float, default=2480.0, help="decoder GFLOP per 10 s of speech")
+    parser.add_argument("--gflop", type=float, help="GFLOP of one request (default: counted, bench/flops.py)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.baseline_dir:
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime": OnnxToken2Wav.from_checkpoint(decoder_dir, threads=args.threads),
     }
     config = decoders["pytorch eager"].config
+    request_work = args.gflop or request_gflop(decoder_dir, args.seconds)
 
     from bench.report import sgemm_gflops
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             flow_s, vocoder_s = (float(np.median([t[i] for t in timings])) for i in (0, 1))
             waves[backend] = timings[-1][2]
             total = flow_s + vocoder_s
-            work = args.gflop * batch * args.seconds / 10
+            work = batch * request_work
             print(f"{backend:<14}{batch:>6}{flow_s:>10.2f}{vocoder_s:>11.2f}{total:>10.2f}{total / audio_seconds:>8.3f}"
                   f"{peak:>12.0f}{100 * work / total / peak:>9.0f}")
         gap = max(float(np.abs(a - b).max()) for a, b in zip(*waves.values()))

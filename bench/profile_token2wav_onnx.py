@@ -4,8 +4,8 @@
 
 Runs each graph once to warm up, then once with ORT profiling on ``--seconds`` of speech (+ 3 s prompt), and prints
 the time per op type (share of the graph's node time) and the slowest single nodes. A plain fp32 matmul (torch, same
-threads) is measured in the same run, with the decoder's FLOP count (``--gflop``, real size: flow 1.96 + HiFT 0.52 TFLOP
-per 10 s of speech, issue 14) giving the fraction of that peak the graphs sustain. The decoder folder is the one
+threads) is measured in the same run, with the request's FLOPs (counted with attention, bench/flops.py; real size: flow
+3.09 + HiFT 0.52 TFLOP for 10 s of speech) giving the fraction of that peak the graphs sustain. The decoder folder is the one
 ``bench/bench_token2wav.py`` writes and exports.
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_token2wav import requests_for  # noqa: E402
+from bench.flops import request_gflop  # noqa: E402
 from bench.report import sgemm_gflops  # noqa: E402
 from stepaudio.checkpoints import layout  # noqa: E402
 from stepaudio.decoder.checkpoint import load_config  # noqa: E402
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--gflop", type=float, default=2480.0, help="decoder GFLOP per 10 s of speech")
+    parser.add_argument("--gflop", type=float, help="GFLOP of the request (default: counted, bench/flops.py)")
     args = parser.parse_args(argv)
     config = load_config(args.decoder_dir)
     builder = Token2WavBase()
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
           f"onnxruntime {ort.__version__}")
     report("flow_decoder", flow_wall, flow_nodes, len(flow_nodes) // 2, args.top)
     report("vocoder", vocoder_wall, vocoder_nodes, len(vocoder_nodes) // 2, args.top)
-    work = args.gflop * args.seconds / 10
+    work = args.gflop or request_gflop(args.decoder_dir, args.seconds)
     sustained = work / (flow_wall + vocoder_wall)
     print(f"\nsgemm peak (torch fp32, n 2048, {args.threads} threads, same run): {peak:.0f} GFLOP/s; token2wav "
           f"{work:.2f} GFLOP in {flow_wall + vocoder_wall:.2f} s = {sustained:.0f} GFLOP/s = {100 * sustained / peak:.0f} % of it")

@@ -122,7 +122,8 @@ def token2wav_rtf(decoder_dir: Path, seconds: float, threads: int) -> dict[str, 
 
     torch.set_num_threads(threads)
     decoders = {"pytorch": Token2Wav.from_checkpoint(decoder_dir),
-                "onnxruntime": OnnxToken2Wav.from_checkpoint(decoder_dir, threads=threads)}
+                "onnxruntime": OnnxToken2Wav.from_checkpoint(decoder_dir, threads=threads),
+                "pytorch, bf16 flow (opt-in)": Token2Wav.from_checkpoint(decoder_dir, dtype=torch.bfloat16)}
     config = decoders["pytorch"].config
     requests = requests_for(1, seconds)
     for r in requests:
