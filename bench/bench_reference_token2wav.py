@@ -20,7 +20,8 @@ Runners: ``reference-fp32``, ``reference-bf16``, ``onnxruntime`` (the served gra
 library's runner, the parity anchor), ``pytorch-bf16`` (its opt-in bf16 flow). Each turn measures a plain fp32
 matmul first (torch, same threads), then every runner once; the report gives medians, the per-turn speed-up
 against the first runner, and each runner's share of the same-run matmul peak for the request's FLOPs, counted
-on our float32 runner with attention included (bench/flops.py).
+on our float32 runner with attention included (bench/flops.py). With ``pytorch-bf16`` it also prints the opt-in's
+quality cost: mel and wave error against the float32 runner on the same request and noise.
 """
 
 from __future__ import annotations
@@ -135,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         "reference-bf16": lambda: Reference(args.reference_dir, args.decoder_dir, torch.bfloat16),
         "onnxruntime": lambda: ours(OnnxToken2Wav.from_checkpoint(args.decoder_dir, threads=args.threads)),
         "pytorch-fp32": lambda: ours(fp32),
-        "pytorch-bf16": lambda: ours(Token2Wav.from_checkpoint(args.decoder_dir, dtype=torch.bfloat16)),
+        "pytorch-bf16": lambda: ours(bf16_runner.setdefault(
+            "decoder", Token2Wav.from_checkpoint(args.decoder_dir, dtype=torch.bfloat16))),
     }
+    bf16_runner: dict[str, Token2Wav] = {}
     runners = {}
     for name in names:
         built = builders[name]()
@@ -166,7 +169,20 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [sum(b) / sum(r) for b, r in zip(times[baseline], rows)]
         print(f"{name:<16}{flow_s:>8.2f}{vocoder_s:>11.2f}{total:>9.2f}{share:>12.0f}%  "
               f"median {np.median(ratios):.2f}× ({', '.join(f'{x:.2f}' for x in ratios)})")
+    if "pytorch-bf16" in names:
+        quality(fp32, bf16_runner["decoder"], request, noise)
     return 0
+
+
+def quality(fp32: Token2Wav, bf16: Token2Wav, request: Token2WavRequest, noise: list[DecoderNoise]) -> None:
+    """The opt-in bf16 flow's cost: its mel and wave against the float32 runner's, same request and noise."""
+    mels = [d.token2mel([request], [noise[0].flow])[0] for d in (fp32, bf16)]
+    waves = [d.mel2wav([m], [noise[0].source_phase], [noise[0].source_noise])[0] for d, m in zip((fp32, bf16), mels)]
+    mel_error = np.abs(mels[1] - mels[0])
+    wave_error = waves[1] - waves[0]
+    snr = 10 * np.log10(np.sum(waves[0] ** 2) / np.sum(wave_error**2))
+    print(f"bf16 flow vs float32: mel |Δ| mean {mel_error.mean():.4f} max {mel_error.max():.3f} (float32 mel std "
+          f"{mels[0].std():.3f}); wave max |Δ| {np.abs(wave_error).max():.2e}, SNR {snr:.1f} dB")
 
 
 if __name__ == "__main__":
