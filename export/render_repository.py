@@ -80,6 +80,10 @@ DEFAULTS: dict[str, str] = {
     "llm_max_model_len": "",  # empty: the checkpoint's max_seq_len (32768)
     "llm_gpu_memory_utilization": "0.9",  # vllm only: share of each GPU for weights + KV cache
     "decoder_max_batch_size": "8",
+    # Threads of one flow_decoder / vocoder execution on the CPU server (ORT intra-op, or torch for the bf16 flow).
+    # 1 leaves the other cores to the LLM and orchestration stubs; on a box with cores to spare for the decoders a
+    # single request's token2wav latency falls almost in proportion (docs/performance.md: 2 threads in-process).
+    "decoder_cpu_threads": "1",
     "batch_queue_delay_us": "20000",
     "decoder_gpu_instances": "2",
     # Work per request a served flow_decoder / vocoder accepts (CPU backend's feed validator): a default tts request
@@ -220,6 +224,8 @@ def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str
     if unknown:
         raise RenderError(f"unknown --set key(s) {unknown}; known: {sorted(DEFAULTS)}")
     values = dict(DEFAULTS) | overrides
+    if not values["decoder_cpu_threads"].isdigit() or int(values["decoder_cpu_threads"]) < 1:
+        raise RenderError(f"decoder_cpu_threads must be a whole number ≥ 1, got {values['decoder_cpu_threads']!r}")
     values["decoder_flow_session"] = flow_session_parameters(values["decoder_flow_dtype"])
     values["realtime_idle_timeout_us"] = str(int(float(values["realtime_idle_timeout_s"]) * 1_000_000))
     values |= {

@@ -85,3 +85,13 @@ def test_an_unknown_flow_dtype_is_refused_at_render_time(tmp_path, capsys):
         base_values(CHECKPOINTS, None, {"decoder_flow_dtype": "float16"})
     assert main(["--checkpoints", str(tmp_path), "--out", str(tmp_path / "repo"), "--set", "decoder_flow_dtype=bf16"]) == 2
     assert "decoder_flow_dtype must be one of ['float32', 'bfloat16'], got 'bf16'" in capsys.readouterr().err
+
+
+def test_decoder_cpu_threads_reach_both_cpu_decoders_and_are_checked(tmp_path):
+    four = _flow_configs(tmp_path / "four", {"decoder_cpu_threads": "4"})
+    for key, config in four.items():
+        if key.endswith(VARIANT_FILES["cpu"]):
+            assert config.parameters["intra_op_thread_count"].string_value == "4", key
+    for bad in ("0", "two", "-1", ""):
+        with pytest.raises(RenderError, match="decoder_cpu_threads must be a whole number"):
+            base_values(CHECKPOINTS, None, {"decoder_cpu_threads": bad})
