@@ -1,10 +1,11 @@
 """FLOPs of one token2wav request, counted on the PyTorch runner with ``torch.utils.flop_counter``.
 
-PyTorch's counter knows matmuls, convolutions and its own attention kernels, but not our custom op
-``stepaudio::key_masked_attention`` (stepaudio/decoder/estimator.py): counted bare, the U-Net's attention — q·kᵀ and
-the weighted sum of v, 4·B·T²·(heads·d) per call — is missing. For 10 s of speech + a 3 s prompt that is 1.13 of the
+PyTorch's counter knows matmuls, convolutions and its CUDA attention kernels, but neither our custom op
+``stepaudio::key_masked_attention`` (stepaudio/decoder/estimator.py) nor the CPU flash kernel the eager forward
+calls for a batch without padding: counted bare, the U-Net's attention — q·kᵀ and the weighted sum of v,
+4·B·T²·(heads·d) per call — is missing. For 10 s of speech + a 3 s prompt that is 1.13 of the
 flow's 3.09 TFLOP; the first performance issue's "2.48 TFLOP per 10 s" was that bare count (flow 1.96 + HiFT 0.52).
-The formula registered here puts it back, so every "% of the matmul peak" this folder reports uses the whole work.
+The formulas registered here put it back, so every "% of the matmul peak" this folder reports uses the whole work.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def _key_masked_attention_flop(q_shape, k_shape, v_shape, *args, out_shape=None,
     batch, queries, inner = q_shape
     keys = k_shape[1]
     return 2 * batch * queries * keys * inner + 2 * batch * queries * keys * v_shape[2]
+
+
+# The eager forward of a batch without padding calls scaled_dot_product_attention directly; PyTorch's counter has
+# formulas for its CUDA kernels only, not the CPU flash kernel. (B, heads, T, d) per tensor.
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_flash_attention_flop(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    batch, heads, queries, dim = q_shape
+    keys = k_shape[2]
+    return 2 * batch * heads * queries * keys * dim + 2 * batch * heads * queries * keys * v_shape[3]
 
 
 def token2wav_gflop(decoder: Token2Wav, requests: list[Token2WavRequest], noises: list[DecoderNoise]) -> tuple[float, float]:

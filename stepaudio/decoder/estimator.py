@@ -29,12 +29,18 @@ def key_masked_attention(
     A custom op so the ONNX export emits one fused attention node (export/attention.py) instead of SDPA's
     decomposition. Without padding the bias is left out (adding zeros changes nothing), as the ONNX graph's If does.
     """
+    bias = None if bool(key_valid.all()) else key_padding_bias(key_valid, q.dtype)
+    return attention(q, k, v, bias, heads)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, heads: int) -> torch.Tensor:
+    """softmax(q·kᵀ/√d + bias)·v per head; q, k, v (B, T, heads·d), bias broadcastable to (B, heads, T, T) or None.
+    The eager forward calls it directly when a batch has no padding (no mask to look at: no per-call check)."""
     batch, length, _ = q.shape
 
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, length, heads, -1).transpose(1, 2)
 
-    bias = None if bool(key_valid.all()) else key_padding_bias(key_valid, q.dtype)
     out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias)
     return out.transpose(1, 2).reshape(batch, length, -1)
 
@@ -140,9 +146,12 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
 
-    def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
-        out = key_masked_attention(self.to_q(x), self.to_k(x), self.to_v(x), key_valid, self.heads)
-        return self.to_out[0](out)
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+        """``key_valid`` (B, T) bool, or None when no key is padding (stepaudio/decoder/masks.py)."""
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        if key_valid is None:
+            return self.to_out[0](attention(q, k, v, None, self.heads))
+        return self.to_out[0](key_masked_attention(q, k, v, key_valid, self.heads))
 
 
 class GELUProjection(nn.Module):
@@ -171,7 +180,7 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x), key_valid)
         return x + self.ff(self.norm3(x))
 
@@ -213,8 +222,8 @@ class ConditionalDecoder(nn.Module):
         self.final_proj = nn.Conv1d(up_channels[-1], config.out_channels, 1)
 
     @staticmethod
-    def _transformers(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        key_valid = mask[:, 0, :] > 0
+    def _transformers(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        key_valid = None if mask is None else mask[:, 0, :] > 0
         # Contiguous (B, T, C): a transposed view would keep its strides through every residual add, and each
         # LayerNorm / Linear would copy it again.
         h = x.transpose(1, 2).contiguous()
@@ -239,14 +248,14 @@ class ConditionalDecoder(nn.Module):
         # cropped with index_select, so no shape needs a min() and the export stays dynamic in T.
         hiddens = []
         masks = [mask]
-        dense = no_padding(mask)  # then every mask below is all ones: the ResNet blocks skip masking
+        dense = no_padding(mask)  # then every mask below is all ones: ResNet and attention blocks skip masking
 
         def resnet_mask(m: torch.Tensor) -> torch.Tensor | None:
             return None if dense else m
 
         for i, (resnet, blocks, downsample) in enumerate(self.down_blocks):
             mask_down = masks[-1]
-            x = self._transformers(blocks, resnet(x, resnet_mask(mask_down), t), mask_down)
+            x = self._transformers(blocks, resnet(x, resnet_mask(mask_down), t), resnet_mask(mask_down))
             hiddens.append(x)
             x = downsample(masked(x, resnet_mask(mask_down)))
             if i < len(self.down_blocks) - 1:
@@ -254,12 +263,12 @@ class ConditionalDecoder(nn.Module):
                 masks.append(mask_down.index_select(2, every_other))
         mask_mid = masks[-1]
         for resnet, blocks in self.mid_blocks:
-            x = self._transformers(blocks, resnet(x, resnet_mask(mask_mid), t), mask_mid)
+            x = self._transformers(blocks, resnet(x, resnet_mask(mask_mid), t), resnet_mask(mask_mid))
         for resnet, blocks, upsample in self.up_blocks:
             mask_up = masks.pop()
             skip = hiddens.pop()
             x = torch.cat([x.index_select(2, torch.arange(skip.shape[-1], device=x.device)), skip], dim=1)
-            x = self._transformers(blocks, resnet(x, resnet_mask(mask_up), t), mask_up)
+            x = self._transformers(blocks, resnet(x, resnet_mask(mask_up), t), resnet_mask(mask_up))
             x = upsample(masked(x, resnet_mask(mask_up)))
         x = self.final_block(x, resnet_mask(mask_up))
         return masked(self.final_proj(masked(x, resnet_mask(mask_up))), resnet_mask(mask))
