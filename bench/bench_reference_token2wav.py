@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -128,22 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     noise = [DecoderNoise.from_seed(0, request.prompt_mel.shape[0], request.tokens.size, config)]
     flow_gflop, vocoder_gflop = token2wav_gflop(fp32, [request], noise)
 
-    def ours(decoder):
-        return lambda: run(decoder, [request], noise)[:2]
-
-    builders = {
-        "reference-fp32": lambda: Reference(args.reference_dir, args.decoder_dir, torch.float32),
-        "reference-bf16": lambda: Reference(args.reference_dir, args.decoder_dir, torch.bfloat16),
-        "onnxruntime": lambda: ours(OnnxToken2Wav.from_checkpoint(args.decoder_dir, threads=args.threads)),
-        "pytorch-fp32": lambda: ours(fp32),
-        "pytorch-bf16": lambda: ours(bf16_runner.setdefault(
-            "decoder", Token2Wav.from_checkpoint(args.decoder_dir, dtype=torch.bfloat16))),
+    decoders = {
+        "onnxruntime": lambda: OnnxToken2Wav.from_checkpoint(args.decoder_dir, threads=args.threads),
+        "pytorch-fp32": lambda: fp32,
+        "pytorch-bf16": lambda: Token2Wav.from_checkpoint(args.decoder_dir, dtype=torch.bfloat16),
     }
-    bf16_runner: dict[str, Token2Wav] = {}
-    runners = {}
-    for name in names:
-        built = builders[name]()
-        runners[name] = (lambda r=built: r(request)) if isinstance(built, Reference) else built
+    reference_dtypes = {"reference-fp32": torch.float32, "reference-bf16": torch.bfloat16}
+    built = {name: Reference(args.reference_dir, args.decoder_dir, reference_dtypes[name])
+             if name in reference_dtypes else decoders[name]() for name in names}
+    runners = {name: partial(thing, request) if isinstance(thing, Reference)
+               else partial(lambda decoder: run(decoder, [request], noise)[:2], thing)
+               for name, thing in built.items()}
     for runner in runners.values():
         runner()  # warm-up
 
@@ -170,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<16}{flow_s:>8.2f}{vocoder_s:>11.2f}{total:>9.2f}{share:>12.0f}%  "
               f"median {np.median(ratios):.2f}× ({', '.join(f'{x:.2f}' for x in ratios)})")
     if "pytorch-bf16" in names:
-        quality(fp32, bf16_runner["decoder"], request, noise)
+        quality(fp32, built["pytorch-bf16"], request, noise)
     return 0
 
 

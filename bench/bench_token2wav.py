@@ -76,7 +76,7 @@ def compare_onnx(decoder_dir: Path, baseline_dir: Path, threads: int, seconds: f
     for r in requests:
         r.validate(config)
     noises = [DecoderNoise.from_seed(0, r.prompt_mel.shape[0], r.tokens.size, config) for r in requests]
-    work = gflop or request_gflop(decoder_dir, seconds)
+    work = gflop or request_gflop(Token2Wav.from_checkpoint(decoder_dir), seconds)
     waves = {name: run(decoder, requests, noises)[2] for name, decoder in decoders.items()}  # warm-up
     gap = max(float(np.abs(a - b).max()) for a, b in zip(*waves.values()))
     print(f"load average before: {os.getloadavg()}")
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime": OnnxToken2Wav.from_checkpoint(decoder_dir, threads=args.threads),
     }
     config = decoders["pytorch eager"].config
-    request_work = args.gflop or request_gflop(decoder_dir, args.seconds)
+    request_work = args.gflop or request_gflop(decoders["pytorch eager"], args.seconds)
 
     from bench.report import sgemm_gflops
 

@@ -46,11 +46,11 @@ def token2wav_gflop(decoder: Token2Wav, requests: list[Token2WavRequest], noises
     return flow_count.get_total_flops() / 1e9, vocoder_count.get_total_flops() / 1e9
 
 
-def request_gflop(decoder_dir, seconds: float) -> float:
-    """Total GFLOP of one batch-1 request of ``seconds`` of speech + the 3 s prompt (``bench_token2wav.requests_for``)."""
+def request_gflop(decoder: Token2Wav, seconds: float) -> float:
+    """Total GFLOP of one batch-1 request of ``seconds`` of speech + the 3 s prompt (``bench_token2wav.requests_for``)
+    through ``decoder`` (a float32 PyTorch runner; runs it once)."""
     from bench.bench_token2wav import requests_for
 
-    decoder = Token2Wav.from_checkpoint(decoder_dir)
     requests = requests_for(1, seconds)
     noises = [DecoderNoise.from_seed(0, r.prompt_mel.shape[0], r.tokens.size, decoder.config) for r in requests]
     return sum(token2wav_gflop(decoder, requests, noises))

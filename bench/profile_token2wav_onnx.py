@@ -28,7 +28,13 @@ from bench.flops import request_gflop  # noqa: E402
 from bench.report import sgemm_gflops  # noqa: E402
 from stepaudio.checkpoints import layout  # noqa: E402
 from stepaudio.decoder.checkpoint import load_config  # noqa: E402
-from stepaudio.decoder.token2wav import FLOW_OUTPUTS, VOCODER_OUTPUTS, DecoderNoise, Token2WavBase  # noqa: E402
+from stepaudio.decoder.token2wav import (  # noqa: E402
+    FLOW_OUTPUTS,
+    VOCODER_OUTPUTS,
+    DecoderNoise,
+    Token2Wav,
+    Token2WavBase,
+)
 
 
 def node_times(profile: Path) -> list[tuple[str, str, float]]:
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
           f"onnxruntime {ort.__version__}")
     report("flow_decoder", flow_wall, flow_nodes, len(flow_nodes) // 2, args.top)
     report("vocoder", vocoder_wall, vocoder_nodes, len(vocoder_nodes) // 2, args.top)
-    work = args.gflop or request_gflop(args.decoder_dir, args.seconds)
+    work = args.gflop or request_gflop(Token2Wav.from_checkpoint(args.decoder_dir), args.seconds)
     sustained = work / (flow_wall + vocoder_wall)
     print(f"\nsgemm peak (torch fp32, n 2048, {args.threads} threads, same run): {peak:.0f} GFLOP/s; token2wav "
           f"{work:.2f} GFLOP in {flow_wall + vocoder_wall:.2f} s = {sustained:.0f} GFLOP/s = {100 * sustained / peak:.0f} % of it")

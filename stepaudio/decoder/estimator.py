@@ -224,9 +224,7 @@ class ConditionalDecoder(nn.Module):
     @staticmethod
     def _transformers(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         key_valid = None if mask is None else mask[:, 0, :] > 0
-        # Contiguous (B, T, C): a transposed view would keep its strides through every residual add, and each
-        # LayerNorm / Linear would copy it again.
-        h = x.transpose(1, 2).contiguous()
+        h = x.transpose(1, 2)
         for block in blocks:
             h = block(h, key_valid)
         return h.transpose(1, 2)

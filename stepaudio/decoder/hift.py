@@ -277,14 +277,15 @@ class HiFTGenerator(nn.Module):
         def mask_or_none(scale: int, extra: int = 0) -> torch.Tensor | None:
             return None if dense else mask_at(scale, extra)
 
-        mel = masked(mel, mask_or_none(1))
-        f0 = self.f0_predictor(mel, mask_or_none(1))
+        frame_mask = None if dense else mel_mask
+        mel = masked(mel, frame_mask)
+        f0 = self.f0_predictor(mel, frame_mask)
         source = self.source(f0, source_phase, source_noise)
         sample_lens = mel_lens * c.samples_per_frame
         spec_mask = mask_at(c.samples_per_frame // c.hop_len, 1)
         source_spec = self.source_stft(source, sample_lens) * spec_mask
 
-        x = masked(self.conv_pre(mel), mask_or_none(1))
+        x = masked(self.conv_pre(mel), frame_mask)
         scale = 1
         n_kernels = len(c.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):

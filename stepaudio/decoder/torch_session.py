@@ -1,11 +1,11 @@
 """The PyTorch flow behind the ``flow_decoder.onnx`` I/O contract, for the CPU server's opt-in bf16 flow.
 
 ONNX Runtime's CPU execution provider has no bf16 MatMul, so a bf16 flow on the CPU server runs the library's
-PyTorch module (on CPUs with AMX-BF16 ~2.7× faster than float32 at ~3 % mel error, docs/performance.md).
+PyTorch module (on CPUs with AMX-BF16 the flow runs ~2.9× faster than in float32 at ~3 % mel error, docs/performance.md).
 ``TorchFlowSession`` looks like the part of an ``onnxruntime.InferenceSession`` the CPU backend uses (``run``,
 ``get_inputs``), so the served model keeps its validation, ragged batching and error handling; the backend's
-``session_factory`` parameter names ``flow_session`` (docs/decoder-contract.md). ``run`` computes what
-``Token2Wav.run_flow`` computes for the same feeds and dtype. The library never imports Triton.
+``session_factory`` parameter names ``flow_session`` (docs/decoder-contract.md). ``run`` and
+``Token2Wav.run_flow`` are one function (``run_torch_flow``). The library never imports Triton.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from stepaudio.decoder.checkpoint import load_flow
 from stepaudio.decoder.feeds import FLOW_INPUTS, FLOW_OUTPUTS
+from stepaudio.decoder.token2wav import run_torch_flow
 
 # Flow dtypes a served CPU flow accepts (float16 is CUDA-only, see ``Token2Wav.from_checkpoint``).
 FLOW_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -51,7 +52,6 @@ class TorchFlowSession:
     def get_outputs(self) -> list[SessionArg]:
         return [SessionArg(name) for name in FLOW_OUTPUTS]
 
-    @torch.inference_mode()
     def run(self, output_names, feeds: dict[str, np.ndarray], run_options=None) -> list[np.ndarray]:
         """Feeds named ``FLOW_INPUTS`` → the outputs named (``mel`` float32 whatever the flow's dtype, ``mel_lens``);
         ``run_options`` (ORT's) is accepted and ignored."""
@@ -61,10 +61,7 @@ class TorchFlowSession:
         unknown = [name for name in output_names if name not in FLOW_OUTPUTS]
         if unknown:
             raise ValueError(f"unknown flow outputs {unknown}; the flow gives {list(FLOW_OUTPUTS)}")
-        # Triton hands read-only arrays; torch.from_numpy wants writable memory.
-        arrays = [np.asarray(feeds[name]) for name in FLOW_INPUTS]
-        mel, lens = self.flow(*(torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays))
-        outputs = {"mel": mel.float().numpy(), "mel_lens": lens.numpy()}
+        outputs = dict(zip(FLOW_OUTPUTS, run_torch_flow(self.flow, feeds)))
         return [outputs[name] for name in output_names]
 
 
