@@ -7,8 +7,8 @@ Where the server comes from:
 - a system ``tritonserver`` on PATH (an NGC Triton container): used as is, with its own backends;
 - otherwise the Triton 2.51 build inside the ``nvidia-pytriton`` wheel, set up exactly as
   ``docs/triton-on-cpu.md#launch-recipe`` measured: a backend directory of our own with *copies* of
-  ``libtriton_python.so``, the stub and ``triton_python_backend_utils.py``; the venv's ``bin`` first on PATH (the stub finds the venv through
-  ``python3``); ``LD_LIBRARY_PATH`` = Python's LIBDIR + the wheel's ``nvidia_pytriton.libs``.
+  ``libtriton_python.so``, the stub and ``triton_python_backend_utils.py``; the venv's ``bin`` first on PATH (the
+  stub finds the venv through ``python3``); ``LD_LIBRARY_PATH`` = Python's LIBDIR + the wheel's ``nvidia_pytriton.libs``.
 
 The project's python-based backends (``backends/<name>/model.py``, e.g. the CPU ``onnxruntime`` backend; an
 installed wheel carries them, see ``stepaudio.serving.files``) are copied next to the python backend, so ONNX
