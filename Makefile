@@ -35,7 +35,7 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check stepaudio stepaudio_triton model_repository backends export clients gateway bench tests
+	$(VENV)/bin/ruff check stepaudio stepaudio_contract stepaudio_server stepaudio_triton model_repository backends export clients gateway bench tests
 
 checkpoints: $(STAMP)
 	$(PY) -m stepaudio.checkpoints make-tiny --out $(CHECKPOINTS)
@@ -52,7 +52,7 @@ demo: $(STAMP)
 # Always a rendered repository: model_repository/ holds templates with unfilled ${...} values and is never served.
 serve: $(STAMP)
 	test -d $(REPOSITORY) || $(MAKE) repository
-	$(PY) -m stepaudio.serve --model-repository $(REPOSITORY)
+	$(PY) -m stepaudio_server --model-repository $(REPOSITORY)
 
 clean:
 	rm -rf build $(VENV) $(VLLM_VENV)

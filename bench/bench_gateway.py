@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.process import GatewayProcess  # noqa: E402
 from gateway.triton import Triton, string  # noqa: E402
-from stepaudio.serve import TritonServer  # noqa: E402
+from stepaudio_server.launcher import TritonServer  # noqa: E402
 
 TEXT = "你好，世界。今天天气很好。"
 

@@ -33,7 +33,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clients.realtime_client import TritonRealtimeSession  # noqa: E402
-from stepaudio.serve import TritonServer  # noqa: E402
+from stepaudio_server.launcher import TritonServer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 CHUNK_SECONDS = 0.04

@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stepaudio.serve import TritonServer  # noqa: E402
-from stepaudio.serving.supervisor import list_stubs  # noqa: E402
+from stepaudio_server.launcher import TritonServer  # noqa: E402
+from stepaudio_server.supervisor import list_stubs  # noqa: E402
 
 REFUSALS = {"long_text": "characters; the limit is", "huge_cap": "MAX_NEW_TOKENS must be at most"}
 NESTED = b'{"TEXT":' + b"[" * 50_000 + b"]" * 50_000 + b',"SPEAKER":"Tingting"}'

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clients.tts import synthesize  # noqa: E402
-from stepaudio.serve import TritonServer  # noqa: E402
+from stepaudio_server.launcher import TritonServer  # noqa: E402
 
 TEXT = "你好，世界。今天天气很好。"
 DECODER_MODELS = ("flow_decoder", "vocoder")

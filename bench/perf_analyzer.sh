@@ -32,7 +32,7 @@ trap 'rm -rf "$inputs"' EXIT
 key=${STEPAUDIO_ADMIN_KEY:-}
 common=(-s 30 --measurement-interval 20000)
 if [ "$model" = tts_stream ]; then
-  # Over gRPC, Triton's restricted-protocol header carries the gRPC prefix (stepaudio/serve.py GRPC_HEADER_PREFIX).
+  # Over gRPC, Triton's restricted-protocol header carries the gRPC prefix (stepaudio_server/launcher.py GRPC_HEADER_PREFIX).
   admin=()
   if [ -n "$key" ]; then admin=(-H "triton-grpc-protocol-stepaudio-admin-key:$key"); fi
   "$binary" -m tts_stream -i grpc -u "${STEPAUDIO_GRPC_URL:-127.0.0.1:8001}" --streaming \

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clients.tts import synthesize  # noqa: E402
-from stepaudio.serve import TritonServer  # noqa: E402
+from stepaudio_server.launcher import TritonServer  # noqa: E402
 
 IDS_PER_SECOND = 41.667  # decoder ids per second of speech
 TTS_STREAM_NOTE = (

@@ -22,7 +22,7 @@ import types
 from pathlib import Path
 
 from stepaudio.checkpoints import layout, write_tree
-from stepaudio.serve import TritonServer
+from stepaudio_server.launcher import TritonServer
 
 TEXT = "(高兴1)你好，欢迎使用阶跃星辰的语音合成服务。"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stepaudio_triton.specs import SESSION_OPTIONS
+from stepaudio_contract.specs import SESSION_OPTIONS
 
 CHUNK_SECONDS = 0.02
 _sequence_ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 16)

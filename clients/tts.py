@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from clients import triton_io
-from stepaudio_triton.specs import SAMPLING
+from stepaudio_contract.specs import SAMPLING
 
 
 def _string(value: str) -> np.ndarray:

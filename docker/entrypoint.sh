@@ -6,7 +6,7 @@
 #   STEPAUDIO_SET          render values, space-separated KEY=VALUE (e.g. "chat_llm_engine=vllm chat_llm_tensor_parallel_size=8")
 #   STEPAUDIO_MODELS       render only these served models (space-separated; default all)
 #   STEPAUDIO_RENDER_ONLY  1: render and exit (no server) — what the test runs
-# Extra arguments go to `python -m stepaudio.serve`.
+# Extra arguments go to `python -m stepaudio_server`.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 checkpoints=${STEPAUDIO_CHECKPOINTS:-/models}
@@ -28,4 +28,4 @@ fi
 if [ "${STEPAUDIO_RENDER_ONLY:-0}" = "1" ]; then
   exit 0
 fi
-exec "$PYTHON" -m stepaudio.serve --model-repository "$repository" --host 0.0.0.0 "$@"
+exec "$PYTHON" -m stepaudio_server --model-repository "$repository" --host 0.0.0.0 "$@"

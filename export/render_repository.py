@@ -10,7 +10,7 @@ What it does, in one pass:
    that start ``@gpu `` / ``@cpu `` (a line of that variant only), ``configs/cpu.pbtxt`` for the CPU server; fills
    every ``${name}`` placeholder (``fill_template.py`` syntax) from the checkpoint paths, the deployment values
    (``DEFAULTS`` overridden by ``--set``), the model's own values and its tensors (``${inputs}``, ``${outputs}``,
-   ``${sampling_input_map}`` from ``stepaudio_triton/specs.py``);
+   ``${sampling_input_map}`` from ``stepaudio_contract/specs.py``);
 3. exports the ONNX files the ONNX models serve (flow decoder and vocoder of each decoder folder); exports of one
    exporter run in one worker process that traces each architecture once (the music decoder reuses the speech
    decoder's trace with its own weights), third-party exporter output goes to ``--log``;
@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Callable
 
 from stepaudio.checkpoints import layout
-from stepaudio.serving.files import templates_dir
 from stepaudio.tts.limits import MAX_PROMPT_SECONDS, MAX_TEXT_CHARS
-from stepaudio_triton import specs
+from stepaudio_contract import specs
+from stepaudio_server.files import templates_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-# The checkout's model_repository/, or the copy an installed wheel carries (stepaudio/serving/files.py).
+# The checkout's model_repository/, or the copy an installed wheel carries (stepaudio_server/files.py).
 TEMPLATES = templates_dir()
 # Code whose change can change a rendered tree (re-fill every config) and, narrower, an exported graph (re-export):
 # the exporters and the library parts they trace (tests/export/test_render_cache.py checks that list).
@@ -251,7 +251,7 @@ def variant_configs(template: str) -> dict[str, str]:
 def tensor_values(template: str, variant: str) -> dict[str, str]:
     """The placeholders a config's tensors fill, from the template's entry in ``specs.MODELS``."""
     if template not in specs.MODELS:
-        raise RenderError(f"no tensors declared for template {template!r} in stepaudio_triton/specs.py")
+        raise RenderError(f"no tensors declared for template {template!r} in stepaudio_contract/specs.py")
     io = specs.MODELS[template]
     sampling_map = "\n      ".join(f'input_map {{ key: "{t.name}" value: "{t.name}" }}' for t in specs.SAMPLING)
     return {"inputs": specs.pbtxt_block("input", io.inputs, variant),

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stepaudio.serve import PROJECT_ROOT, free_port
+from stepaudio_server.launcher import PROJECT_ROOT, free_port
 
 
 class GatewayProcess:

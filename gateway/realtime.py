@@ -27,7 +27,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from gateway.errors import APIError
 from gateway.limits import Auth, Limiter
-from stepaudio_triton.specs import SESSION_OPTIONS
+from stepaudio_contract.specs import SESSION_OPTIONS
 
 log = logging.getLogger("gateway.realtime")
 KEY_SUBPROTOCOL = "openai-insecure-api-key."

@@ -11,8 +11,8 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from stepaudio_triton import errors
-from stepaudio_triton.specs import SAMPLING
+from stepaudio_contract import errors
+from stepaudio_contract.specs import SAMPLING
 
 # The served model's error code (tagged into the message, gRPC stream errors carry none) → the gateway's status.
 _STATUS = {"INVALID_ARG": 400, "UNAVAILABLE": 503, "CANCELLED": 499, "INTERNAL": 502}

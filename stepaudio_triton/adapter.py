@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from stepaudio_triton import errors
+from stepaudio_contract import errors
 from stepaudio_triton.memory import idle_trim
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.errors import Unavailable
-from stepaudio_triton import errors
+from stepaudio_contract import errors
 from stepaudio_triton.adapter import owned, parameter
 
 # The request parameter naming a stream's cancel token; generation.py reads it (one spelling for both sides).

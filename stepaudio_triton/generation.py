@@ -14,10 +14,10 @@ import triton_python_backend_utils as pb_utils
 from stepaudio.errors import Cancelled
 from stepaudio.llm.engine import TokenStream
 from stepaudio.llm.sampling import SamplingParams
-from stepaudio_triton import specs
+from stepaudio_contract import specs
+from stepaudio_contract.errors import BLS_REQUEST_ID_PREFIX
 from stepaudio_triton.adapter import optional_scalar, optional_string, required_input, send, send_error
 from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
-from stepaudio_triton.errors import BLS_REQUEST_ID_PREFIX
 from stepaudio_triton.threads import BoundedThreads
 
 MIN_CANCEL_TOKEN_CHARS = 16

@@ -44,7 +44,8 @@ from stepaudio.realtime import (
     VadFrame,
 )
 from stepaudio.realtime.vad import WINDOW_SECONDS
-from stepaudio_triton import bls, errors
+from stepaudio_contract import errors
+from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
     error_response,
     optional_input,

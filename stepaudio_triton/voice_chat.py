@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from stepaudio.chat.template import turns_from_json
-from stepaudio_triton import bls, specs
+from stepaudio_contract import specs
+from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
     given_inputs,
     optional_input,

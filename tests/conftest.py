@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stepaudio.serve import TritonServer
-from stepaudio.serving.http_guard import GuardLimits
+from stepaudio_server.http_guard import GuardLimits
+from stepaudio_server.launcher import TritonServer
 from tests.helpers import sigterm_interrupts
 
 # Short batching window: the tests send concurrent requests at once; small LLM batches keep CPU memory low.

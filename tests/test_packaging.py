@@ -24,7 +24,7 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (the project's venvs)
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SOURCE_PACKAGES = ("stepaudio", "stepaudio_triton", "gateway", "export")
-# Folders of the checkout the wheel maps into stepaudio_triton (stepaudio/serving/files.py finds them there).
+# Folders of the checkout the wheel maps into stepaudio_triton (stepaudio_server/files.py finds them there).
 MAPPED = {"stepaudio_triton.backends": "backends", "stepaudio_triton.model_repository": "model_repository"}
 
 
@@ -52,7 +52,7 @@ def test_tooling_is_not_a_runtime_dependency():
 
 def test_runtime_library_imports_no_tooling():
     # The served models and the launcher must not pull in the synthetic-checkpoint writers.
-    script = ("import sys, stepaudio.serve, stepaudio.decoder.checkpoint, stepaudio.decoder.token2wav, "
+    script = ("import sys, stepaudio_server.launcher, stepaudio.decoder.checkpoint, stepaudio.decoder.token2wav, "
               "stepaudio.llm.weights, stepaudio.tokenizer.tokenizer, stepaudio.tts.frontend; "
               "print(sorted(m for m in sys.modules if m.startswith('stepaudio.testing')))")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -87,7 +87,7 @@ def wheel_names(wheel) -> set[str]:
 
 
 def test_wheel_carries_what_render_and_serve_read(wheel_names):
-    needed = {"stepaudio/serve.py", "export/render_repository.py", "export/flow_onnx.py", "export/vocoder_onnx.py",
+    needed = {"stepaudio_server/launcher.py", "export/render_repository.py", "export/flow_onnx.py", "export/vocoder_onnx.py",
               "stepaudio/checkpoints/__main__.py", "stepaudio/testing/llm.py",  # make-tiny from the wheel
               "stepaudio/tts/data/step_audio_tts.json", "stepaudio/chat/data/step_audio_chat.json",
               "gateway/static/index.html"}
@@ -131,12 +131,12 @@ def test_installed_wheel_renders_and_serves(wheel, tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
 
-    where = run("-c", "import stepaudio, stepaudio.serving.files as f; print(stepaudio.__file__, f.backends_dir())")
+    where = run("-c", "import stepaudio, stepaudio_server.files as f; print(stepaudio.__file__, f.backends_dir())")
     assert str(ROOT) not in where and where.count(site) == 2
     run("-m", "stepaudio.checkpoints", "make-tiny", "--out", "ckpt", "--only", "decoder")
     run("-m", "export.render_repository", "--checkpoints", "ckpt", "--out", "repo", "--only", "flow_decoder", "vocoder")
     assert (work / "repo" / "vocoder" / "1" / "model.onnx").is_file()
-    server = subprocess.Popen([python, "-m", "stepaudio.serve", "--model-repository", "repo", "--http-port", "0",
+    server = subprocess.Popen([python, "-m", "stepaudio_server", "--model-repository", "repo", "--http-port", "0",
                                "--grpc-port", "0", "--metrics-port", "0", "--open-admin-api"],
                               cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"))

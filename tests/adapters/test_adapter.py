@@ -150,7 +150,7 @@ def test_a_failing_request_does_not_fail_its_batch(adapter, pool):
 
 def test_error_codes_follow_the_exception_type_and_survive_bls(adapter):
     from stepaudio.errors import Cancelled, Unavailable
-    from stepaudio_triton import errors
+    from stepaudio_contract import errors
 
     direct, over_bls = FakeRequest(), FakeRequest(request_id="stepaudio-bls-0123456789abcdef")
     assert adapter.error_response(ValueError("x"), FakeRequest(parameters='{"stepaudio_error_codes": true}')).error.message == "[INVALID_ARG] x"

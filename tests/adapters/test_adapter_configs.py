@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from export.render_repository import ROOT, TEMPLATES, VARIANT_FILES, base_values, render_model, served_models
-from stepaudio_triton import specs
+from stepaudio_contract import specs
 from tests.export.test_rendered_configs import parsed
 
 LIBRARY = ROOT / "stepaudio_triton"

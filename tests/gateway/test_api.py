@@ -9,7 +9,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from stepaudio.serve import free_port
+from stepaudio_server.launcher import free_port
 from tests.gateway.helpers import API_KEY
 from tests.server.helpers import BatchCounts
 
@@ -125,7 +125,7 @@ def test_refuses_a_public_address_without_keys(tmp_path):
     import subprocess
     import sys
 
-    from stepaudio.serve import PROJECT_ROOT
+    from stepaudio_server.launcher import PROJECT_ROOT
 
     result = subprocess.run([sys.executable, "-m", "gateway", "--triton-grpc", "127.0.0.1:1", "--host", "0.0.0.0",
                              "--db", str(tmp_path / "v.sqlite3")], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)

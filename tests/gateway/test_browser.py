@@ -13,8 +13,8 @@ import pytest
 import soundfile
 
 from stepaudio.decoder.token2wav import mel_frames_for_tokens
-from stepaudio.serve import PROJECT_ROOT
 from stepaudio.testing.voices import synthetic_voice
+from stepaudio_server.launcher import PROJECT_ROOT
 from tests.gateway.helpers import API_KEY, TOKENS
 
 pytestmark = pytest.mark.server

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stepaudio.serve import TritonServer
+from stepaudio_server.launcher import TritonServer
 from tests.helpers import sigterm_interrupts
 from tests.server.helpers import write_smoke_onnx
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stepaudio.serve import TritonServer
+from stepaudio_server.launcher import TritonServer
 
 
 def write_smoke_onnx(path: Path) -> None:

@@ -15,8 +15,8 @@ from tritonclient.utils import InferenceServerException
 from export.render_repository import base_values, render_model, served_models
 from stepaudio.checkpoints import layout
 from stepaudio.decoder import Token2Wav
-from stepaudio.serve import TritonServer
 from stepaudio.testing.decoder import tiny_config, write_decoder_dir
+from stepaudio_server.launcher import TritonServer
 from tests.helpers import sigterm_interrupts
 from tests.server.test_decoder_isolation import flow_feeds, send
 

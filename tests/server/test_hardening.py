@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from stepaudio.serve import ADMIN_HEADER, TritonServer
-from stepaudio.serving.supervisor import list_stubs
+from stepaudio_server.launcher import ADMIN_HEADER, TritonServer
+from stepaudio_server.supervisor import list_stubs
 from tests.server.helpers import grpc_input, http_input
 
 pytestmark = pytest.mark.server
@@ -77,7 +77,7 @@ def llm_stream(grpc_url: str, request_id: str, max_new_tokens: int, parameters: 
                 count += ids.size
                 if started is not None:
                     started.set()
-            if result.as_numpy("ERROR") is not None:  # how a BLS caller is told (stepaudio_triton/errors.py)
+            if result.as_numpy("ERROR") is not None:  # how a BLS caller is told (stepaudio_contract/errors.py)
                 return count, result.as_numpy("ERROR")[0].decode()
             if result.get_response().parameters["triton_final_response"].bool_param:
                 return count, None

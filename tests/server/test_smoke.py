@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stepaudio.serve import ADMIN_HEADER, ModelLoadError, TritonServer
+from stepaudio_server.launcher import ADMIN_HEADER, ModelLoadError, TritonServer
 from tests.server.helpers import BatchCounts, grpc_input, http_input
 
 pytestmark = pytest.mark.server
@@ -121,7 +121,7 @@ def test_cli_starts_prints_urls_and_stops_cleanly_on_sigterm(tmp_path):
 
     shm_before = set(os.listdir("/dev/shm"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stepaudio.serve", "--model-repository", str(model_repository),
+        [sys.executable, "-m", "stepaudio_server", "--model-repository", str(model_repository),
          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -153,7 +153,7 @@ def test_server_dies_with_a_killed_launcher(tmp_path):
     model_repository = tmp_path / "orphan_repository"
     shutil.copytree(Path(__file__).parent / "smoke_repository" / "smoke_offset", model_repository / "smoke_offset")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stepaudio.serve", "--model-repository", str(model_repository),
+        [sys.executable, "-m", "stepaudio_server", "--model-repository", str(model_repository),
          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -39,7 +39,7 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(checkpoints, tmp_path_factory):
     from export.render_repository import render
-    from stepaudio.serve import TritonServer
+    from stepaudio_server.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp("vllm_repository")
     values = {

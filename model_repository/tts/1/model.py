@@ -13,7 +13,8 @@ import numpy as np
 from stepaudio.decoder.config import load_config
 from stepaudio.decoder.noise import DecoderNoise
 from stepaudio.tts.decoder_ids import decoder_tokens
-from stepaudio_triton import bls, specs
+from stepaudio_contract import specs
+from stepaudio_triton import bls
 from stepaudio_triton.adapter import Outputs, given_inputs, parameter, parse_config, respond_each
 
 FRONTEND_OUTPUTS = specs.names(specs.MODELS["tts_frontend"].outputs)

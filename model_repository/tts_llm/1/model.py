@@ -1,7 +1,7 @@
 """tts_llm: Step-Audio-TTS-3B behind the continuous-batching Step1 engine; decoupled, streams generated ids.
 
 Inputs: INPUT_IDS (the full prompt, built by ``tts_frontend``) and the optional sampling tensors of
-``stepaudio_triton.specs.SAMPLING``. Output: OUTPUT_IDS, one response per generated id (LLM ids; the
+``stepaudio_contract.specs.SAMPLING``. Output: OUTPUT_IDS, one response per generated id (LLM ids; the
 stop id is not sent), then an empty final response. Every concurrent stream shares one forward per decode step.
 """
 

@@ -18,7 +18,8 @@ import triton_python_backend_utils as pb_utils
 
 from stepaudio.errors import Cancelled
 from stepaudio.tts.streaming import ChunkSchedule, SpeechStream
-from stepaudio_triton import bls, specs
+from stepaudio_contract import specs
+from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
     Outputs,
     given_inputs,

@@ -1,6 +1,6 @@
 """Launch a real Triton Inference Server on a model repository.
 
-``python -m stepaudio.serve --model-repository DIR`` (or ``make serve``) starts ``tritonserver``, waits until
+``python -m stepaudio_server --model-repository DIR`` (or ``make serve``) starts ``tritonserver``, waits until
 ``/v2/health/ready`` answers, prints the HTTP/gRPC/metrics URLs and stops cleanly on Ctrl-C/SIGTERM.
 
 Where the server comes from:
@@ -11,7 +11,7 @@ Where the server comes from:
   stub finds the venv through ``python3``); ``LD_LIBRARY_PATH`` = Python's LIBDIR + the wheel's ``nvidia_pytriton.libs``.
 
 The project's python-based backends (``backends/<name>/model.py``, e.g. the CPU ``onnxruntime`` backend; an
-installed wheel carries them, see ``stepaudio.serving.files``) are copied next to the python backend, so ONNX
+installed wheel carries them, see ``stepaudio_server.files``) are copied next to the python backend, so ONNX
 models whose GPU config names the native ORT backend load on this CPU build through ``configs/cpu.pbtxt``. With no
 GPU present the launcher passes ``--model-config-name=cpu``.
 
@@ -42,9 +42,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stepaudio.serving.files import backends_dir
-from stepaudio.serving.http_guard import GuardLimits, HttpGuard
-from stepaudio.serving.supervisor import StubSupervisor
+from stepaudio_server.files import backends_dir
+from stepaudio_server.http_guard import GuardLimits, HttpGuard
+from stepaudio_server.supervisor import StubSupervisor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Every python-based backend names its stubs' regions triton_<backend>_backend_shm_region_<uuid>.
@@ -55,7 +55,7 @@ ADMIN_HEADER = "stepaudio-admin-key"
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # how gRPC clients must spell a restricted-protocol header
 LOOPBACK = "127.0.0.1"
-log = logging.getLogger("stepaudio.serve")
+log = logging.getLogger("stepaudio_server")
 
 
 class ServerError(RuntimeError):
@@ -334,7 +334,7 @@ class TritonServer:
 
     def _event_log(self) -> logging.Logger:
         """The launcher's own events (stub deaths, reloads) go to the server log, between Triton's lines."""
-        logger = logging.getLogger(f"stepaudio.serve.{self.triton_http_port}")
+        logger = logging.getLogger(f"stepaudio_server.{self.triton_http_port}")
         handler = logging.StreamHandler(self._log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s stepaudio.supervisor %(levelname)s %(message)s"))
         logger.addHandler(handler)
@@ -490,7 +490,7 @@ class TritonServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stepaudio.serve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stepaudio_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--host", default=LOOPBACK, help="address of the HTTP guard and metrics (default loopback)")
     parser.add_argument("--grpc-host", default=LOOPBACK,
@@ -579,5 +579,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"restarting the server ({restarts}/{args.max_restarts})", file=sys.stderr, flush=True)
 
 
-if __name__ == "__main__":
     sys.exit(main())

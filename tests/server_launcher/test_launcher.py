@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stepaudio import serve
-from stepaudio.serving import files
+from stepaudio_server import launcher as serve
+from stepaudio_server import files
 
 
 def _binary(tmp_path):

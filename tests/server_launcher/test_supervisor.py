@@ -6,7 +6,7 @@ import logging
 import subprocess
 import time
 
-from stepaudio.serving.supervisor import StubSupervisor, _running
+from stepaudio_server.supervisor import StubSupervisor, _running
 
 
 def test_an_exited_server_stops_supervision_without_reloads(caplog):

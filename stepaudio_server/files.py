@@ -13,7 +13,7 @@ from pathlib import Path
 
 TEMPLATES = "model_repository"
 BACKENDS = "backends"
-_CHECKOUT = Path(__file__).resolve().parents[2]
+_CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def _shipped(name: str) -> Path:

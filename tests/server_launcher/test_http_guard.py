@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 from aiohttp import web
 
-from stepaudio.serve import free_port
-from stepaudio.serving.http_guard import GuardLimits, HttpGuard, max_json_depth
+from stepaudio_server.http_guard import GuardLimits, HttpGuard, max_json_depth
+from stepaudio_server.launcher import free_port
 
 
 @pytest.mark.parametrize(

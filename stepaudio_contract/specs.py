@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from stepaudio_triton.errors import ERROR_OUTPUT
+from stepaudio_contract.errors import ERROR_OUTPUT
 
 _PYTHON_TYPES = {"TYPE_FP": float, "TYPE_INT": int, "TYPE_UINT": int, "TYPE_BOOL": bool, "TYPE_STRING": str}
 
@@ -94,7 +94,7 @@ TTS_MAX_NEW_TOKENS = MAX_NEW_TOKENS.but(name="TTS_MAX_NEW_TOKENS")  # speech ids
 
 # A stream's owner cancels it with CANCEL = its cancel token (stepaudio_triton/generation.py).
 CANCEL = _string("CANCEL").but(optional=True)
-ERROR = _string(ERROR_OUTPUT).but(note="a stream's error for BLS callers (stepaudio_triton/errors.py)")
+ERROR = _string(ERROR_OUTPUT).but(note="a stream's error for BLS callers (stepaudio_contract/errors.py)")
 
 # The voice of a TTS request: a preset SPEAKER or a cloned voice (all three PROMPT_* tensors).
 TEXT = _string("TEXT")

@@ -1,0 +1,5 @@
+import sys
+
+from stepaudio_server.launcher import main
+
+sys.exit(main())
