@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stepaudio_server import launcher as serve
 from stepaudio_server import files
+from stepaudio_server import launcher as serve
 
 
 def _binary(tmp_path):
@@ -40,7 +40,7 @@ def test_wheel_backend_directory_holds_copies(tmp_path):
 
 def test_backends_and_templates_come_from_the_checkout_here():
     # An editable install has no copies under stepaudio_triton/: the checkout's folders are the ones used.
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     assert files.backends_dir() == root / "backends"
     assert files.templates_dir() == root / "model_repository"
 
