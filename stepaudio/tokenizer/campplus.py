@@ -14,6 +14,7 @@ import numpy as np
 from stepaudio.audio.kaldi import kaldi_fbank
 from stepaudio.audio.resample import resample
 from stepaudio.audio.validate import MAX_INPUT_SECONDS, validate_waveform
+from stepaudio.tokenizer.ort_session import create_session
 
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 80
@@ -39,7 +40,7 @@ class SpeakerEncoder:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        return cls(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+        return cls(create_session(path, options))
 
     def embed(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
         """(192,) float32 embedding of a clip (validated, mixed to mono, resampled to 16 kHz)."""

@@ -23,6 +23,7 @@ import torch
 from stepaudio.checkpoints import layout
 from stepaudio.tokenizer.features import OnlineFrontend
 from stepaudio.tokenizer.funasr_files import ParaformerConfig, load_cmvn, load_paraformer_config
+from stepaudio.tokenizer.ort_session import create_session
 from stepaudio.tokenizer.sanm import CHUNK_SAMPLES, SanmEncoder
 
 STATE_NAMES = ("offset", "overlap", "kv_cache", "cache_valid")
@@ -69,7 +70,7 @@ class OnnxEncoder:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = create_session(onnx_path, options)
         names = tuple(i.name for i in self.session.get_inputs())
         if names != INPUT_NAMES:
             raise ValueError(f"{onnx_path}: inputs {names} are not the vq02 chunk-step contract {INPUT_NAMES}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from stepaudio.audio.whisper_mel import log_mel_spectrogram
+from stepaudio.tokenizer.ort_session import create_session
 
 SAMPLE_RATE = 16000
 SEGMENT_SECONDS = 30.0
@@ -32,7 +33,7 @@ class SemanticTokenizer:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = create_session(onnx_path, options)
         inputs = self.session.get_inputs()
         if len(inputs) != 2:
             raise ValueError(f"{onnx_path}: expected 2 inputs (features, length); got {[i.name for i in inputs]}")
