@@ -90,10 +90,11 @@ DEFAULTS: dict[str, str] = {
     # (4096 generated ids) with a 30 s voice prompt (1250 ids, 2584 mel frames) needs 5346 ids and 11050 frames.
     "decoder_max_tokens": "5400",
     "decoder_max_mel_frames": "11100",
-    # CPU server's flow_decoder(_music): float32 runs the exported ONNX graph on ORT. Opt-in bfloat16 runs the library's
-    # PyTorch flow in bf16 instead (ORT's CPU EP has no bf16 MatMul): fast only on CPUs with AMX, ~3 % mel error
-    # (docs/decoder-contract.md, docs/performance.md). The GPU config (native ORT / TensorRT) ignores it.
-    "decoder_flow_dtype": "float32",
+    # CPU server's flow_decoder(_music): float32 runs the exported ONNX graph on ORT; bfloat16 runs the library's
+    # PyTorch flow in bf16 instead (ORT's CPU EP has no bf16 MatMul), as the reference publishes its flow: fast only on
+    # CPUs with AMX, ~3 % mel error (docs/decoder-contract.md, docs/performance.md). "auto" (the default) picks
+    # bfloat16 where the rendering CPU has AMX bf16 units, float32 elsewhere. The GPU config ignores it.
+    "decoder_flow_dtype": "auto",
     "tokenizer_max_batch_size": "8",
     "max_text_chars": str(MAX_TEXT_CHARS),
     "chat_max_context_tokens": "30000",
@@ -206,13 +207,35 @@ def fill(text: str, values: dict[str, str], where: str) -> str:
 
 FLOW_DTYPES = ("float32", "bfloat16")  # stepaudio.decoder.torch_session.FLOW_DTYPES (not imported: it loads torch)
 FLOW_SESSION_FACTORY = "stepaudio.decoder.torch_session:flow_session"
+# CPU flags of bf16 matrix units, any one of which makes the bf16 flow pay (docs/performance.md#precision): Intel AMX
+# tiles, or AVX-512 BF16 dot products (AMD Zen 4 and later; a 1120×512×2048 matmul ran 2.1–2.8× the fp32 speed here).
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def resolve_flow_dtype(value: str, flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """``decoder_flow_dtype`` → (the dtype rendered, why): "auto" follows the CPU that renders."""
+    if value != "auto":
+        return value, "set by decoder_flow_dtype"
+    flags = cpu_flags() if flags is None else flags
+    if units := sorted(BF16_CPU_FLAGS & flags):
+        return "bfloat16", f"auto: this CPU has bf16 matrix units ({', '.join(units)})"
+    return "float32", "auto: this CPU has no bf16 matrix units (amx_bf16 / avx512_bf16)"
 
 
 def flow_session_parameters(dtype: str) -> str:
     """The CPU flow_decoder's ``${decoder_flow_session}``: nothing for float32 (the backend runs ORT on the exported
     graph, as without the value), for bfloat16 the backend's ``session_factory`` running the PyTorch flow."""
     if dtype not in FLOW_DTYPES:
-        raise RenderError(f"decoder_flow_dtype must be one of {list(FLOW_DTYPES)}, got {dtype!r}")
+        raise RenderError(f"decoder_flow_dtype must be one of {['auto', *FLOW_DTYPES]}, got {dtype!r}")
     if dtype == "float32":
         return ""
     return (f'parameters {{ key: "session_factory" value: {{ string_value: "{FLOW_SESSION_FACTORY}" }} }}\n'
@@ -226,6 +249,7 @@ def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str
     values = dict(DEFAULTS) | overrides
     if not values["decoder_cpu_threads"].isdigit() or int(values["decoder_cpu_threads"]) < 1:
         raise RenderError(f"decoder_cpu_threads must be a whole number ≥ 1, got {values['decoder_cpu_threads']!r}")
+    values["decoder_flow_dtype"], values["decoder_flow_dtype_reason"] = resolve_flow_dtype(values["decoder_flow_dtype"])
     values["decoder_flow_session"] = flow_session_parameters(values["decoder_flow_dtype"])
     values["realtime_idle_timeout_us"] = str(int(float(values["realtime_idle_timeout_s"]) * 1_000_000))
     values |= {
@@ -367,6 +391,7 @@ def render(
     if not checkpoints.is_dir():
         raise RenderError(f"checkpoint directory {checkpoints} does not exist")
     values = base_values(checkpoints, voices, overrides or {})
+    say(f"CPU flow decoder precision: {values['decoder_flow_dtype']} ({values['decoder_flow_dtype_reason']})")
     models = served_models(checkpoints)
     if only:
         unknown = sorted(set(only) - {m.name for m in models})

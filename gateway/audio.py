@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import io
 import struct
+import time
+from dataclasses import dataclass
 
 import numpy as np
+
+from stepaudio.tts.limits import MAX_PROMPT_SECONDS
 
 RESPONSE_FORMATS = ("wav", "pcm", "flac", "mp3", "opus", "aac")
 MEDIA_TYPES = {
@@ -29,36 +33,154 @@ _FFMPEG = {"mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus"), "aac": ("ad
 _OPEN_ENDED = 0xFFFFFFFF
 
 
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """(float32 wave of shape (channels, samples), sample rate) from the bytes of an audio file."""
-    import soundfile
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What an uploaded file may hold; checked on the header before decoding and again while decoding."""
 
-    try:
-        wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        return np.ascontiguousarray(wave.T), int(rate)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError):
-        pass
-    return _decode_with_ffmpeg(data)
+    max_seconds: float = MAX_PROMPT_SECONDS
+    min_rate: int = 8000
+    max_rate: int = 192000
+    max_channels: int = 8
+    output_rate: int = 48000  # higher rates are resampled down to this while decoding
+    timeout_s: float = 10.0  # wall time of one decode, checked between packets
+
+    def validate(self) -> None:
+        if not (self.max_seconds > 0 and 0 < self.min_rate <= self.max_rate and self.max_channels >= 1
+                and self.output_rate >= self.min_rate and self.timeout_s > 0):
+            raise ValueError(f"inconsistent decode limits {self}")
 
 
-def _decode_with_ffmpeg(data: bytes) -> tuple[np.ndarray, int]:
+# The containers a client may upload (OpenAI's audio inputs: wav, flac, mp3, ogg, webm, mp4/m4a; plus adts/aac and
+# aiff), found from their first bytes and passed to FFmpeg by name: FFmpeg never probes, so no playlist, SDP, concat
+# script or image demuxer ever sees the bytes (they would open files, sockets or listeners).
+CONTAINERS = ("wav", "flac", "mp3", "aac", "ogg", "matroska", "mp4", "aiff")
+# Audio codecs, by FFmpeg's codec id name.
+CODECS = frozenset({
+    "pcm_u8", "pcm_s8", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_f32le",
+    "pcm_f32be", "pcm_f64le", "pcm_f64be", "pcm_alaw", "pcm_mulaw", "adpcm_ms", "adpcm_ima_wav",
+    "flac", "alac", "mp3", "mp2", "aac", "vorbis", "opus",
+})
+# Containers whose header states the exact length (the others may estimate it from the bitrate, or have none).
+_EXACT_LENGTH = frozenset({"wav", "flac", "mp4", "aiff"})
+_SUPPORTED = "send wav, flac, mp3, ogg (vorbis/opus), webm, m4a/mp4 or aac"
+_FFMPEG_OPTIONS = {
+    "format_whitelist": ",".join(CONTAINERS),
+    # The input is an in-memory file; a demuxer that tries to open anything else (a nested URL) finds no protocol.
+    "protocol_whitelist": "none",
+    "enable_drefs": "0",  # mov/mp4: never follow data references to other files
+}
+
+
+def sniff_container(data: bytes) -> str | None:
+    """The container of an upload from its first bytes, or None when it is not one of ``CONTAINERS``."""
+    head = data[:12]
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"  # webm too
+    if head[4:8] == b"ftyp":
+        return "mp4"  # m4a, mov
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # MPEG audio frame sync
+        return "aac" if head[1] & 0x06 == 0 else "mp3"  # layer bits 00: ADTS
+    return None
+
+
+def decode_audio(data: bytes, limits: DecodeLimits = DecodeLimits()) -> tuple[np.ndarray, int]:
+    """(float32 mono wave of shape (1, samples), sample rate) of an uploaded audio file, within ``limits``.
+
+    Bad, unsupported or over-limit input raises ValueError. Work and memory are bounded before and while decoding:
+    the header's rate, channels and (where exact) length are checked first; then packets are decoded one at a time,
+    each downmixed to mono (and resampled above ``output_rate``) at once, and decoding stops as soon as the output
+    passes ``max_seconds`` or the decode passes ``timeout_s``. Peak memory is thus about the upload plus
+    ``max_seconds`` of mono float32 at ``output_rate``, whatever the file claims (docs/hardening.md#audio-uploads).
+    """
     import av
 
+    container_name = sniff_container(data)
+    if container_name is None:
+        raise ValueError(f"could not decode the audio file: not a supported audio container ({_SUPPORTED})")
+    deadline = time.monotonic() + limits.timeout_s
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.audio:
-                raise ValueError("the file has no audio stream")
-            stream = container.streams.audio[0]
-            rate = stream.codec_context.sample_rate
-            # Planar float keeps (channels, samples) per frame whatever the codec's native sample format.
-            resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=rate)
-            parts = [out.to_ndarray() for frame in container.decode(stream) for out in resampler.resample(frame)]
-            parts += [out.to_ndarray() for out in resampler.resample(None)]
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        with av.open(io.BytesIO(data), mode="r", format=container_name, container_options=dict(_FFMPEG_OPTIONS),
+                     metadata_errors="ignore") as container:
+            stream = _checked_stream(container, container_name, limits)
+            return _decode_stream(container, stream, limits, deadline)
+    except av.error.FFmpegError as exc:
         raise ValueError(f"could not decode the audio file: {exc}") from exc
-    if not parts:
+    except (UnicodeDecodeError, OverflowError, IndexError, KeyError, TypeError) as exc:  # a header PyAV cannot map
+        raise ValueError(f"could not decode the audio file: {type(exc).__name__}") from exc
+
+
+def _checked_stream(container, container_name: str, limits: DecodeLimits):
+    """The audio stream, after refusing what its header says is out of bounds."""
+    from av.stream import Disposition
+
+    for stream in container.streams:
+        if stream.type == "video" and not stream.disposition & Disposition.attached_pic:  # cover art is fine
+            raise ValueError("the file holds video; upload audio only")
+    if not container.streams.audio:
+        raise ValueError("could not decode the audio file: it has no audio stream")
+    stream = container.streams.audio[0]
+    codec = stream.codec_context
+    if codec.codec.canonical_name not in CODECS:
+        raise ValueError(f"audio codec {codec.codec.canonical_name!r} is not accepted ({_SUPPORTED})")
+    rate, channels = int(codec.sample_rate or 0), int(codec.channels or 0)
+    if not limits.min_rate <= rate <= limits.max_rate:
+        raise ValueError(f"sample rate {rate} Hz is outside {limits.min_rate}–{limits.max_rate}")
+    if not 1 <= channels <= limits.max_channels:
+        raise ValueError(f"the file has {channels} channels; at most {limits.max_channels} are accepted")
+    if container_name in _EXACT_LENGTH and stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+        if seconds > limits.max_seconds:
+            raise ValueError(f"audio is {seconds:.2f} s; at most {limits.max_seconds:g} s is accepted")
+    return stream
+
+
+def _decode_stream(container, stream, limits: DecodeLimits, deadline: float) -> tuple[np.ndarray, int]:
+    """Packet by packet: each decoded frame becomes planar float at the output rate (libswresample, no rematrix),
+    then the mean of its channels (the downmix the voice store always used) is kept; nothing else is held."""
+    import av
+
+    source_rate = int(stream.codec_context.sample_rate)
+    rate = min(source_rate, limits.output_rate)
+    cap = int(limits.max_seconds * rate) + 1  # one past the limit: the caller reports "too long", never a cut file
+    resampler = None
+    parts: list[np.ndarray] = []
+    total = 0
+
+    def keep(frames) -> None:
+        nonlocal total
+        for out in frames:
+            mono = out.to_ndarray().mean(axis=0, keepdims=True, dtype=np.float32)
+            parts.append(mono)
+            total += mono.shape[1]
+
+    for packet in container.demux(stream):
+        if time.monotonic() > deadline:
+            raise ValueError(f"decoding took longer than {limits.timeout_s:g} s")
+        for frame in packet.decode():
+            if frame.sample_rate != source_rate:
+                raise ValueError("the sample rate changes inside the file")
+            if resampler is None:  # a frame that changes layout later is refused by the resampler (ValueError)
+                resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=rate)
+            keep(resampler.resample(frame))
+        if total > cap:
+            raise ValueError(f"audio is longer than {limits.max_seconds:g} s")
+    if resampler is not None:
+        keep(resampler.resample(None))
+    if not total:
         raise ValueError("the audio file holds no samples")
-    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32), int(rate)
+    if total > cap:
+        raise ValueError(f"audio is longer than {limits.max_seconds:g} s")
+    return np.concatenate(parts, axis=1), rate
 
 
 def to_s16le(wave: np.ndarray) -> bytes:

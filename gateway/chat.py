@@ -11,30 +11,63 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import triton
 from gateway.errors import APIError
-from gateway.speech import voice_tensors
+from gateway.speech import VoiceRef, voice_tensors
 from gateway.voices import Voice
 
 # OpenAI's audio.format names → the gateway's response formats.
 CHAT_AUDIO_FORMATS = {"wav": "wav", "pcm16": "pcm", "pcm": "pcm", "flac": "flac", "mp3": "mp3", "opus": "opus", "aac": "aac"}
 
 
-class AudioOptions(BaseModel):
-    voice: str | dict = "Tingting"
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send many optional fields that do not apply here
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class InputAudio(_Lenient):
+    data: str  # base64 of an audio file
+    format: str | None = None  # the file says what it is; OpenAI clients send "wav" or "mp3"
+
+
+class InputAudioPart(_Lenient):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[TextPart | InputAudioPart, Field(discriminator="type")]
+
+
+class AssistantAudio(_Lenient):
+    """An earlier reply's audio as OpenAI clients send it back ({id}); its transcript stands for it here."""
+
+    id: str | None = None
+    transcript: str | None = None
+
+
+class Message(_Lenient):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    audio: AssistantAudio | None = None
+
+
+class AudioOptions(_Lenient):
+    voice: str | VoiceRef | None = None  # None: the served model's default speaker (its config says which)
     format: str = "wav"
 
 
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send many optional fields that do not apply here
-
+class ChatRequest(_Lenient):
     model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
     modalities: list[Literal["text", "audio"]] = ["text"]
     audio: AudioOptions | None = None
     stream: bool = False
@@ -56,58 +89,49 @@ class ChatRequest(BaseModel):
         return CHAT_AUDIO_FORMATS[name]
 
     @property
-    def voice(self) -> str:
+    def voice(self) -> str | None:
+        """The reply voice's name or uploaded id; None leaves the choice to the served model."""
         voice = (self.audio or AudioOptions()).voice
-        return voice.get("id", "") if isinstance(voice, dict) else voice
+        return voice.id if isinstance(voice, VoiceRef) else voice
 
 
-def _text_of(content, index: int, allow_audio: bool) -> tuple[str, bytes | None]:
+def _text_of(content: str | list | None, index: int, allow_audio: bool) -> tuple[str, bytes | None]:
     """(text, audio file bytes or None) of one message's content."""
-    if content is None:
-        return "", None
-    if isinstance(content, str):
-        return content, None
-    if not isinstance(content, list):
-        raise APIError(400, "message content must be a string or a list of parts", param=f"messages[{index}].content")
+    if content is None or isinstance(content, str):
+        return content or "", None
     texts, audio = [], None
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            texts.append(str(part.get("text", "")))
-        elif kind == "input_audio":
-            if not allow_audio:
-                raise APIError(400, "only the last user message may carry audio: send earlier turns as text (their "
-                               "transcript, returned as step_audio.user_transcript)", param=f"messages[{index}].content")
-            if audio is not None:
-                raise APIError(400, "one input_audio part per message", param=f"messages[{index}].content")
-            try:
-                audio = base64.b64decode((part.get("input_audio") or {}).get("data", ""), validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise APIError(400, "input_audio.data is not valid base64", param=f"messages[{index}].content") from exc
-        else:
-            raise APIError(400, f"unsupported content part type {kind!r} (text and input_audio are)",
-                           param=f"messages[{index}].content")
+    for number, part in enumerate(content):
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+            continue
+        param = f"messages[{index}].content[{number}].input_audio"
+        if not allow_audio:
+            raise APIError(400, "only the last user message may carry audio: send earlier turns as text (their "
+                           "transcript, returned as step_audio.user_transcript)", param=param)
+        if audio is not None:
+            raise APIError(400, "one input_audio part per message", param=param)
+        try:
+            audio = base64.b64decode(part.input_audio.data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise APIError(400, "input_audio.data is not valid base64", param=param + ".data") from exc
     return "".join(texts), audio
 
 
-def split_messages(messages: list[dict]) -> tuple[list[dict], str, bytes | None]:
+def split_messages(messages: list[Message]) -> tuple[list[dict], str, bytes | None]:
     """(text history, last user text, last user audio file bytes or None)."""
     history = []
     for index, message in enumerate(messages):
-        role = message.get("role")
-        if role not in ("system", "developer", "user", "assistant"):
-            raise APIError(400, f"unsupported role {role!r}", param=f"messages[{index}].role")
         last = index == len(messages) - 1
-        if last and role != "user":
+        if last and message.role != "user":
             raise APIError(400, "the last message must come from the user", param=f"messages[{index}].role")
-        text, audio = _text_of(message.get("content"), index, allow_audio=last)
-        if role == "assistant" and not text:
-            text = str((message.get("audio") or {}).get("transcript", ""))
+        text, audio = _text_of(message.content, index, allow_audio=last)
+        if message.role == "assistant" and not text and message.audio is not None:
+            text = message.audio.transcript or ""
         if last:
             if not text and audio is None:
                 raise APIError(400, "the last user message has neither text nor audio", param=f"messages[{index}].content")
             return history, text, audio
-        history.append({"role": "system" if role == "developer" else role, "content": text})
+        history.append({"role": "system" if message.role == "developer" else message.role, "content": text})
     raise AssertionError("unreachable: messages is not empty")
 
 

@@ -22,7 +22,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     db: Path = Path("gateway-voices.sqlite3")
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()  # "key" or "name:key" (keys of one name share voices and limits)
+    auth_failures_per_minute: int = 20  # failed key checks per client address before 429
+    allowed_origins: tuple[str, ...] = ()  # besides the gateway's own origin (the Host it was asked by)
+    drain_timeout_s: float = 30.0  # on SIGTERM: how long streams already running may take to finish
     rate_per_minute: int = 60  # requests per key per minute on the routes that run models (burst = the same)
     max_concurrent: int = 4  # streams per key at once
     max_body_bytes: int = 16 * 1024 * 1024
@@ -44,12 +47,14 @@ class Settings:
     def validate(self) -> None:
         if not self.api_keys and not is_loopback(self.host):
             raise ValueError(f"refusing to serve {self.host} without API keys: give --api-key (auth may be off only on loopback)")
-        for name in ("rate_per_minute", "max_concurrent", "max_body_bytes", "max_input_chars", "max_upload_bytes",
+        for name in ("rate_per_minute", "auth_failures_per_minute", "max_concurrent", "max_body_bytes", "max_input_chars", "max_upload_bytes",
                      "max_new_tokens", "max_new_tokens_limit", "chat_max_tokens", "chat_tts_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("max_new_tokens must not exceed max_new_tokens_limit")
+        if self.drain_timeout_s < 0:
+            raise ValueError("drain_timeout_s must not be negative")
 
 
 def is_loopback(host: str) -> bool:

@@ -1,4 +1,8 @@
-"""Prometheus metrics and the ASGI middleware that records every request, refusals included."""
+"""Prometheus metrics and the ASGI middleware that records every request, refusals included.
+
+Label values never come from a client as they are: a method outside HTTP's usual ones counts as ``other`` and a
+path that is no route as ``unmatched``, so made-up methods and paths cannot add series.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD, UNMATCHED_PATH = "other", "unmatched"
 
 
 class Metrics:
@@ -27,7 +33,7 @@ class MetricsMiddleware:
     """Pure ASGI (not BaseHTTPMiddleware): streamed responses and disconnect detection stay untouched."""
 
     def __init__(self, app, metrics: Metrics, paths: set[str]):
-        self.app, self.metrics, self.paths = app, metrics, paths  # known paths: labels never come from a client
+        self.app, self.metrics, self.paths = app, metrics, paths  # the app's route paths (templates included)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -40,14 +46,15 @@ class MetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
-        # The route is known only after routing; the gauge is labelled by the raw path when that is a known route.
-        path_label = scope["path"] if scope["path"] in self.paths else "other"
+        # The route is known only after routing (and not at all for a request refused at the door): until then the
+        # raw path stands for itself when it is a route's path.
+        path_label = scope["path"] if scope["path"] in self.paths else UNMATCHED_PATH
+        method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
         self.metrics.in_flight.labels(path_label).inc()
         try:
             await self.app(scope, receive, record)
         finally:
             self.metrics.in_flight.labels(path_label).dec()
-            route = getattr(scope.get("route"), "path", None) or "other"
-            self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
+            route = getattr(scope.get("route"), "path", None) or path_label
+            self.metrics.requests.labels(route, method, str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
-

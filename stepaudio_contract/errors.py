@@ -5,8 +5,8 @@
 - ``stepaudio.errors.Cancelled`` (the stream was cancelled by its owner) → CANCELLED;
 - anything else is our fault → INTERNAL, logged with its traceback.
 
-Across BLS the code needs help: Triton 2.51 hands every BLS error back to the caller as INTERNAL, whatever code
-the called model sent, and gRPC stream errors carry no code at all. A caller that wants the code sets the request
+Across BLS the code needs help: Triton hands every BLS error back to the caller as INTERNAL, whatever code
+the called model sent, and gRPC stream errors carry no code at all (``compat.py``: ``tagged_error_codes``). A caller that wants the code sets the request
 parameter ``TAGGED_CODES_PARAMETER`` (the gateway does) or a request id starting with ``BLS_REQUEST_ID_PREFIX``
 (our BLS calls do); a model answering such a request writes
 the code's name as a ``[NAME] `` prefix of the message (other clients never see it), and the caller turns that
@@ -24,10 +24,9 @@ TAGGED_CODES_PARAMETER = "stepaudio_error_codes"
 # Our BLS requests carry their ask in the request id instead of request parameters: BLS requests are sent the way
 # this python backend build has always carried them (an id), and the id also holds a stream's cancel token.
 BLS_REQUEST_ID_PREFIX = "stepaudio-bls-"
-# Every decoupled model declares this optional output. A stream that a BLS caller consumes ends with its error in
-# this output (a tagged message) instead of an error response: Triton 2.51 does not write the stream's id into an
-# error response that follows the first one, so the caller's stub never receives it and waits forever (fixed
-# upstream in python_backend PR #398, after 2.51; docs/hardening.md).
+# Every decoupled model declares this output where the server needs it (``compat.py``: ``error_output``). A stream
+# that a BLS caller consumes then ends with its error in this output (a tagged message) instead of an error
+# response, which that server would deliver without the stream's id: the caller's stub would wait forever.
 ERROR_OUTPUT = "ERROR"
 
 

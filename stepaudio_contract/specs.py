@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from stepaudio_contract.compat import TritonFeatures
 from stepaudio_contract.errors import ERROR_OUTPUT
 
 _PYTHON_TYPES = {"TYPE_FP": float, "TYPE_INT": int, "TYPE_UINT": int, "TYPE_BOOL": bool, "TYPE_STRING": str}
@@ -32,6 +33,7 @@ class Tensor:
     ragged: str = ""  # allow_ragged_batch: "always", "cpu" (the CPU config's own ragged batching) or "" (never)
     scalar: bool = False  # ONNX models: dims [1] reshaped to a scalar per batch row
     note: str = ""  # a comment for the rendered config
+    only_for: str = ""  # declared only while this compat workaround is needed (stepaudio_contract/compat.py)
 
     def but(self, **changes) -> Tensor:
         return dataclasses.replace(self, **changes)
@@ -69,6 +71,11 @@ def names(tensors) -> list[str]:
     return [t.name for t in tensors]
 
 
+def served(tensors: tuple[Tensor, ...], features: TritonFeatures) -> tuple[Tensor, ...]:
+    """The tensors a server with ``features`` is given: those of a workaround it does not need are left out."""
+    return tuple(t for t in tensors if not t.only_for or features.needs(t.only_for))
+
+
 def pbtxt_block(kind: str, tensors: tuple[Tensor, ...], variant: str) -> str:
     """``input [ ... ]`` / ``output [ ... ]`` in the layout of a hand-written config, one tensor a line."""
     lines = []
@@ -92,9 +99,11 @@ MAX_NEW_TOKENS = Tensor("MAX_NEW_TOKENS", "TYPE_INT32", (1,), optional=True)
 SAMPLING = (TEMPERATURE, TOP_K, TOP_P, SEED, MAX_NEW_TOKENS)
 TTS_MAX_NEW_TOKENS = MAX_NEW_TOKENS.but(name="TTS_MAX_NEW_TOKENS")  # speech ids per reply sentence (chat models)
 
-# A stream's owner cancels it with CANCEL = its cancel token (stepaudio_triton/generation.py).
-CANCEL = _string("CANCEL").but(optional=True)
-ERROR = _string(ERROR_OUTPUT).but(note="a stream's error for BLS callers (stepaudio_contract/errors.py)")
+# A stream's owner cancels it with CANCEL = its cancel token (stepaudio_triton/generation.py); a BLS caller gets a
+# stream's error in ERROR. Both exist for a Triton without BLS cancellation / error responses (compat.py).
+CANCEL = _string("CANCEL").but(optional=True, only_for="cancel_input")
+ERROR = _string(ERROR_OUTPUT).but(note="a stream's error for BLS callers (stepaudio_contract/errors.py)",
+                                  only_for="error_output")
 
 # The voice of a TTS request: a preset SPEAKER or a cloned voice (all three PROMPT_* tensors).
 TEXT = _string("TEXT")

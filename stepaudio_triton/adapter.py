@@ -9,12 +9,20 @@ from typing import Any, Callable
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from stepaudio_contract import errors
+from stepaudio_contract import client, compat, errors
 from stepaudio_triton.memory import idle_trim
+
+# What the server this stub runs in needs (compat.py); set from the model's config by ``parse_config``. One stub
+# serves one model instance, so its config's ``triton_version`` holds for the whole process.
+triton = compat.TritonFeatures.for_version(compat.DEFAULT_VERSION)
 
 
 def parse_config(args: dict) -> dict:
-    return json.loads(args["model_config"])
+    """The model's config; also reads the Triton version the repository was rendered for into ``triton``."""
+    global triton
+    config = json.loads(args["model_config"])
+    triton = compat.TritonFeatures.for_version(parameter(config, compat.VERSION_PARAMETER, compat.DEFAULT_VERSION))
+    return config
 
 
 def parameter(config: dict, key: str, default: Any = None, cast: Callable[[str], Any] = str) -> Any:
@@ -104,7 +112,7 @@ class Outputs:
 
 
 def string_tensor(name: str, text: str):
-    return pb_utils.Tensor(name, np.array([text.encode("utf-8")], dtype=np.object_))
+    return pb_utils.Tensor(name, client.string(text))
 
 
 def _wants_tagged_codes(request) -> bool:
@@ -132,22 +140,23 @@ def error_response(exc: BaseException, request):
 
 
 def send(sender, request, outputs: list, final: bool = False) -> None:
-    """Send one response of a decoupled model: only the outputs the request asked for, and the tensors stay
-    referenced here until the send returns. Triton 2.51's response sender drops unrequested outputs with the GIL
-    released, so a tensor it drops last frees its numpy array without the GIL and corrupts the interpreter
-    (fixed upstream in python_backend PR #390; docs/hardening.md)."""
-    wanted = set(request.requested_output_names())
-    kept = [t for t in outputs if t.name() in wanted]
+    """Send one response of a decoupled model, the tensors referenced here until the send returns. Where the
+    server's response sender drops unrequested outputs with the GIL released (compat.py: ``requested_outputs_only``)
+    only the requested outputs go in: a tensor it dropped last would free its numpy array without the GIL."""
+    if triton.requested_outputs_only:
+        wanted = set(request.requested_output_names())
+        kept = [t for t in outputs if t.name() in wanted]
+    else:
+        kept = list(outputs)
     flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
     sender.send(pb_utils.InferenceResponse(output_tensors=kept), flags=flags)
     del kept  # released here, with the GIL held, after the sender is done with it
 
 
 def send_error(sender, request, exc: BaseException) -> None:
-    """End a decoupled request with ``exc``: for our BLS callers as the ``ERROR`` output of a normal final
-    response (an error response after the first one never reaches them in 2.51, see ``errors.ERROR_OUTPUT``),
-    for every other client as an error response."""
-    if request.request_id().startswith(errors.BLS_REQUEST_ID_PREFIX):
+    """End a decoupled request with ``exc``: an error response, except for our BLS callers on a server that would
+    lose it on the way (compat.py: ``error_output``), who get it in the ``ERROR`` output of a normal final response."""
+    if triton.error_output and request.request_id().startswith(errors.BLS_REQUEST_ID_PREFIX):
         _log_if_internal(exc)
         send(sender, request, [string_tensor(errors.ERROR_OUTPUT, errors.tagged(exc))], final=True)
     else:

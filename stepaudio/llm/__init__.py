@@ -9,7 +9,8 @@ from stepaudio.llm.engine import (
     TokenStream,
     TorchStep1Engine,
 )
-from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
+from stepaudio.llm.engine_config import LLMEngineOptions
+from stepaudio.llm.engine_factory import build_engine
 from stepaudio.llm.model import KVCache, Step1ForCausalLM, alibi_slopes, alibi_sqrt_bias
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio.llm.tokenizer import Step1Tokenizer

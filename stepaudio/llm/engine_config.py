@@ -11,21 +11,16 @@ A rendered ``config.pbtxt`` says, per model::
     parameters { key: "distributed_executor_backend" value: { string_value: "mp" } }  # mp | ray (multi-node)
     parameters { key: "enforce_eager" value: { string_value: "false" } }
 
-``build_engine`` turns the options into a ``GenerationEngine``: the native ``TorchStep1Engine`` or the vLLM
-adapter (``stepaudio.llm.vllm_engine``, imported only when asked for, so the native path never needs vLLM).
+``stepaudio.llm.engine_factory.build_engine`` turns the options into a ``GenerationEngine``. This module imports
+neither engine (``vllm_engine`` imports it: the factory lives in its own module so the two never import each other).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import locale
 import math
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
-
-if TYPE_CHECKING:  # engine.py imports torch; the options parse without it
-    from stepaudio.llm.engine import GenerationEngine
+from typing import Any, Mapping
 
 ENGINES = ("native", "vllm")
 EXECUTOR_BACKENDS = ("mp", "ray")
@@ -125,66 +120,3 @@ class LLMEngineOptions:
         options = dataclasses.replace(self, **changes)
         options.validate()
         return options
-
-
-def ensure_utf8_text_files() -> None:
-    """Make ``open()`` without an encoding read UTF-8. Triton's python stub embeds Python without PEP 538's C-locale
-    coercion, so under ``LANG=C`` text files decode as ASCII and importing vLLM fails on torch's UTF-8 kernel
-    templates; ``open()`` follows ``LC_CTYPE`` at call time, so setting it before the import is enough."""
-    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
-        return
-    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
-        try:
-            locale.setlocale(locale.LC_CTYPE, name)
-            return
-        except locale.Error:
-            continue
-
-
-def vllm_visible_devices(device: str, visible: str | None) -> str | None:
-    """``CUDA_VISIBLE_DEVICES`` for a one-GPU vLLM engine of a ``KIND_GPU`` instance on ``device`` ("cuda:N").
-
-    vLLM ignores torch device names and takes the first visible GPU, so every ``KIND_GPU`` instance would land on
-    GPU 0; narrowing the (process-wide, per-instance) visibility to GPU N places it. N indexes the GPUs already
-    visible, as CUDA numbers them. None: leave the environment alone (CPU, or a KIND_MODEL instance)."""
-    if not device.startswith("cuda:"):
-        return None
-    index = int(device.split(":", 1)[1])
-    if visible is None or not visible.strip():
-        return str(index)
-    ids = [item.strip() for item in visible.split(",") if item.strip()]
-    if index >= len(ids):
-        raise ValueError(f"device {device} is not among CUDA_VISIBLE_DEVICES={visible!r}")
-    return ids[index]
-
-
-def build_engine(
-    checkpoint: str,
-    options: LLMEngineOptions,
-    *,
-    device: str = "cpu",
-    dtype: str | None = None,
-    max_batch_size: int = 8,
-) -> GenerationEngine:
-    """The engine ``options`` ask for, on ``checkpoint``. ``device`` is the instance's device: the native engine
-    runs there; a one-GPU vLLM engine is pinned there through ``CUDA_VISIBLE_DEVICES``; a parallel vLLM engine
-    spans the visible GPUs and needs a ``KIND_MODEL`` instance (device "cpu" from Triton's point of view)."""
-    options.validate()
-    if options.engine == "vllm":
-        if device.startswith("cuda:") and options.world_size > 1:
-            raise ValueError(
-                f"a vLLM engine over {options.world_size} GPUs must own them: give the model instance_group "
-                "kind KIND_MODEL (count 1), not one KIND_GPU instance per GPU"
-            )
-        visible = vllm_visible_devices(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        if visible is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = visible  # this python stub serves this one instance only
-        ensure_utf8_text_files()
-        from stepaudio.llm.vllm_engine import VllmEngine  # vLLM is imported only where it is used
-
-        return VllmEngine.from_checkpoint(checkpoint, options, dtype=dtype, max_batch_size=max_batch_size)
-    from stepaudio.llm.engine import TorchStep1Engine
-
-    return TorchStep1Engine.from_checkpoint(
-        checkpoint, dtype=dtype, device=device, max_batch_size=max_batch_size, max_seq_len=options.max_model_len
-    )

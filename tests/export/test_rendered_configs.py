@@ -17,6 +17,7 @@ from export.render_repository import (
     base_values,
     main,
     render_model,
+    resolve_flow_dtype,
     served_models,
 )
 
@@ -29,8 +30,9 @@ def parsed(path: Path) -> model_config_pb2.ModelConfig:
 
 
 def rendered_configs(out: Path) -> dict[str, model_config_pb2.ModelConfig]:
-    """Every config file of every served model, by "model/file", rendered without exports."""
-    values = base_values(CHECKPOINTS, Path("/voices"), {})
+    """Every config file of every served model, by "model/file", rendered without exports (the flow precision pinned:
+    "auto" follows the CPU that renders)."""
+    values = base_values(CHECKPOINTS, Path("/voices"), {"decoder_flow_dtype": "float32"})
     configs = {}
     for model in served_models(CHECKPOINTS):
         target = render_model(model, out, values)
@@ -61,8 +63,8 @@ def _flow_configs(out: Path, overrides: dict[str, str]) -> dict[str, model_confi
     return configs
 
 
-def test_the_bf16_flow_opt_in_changes_only_the_cpu_flow_decoders_session(tmp_path):
-    default = _flow_configs(tmp_path / "default", {})
+def test_the_bf16_flow_changes_only_the_cpu_flow_decoders_session(tmp_path):
+    default = _flow_configs(tmp_path / "default", {"decoder_flow_dtype": "float32"})
     explicit = _flow_configs(tmp_path / "float32", {"decoder_flow_dtype": "float32"})
     half = _flow_configs(tmp_path / "bfloat16", {"decoder_flow_dtype": "bfloat16"})
     assert sorted(half) == sorted(default) == [f"{m}/{f}" for m in ("flow_decoder", "flow_decoder_music")
@@ -84,7 +86,32 @@ def test_an_unknown_flow_dtype_is_refused_at_render_time(tmp_path, capsys):
     with pytest.raises(RenderError, match="decoder_flow_dtype must be one of"):
         base_values(CHECKPOINTS, None, {"decoder_flow_dtype": "float16"})
     assert main(["--checkpoints", str(tmp_path), "--out", str(tmp_path / "repo"), "--set", "decoder_flow_dtype=bf16"]) == 2
-    assert "decoder_flow_dtype must be one of ['float32', 'bfloat16'], got 'bf16'" in capsys.readouterr().err
+    assert "decoder_flow_dtype must be one of ['auto', 'float32', 'bfloat16'], got 'bf16'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({"avx2", "amx_tile", "amx_bf16"}, "bfloat16"),  # Intel Sapphire Rapids and later
+    ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),  # AMD Zen 4 and later
+    ({"avx2", "avx512f", "avx512_vnni"}, "float32"),  # AVX-512 without bf16 dot products
+    (set(), "float32"),  # no /proc/cpuinfo
+])
+def test_auto_precision_follows_the_cpus_bf16_units(flags, expected):
+    dtype, why = resolve_flow_dtype("auto", frozenset(flags))
+    assert dtype == expected and why.startswith("auto: ")
+    assert resolve_flow_dtype("float32", frozenset(flags)) == ("float32", "set by decoder_flow_dtype")
+
+
+def test_the_default_precision_is_auto_and_reaches_the_config(tmp_path, monkeypatch):
+    import export.render_repository as render_module
+
+    assert render_module.DEFAULTS["decoder_flow_dtype"] == "auto"
+    monkeypatch.setattr(render_module, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    with_units = _flow_configs(tmp_path / "amx", {})
+    monkeypatch.setattr(render_module, "cpu_flags", lambda: frozenset({"avx2"}))
+    without = _flow_configs(tmp_path / "avx2", {})
+    cpu = f"flow_decoder/{VARIANT_FILES['cpu']}"
+    assert with_units[cpu].parameters["flow_dtype"].string_value == "bfloat16"
+    assert "flow_dtype" not in without[cpu].parameters
 
 
 def test_decoder_cpu_threads_reach_both_cpu_decoders_and_are_checked(tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from stepaudio.llm.engine import GenerationRequest, TorchStep1Engine
-from stepaudio.llm.engine_config import LLMEngineOptions, build_engine, vllm_visible_devices
+from stepaudio.llm.engine_config import LLMEngineOptions
+from stepaudio.llm.engine_factory import build_engine, vllm_visible_devices
 from stepaudio.llm.sampling import SamplingParams
 
 

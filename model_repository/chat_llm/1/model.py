@@ -16,7 +16,8 @@ import triton_python_backend_utils as pb_utils
 from stepaudio.chat.session import TextDeltas, chat_prompt_ids
 from stepaudio.chat.template import ChatTurn, asr_max_new_tokens, asr_turns, turns_from_json
 from stepaudio.llm.engine import GenerationRequest
-from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
+from stepaudio.llm.engine_config import LLMEngineOptions
+from stepaudio.llm.engine_factory import build_engine
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio.llm.tokenizer import Step1Tokenizer
 from stepaudio_triton.adapter import (

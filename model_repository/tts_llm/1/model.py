@@ -6,7 +6,8 @@ stop id is not sent), then an empty final response. Every concurrent stream shar
 """
 
 from stepaudio.llm.engine import GenerationRequest
-from stepaudio.llm.engine_config import LLMEngineOptions, build_engine
+from stepaudio.llm.engine_config import LLMEngineOptions
+from stepaudio.llm.engine_factory import build_engine
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio_triton.adapter import Outputs, device_for, parameter, parse_config, rendered_parameter
 from stepaudio_triton.generation import (
