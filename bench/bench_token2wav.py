@@ -29,44 +29,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.flops import request_gflop  # noqa: E402
+from bench.sgemm import sgemm_gflops  # noqa: E402
+from bench.token2wav_requests import PROMPT_SECONDS, requests_for, run  # noqa: E402
 from export.flow_onnx import export_flow_onnx  # noqa: E402
 from export.vocoder_onnx import export_vocoder_onnx  # noqa: E402
 from stepaudio.checkpoints import layout  # noqa: E402
-from stepaudio.decoder import DecoderNoise, OnnxToken2Wav, Token2Wav, Token2WavBase, Token2WavRequest  # noqa: E402
+from stepaudio.decoder import DecoderNoise, OnnxToken2Wav, Token2Wav  # noqa: E402
 from stepaudio.decoder.config import DecoderConfig  # noqa: E402
 from stepaudio.testing.decoder import write_decoder_dir  # noqa: E402
-
-PROMPT_SECONDS = 3.0
-
-
-def requests_for(batch: int, seconds: float, seed: int = 0) -> list[Token2WavRequest]:
-    rng = np.random.default_rng(seed)
-    n_tokens, n_prompt = round(seconds * 41.667), round(PROMPT_SECONDS * 41.667)
-    n_prompt_frames = int(PROMPT_SECONDS * 22050) // 256
-    return [
-        Token2WavRequest(
-            rng.integers(0, 5120, n_tokens),
-            rng.integers(0, 5120, n_prompt),
-            rng.standard_normal((n_prompt_frames, 80)).astype(np.float32) - 5,
-            rng.standard_normal(192).astype(np.float32),
-        )
-        for _ in range(batch)
-    ]
-
-
-def run(decoder: Token2WavBase, requests, noises):
-    """(seconds in the flow, seconds in the vocoder, waves) for one padded batch."""
-    start = time.perf_counter()
-    mels = decoder.token2mel(requests, [n.flow for n in noises])
-    middle = time.perf_counter()
-    waves = decoder.mel2wav(mels, [n.source_phase for n in noises], [n.source_noise for n in noises])
-    return middle - start, time.perf_counter() - middle, waves
 
 
 def compare_onnx(decoder_dir: Path, baseline_dir: Path, threads: int, seconds: float, repeats: int, gflop: float) -> None:
     """Interleaved sgemm / baseline ONNX / current ONNX turns on one request; prints times, peak shares, ratios."""
-    from bench.report import sgemm_gflops
-
     decoders = {
         "baseline": OnnxToken2Wav.from_checkpoint(baseline_dir, threads=threads),
         "current": OnnxToken2Wav.from_checkpoint(decoder_dir, threads=threads),
@@ -134,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     config = decoders["pytorch eager"].config
     request_work = args.gflop or request_gflop(decoders["pytorch eager"], args.seconds)
-
-    from bench.report import sgemm_gflops
 
     print(f"\nToken2wav, {args.seconds:g} s of speech per request (+{PROMPT_SECONDS:g} s prompt), {args.threads} threads;"
           f" load average {os.getloadavg()}")

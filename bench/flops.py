@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
+from bench.token2wav_requests import requests_for
 from stepaudio.decoder import (
     DecoderNoise,
     Token2Wav,
@@ -47,10 +48,8 @@ def token2wav_gflop(decoder: Token2Wav, requests: list[Token2WavRequest], noises
 
 
 def request_gflop(decoder: Token2Wav, seconds: float) -> float:
-    """Total GFLOP of one batch-1 request of ``seconds`` of speech + the 3 s prompt (``bench_token2wav.requests_for``)
+    """Total GFLOP of one batch-1 request of ``seconds`` of speech + the 3 s prompt (``token2wav_requests``)
     through ``decoder`` (a float32 PyTorch runner; runs it once)."""
-    from bench.bench_token2wav import requests_for
-
     requests = requests_for(1, seconds)
     noises = [DecoderNoise.from_seed(0, r.prompt_mel.shape[0], r.tokens.size, decoder.config) for r in requests]
     return sum(token2wav_gflop(decoder, requests, noises))

@@ -1,4 +1,4 @@
-"""Benchmark report: perf_analyzer 2.51 on ensemble_tts and tts_stream, our streaming client, token2wav RTF by
+"""Benchmark report: perf_analyzer (the served Triton's release) on ensemble_tts and tts_stream, our streaming client, token2wav RTF by
 backend, per-model server time from Triton's statistics → ``bench/report/README.md`` + PNG plots.
 
     make bench                                      # = python bench/report.py (renders build/model_repository first)
@@ -30,12 +30,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.sgemm import sgemm_gflops  # noqa: E402
+from bench.token2wav_requests import requests_for, run  # noqa: E402
 from clients.tts import synthesize  # noqa: E402
+from stepaudio_contract.compat import DEFAULT_VERSION  # noqa: E402
 from stepaudio_server.launcher import TritonServer  # noqa: E402
 
 IDS_PER_SECOND = 41.667  # decoder ids per second of speech
+PERF_ANALYZER = f"perf_analyzer {DEFAULT_VERSION}"  # bench/perf_analyzer.sh installs the served release's
 TTS_STREAM_NOTE = (
-    "audio s/s = infer/s × seconds per request. perf_analyzer 2.51 says it times a decoupled model's first response, "
+    f"audio s/s = infer/s × seconds per request. {PERF_ANALYZER} says it times a decoupled model's first response, "
     "yet its tts_stream latency follows the whole stream's time; the first-chunk latency is the client table's."
 )
 SERVER_MODELS = ("tts", "tts_llm", "tts_frontend", "flow_decoder", "vocoder", "tts_stream")
@@ -47,7 +51,7 @@ def perf_analyzer(server: TritonServer, model: str, concurrency: int, max_new_to
                STEPAUDIO_ADMIN_KEY=server.admin_key or "", PERF_MAX_NEW_TOKENS=str(max_new_tokens))
     command = [str(ROOT / "bench" / "perf_analyzer.sh"), model, "--concurrency-range", str(concurrency),
                "--request-count", str(3 * concurrency), "-f", str(csv_path)]
-    for _attempt in range(2):  # perf_analyzer 2.51 has been seen to exit without output now and then: retry once
+    for _attempt in range(2):  # perf_analyzer has been seen to exit without output now and then: retry once
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
         if done.returncode == 0 and csv_path.exists():
             break
@@ -98,26 +102,9 @@ def server_statistics(server: TritonServer) -> dict[str, dict]:
         client.close()
 
 
-def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def token2wav_rtf(decoder_dir: Path, seconds: float, threads: int) -> dict[str, float]:
     import torch
 
-    from bench.bench_token2wav import requests_for, run
     from stepaudio.decoder import DecoderNoise, OnnxToken2Wav, Token2Wav
 
     torch.set_num_threads(threads)
@@ -195,7 +182,7 @@ def markdown(args, machine, concurrencies, pa, streams, rtf, peak, stats, images
         f"--model-repository {args.model_repository}`). All numbers come from one run; the machine is shared, so "
         "compare ratios within this report, not across reports.",
         "",
-        "## perf_analyzer 2.51 (request-count mode, 3 requests per client)",
+        f"## {PERF_ANALYZER} (request-count mode, 3 requests per client)",
         "| model | concurrency | infer/s | audio s/s | p50 ms | p95 ms |",
         "|---|---|---|---|---|---|",
     ]

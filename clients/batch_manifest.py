@@ -196,6 +196,8 @@ def _jsonl_records(handle) -> Iterator[tuple[int, object]]:
             yield number, ManifestError(f"line is not UTF-8: {exc.reason} at byte {exc.start}")
         except json.JSONDecodeError as exc:
             yield number, ManifestError(f"not JSON: {exc.msg} at column {exc.colno}")
+        except RecursionError:
+            yield number, ManifestError("JSON nested too deeply")
 
 
 def _csv_records(handle) -> Iterator[tuple[int, object]]:
@@ -248,8 +250,15 @@ def split_text(styled_text: str, max_chars: int) -> list[str]:
     prefix = "".join(f"({tag})" for tag in styled.tags)
     if len(prefix) >= max_chars // 2:
         raise ManifestError(f"style tags take {len(prefix)} of the {max_chars} characters a request may have")
-    splitter = SentenceSplitter(max_chars - len(prefix))
-    parts = splitter.feed(styled.body) + splitter.flush()
+    budget = max_chars - len(prefix)
+    splitter = SentenceSplitter(budget)
+    parts: list[str] = []
+    for sentence in splitter.feed(styled.body) + splitter.flush():  # whole sentences, packed up to the budget
+        joiner = " " if parts and parts[-1][-1:].isascii() and sentence[:1].isascii() else ""  # English needs it
+        if parts and len(parts[-1]) + len(joiner) + len(sentence) <= budget:
+            parts[-1] += joiner + sentence
+        else:
+            parts.append(sentence)
     return [prefix + part for part in parts]
 
 
@@ -314,11 +323,14 @@ class Results:
                 except json.JSONDecodeError:
                     continue
                 if isinstance(record, dict) and isinstance(record.get("id"), str):
-                    if record.get("status") == "done":
-                        results.done[record["id"]] = record
-                    else:
-                        results.done.pop(record["id"], None)
+                    results._track(record)
         return results
+
+    def _track(self, record: dict) -> None:
+        if record.get("status") == "done":
+            self.done[record["id"]] = record
+        elif record.get("stage") != "manifest":  # a redone item failed: its older file is no longer its result
+            self.done.pop(record["id"], None)
 
     def finished(self, item_id: str, out_dir: Path, audio_format: str, sample_rate: int | None) -> dict | None:
         """The earlier result of ``item_id`` when its file is still there, complete, and in the asked format."""
@@ -339,10 +351,8 @@ class Results:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
-        if record.get("status") == "done":
-            self.done[record["id"]] = record
-        else:
-            self.done.pop(record["id"], None)
+        if isinstance(record.get("id"), str):
+            self._track(record)
 
     def compact(self, failed: list[dict]) -> None:
         """One line per item: every finished item (earlier runs' too), then this run's failures."""

@@ -18,10 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clients import triton_io
-
-
-def _string(value: str) -> np.ndarray:
-    return np.array([value.encode()], dtype=np.object_)
+from stepaudio_contract.client import string
 
 
 class ChatSession:
@@ -41,9 +38,9 @@ class ChatSession:
         self.turns = 0
 
     def turn(self, text: str = "", audio_path: Path | None = None, echo=print) -> dict:
-        tensors = {"HISTORY": _string(json.dumps(self.history, ensure_ascii=False))}
+        tensors = {"HISTORY": string(json.dumps(self.history, ensure_ascii=False))}
         if text:
-            tensors["TEXT"] = _string(text)
+            tensors["TEXT"] = string(text)
         if audio_path is not None:
             import soundfile
 
@@ -51,7 +48,7 @@ class ChatSession:
             tensors["AUDIO"] = np.ascontiguousarray(wave.T)  # (channels, samples)
             tensors["SAMPLE_RATE"] = np.array([rate], np.int32)
         if self.speaker:
-            tensors["SPEAKER"] = _string(self.speaker)
+            tensors["SPEAKER"] = string(self.speaker)
         if self.max_new_tokens:
             tensors["MAX_NEW_TOKENS"] = np.array([self.max_new_tokens], np.int32)
         if self.tts_max_new_tokens:

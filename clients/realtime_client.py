@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stepaudio_contract.specs import SESSION_OPTIONS
+from stepaudio_contract import client as contract
 
 CHUNK_SECONDS = 0.02
 _sequence_ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 16)
@@ -74,23 +74,10 @@ class TritonRealtimeSession:
         self._queue.put(Event(event["type"], event, waveform, now))
 
     def send(self, chunk: np.ndarray, end: bool = False) -> None:
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import np_to_triton_dtype
-
         tensors = {"AUDIO": np.asarray(chunk, dtype=np.float32)[None]}
         if not self._started:
-            tensors["SAMPLE_RATE"] = np.array([[self.sample_rate]], dtype=np.int32)
-            for option in SESSION_OPTIONS:
-                value = getattr(self, option.name.lower())
-                if value is not None:
-                    tensors[option.name] = np.array([[value]], dtype=option.numpy_dtype)
-            if self.speaker is not None:
-                tensors["SPEAKER"] = np.array([[self.speaker.encode()]], dtype=np.object_)
-        inputs = []
-        for name, value in tensors.items():
-            tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
+            tensors |= contract.session_start(self, self.sample_rate, self.speaker)
+        inputs = contract.infer_inputs(tensors)
         self._client.async_stream_infer(self.model, inputs, sequence_id=self.sequence_id, sequence_start=not self._started,
                                         sequence_end=end, enable_empty_final_response=True)
         self._started, self._ended = True, end

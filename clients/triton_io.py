@@ -10,6 +10,8 @@ from typing import Iterator
 
 import numpy as np
 
+from stepaudio_contract import client as contract
+
 
 def client(url: str, protocol: str):
     if protocol == "grpc":
@@ -23,29 +25,13 @@ def client(url: str, protocol: str):
     raise ValueError(f"protocol must be http or grpc, got {protocol!r}")
 
 
-def _module(protocol: str):
-    if protocol == "grpc":
-        import tritonclient.grpc as module
-    else:
-        import tritonclient.http as module
-    return module
-
-
 def inputs(protocol: str, tensors: dict[str, np.ndarray]) -> list:
-    from tritonclient.utils import np_to_triton_dtype
-
-    module = _module(protocol)
-    result = []
-    for name, value in tensors.items():
-        tensor = module.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        tensor.set_data_from_numpy(value)
-        result.append(tensor)
-    return result
+    return contract.infer_inputs(tensors, protocol)
 
 
 def infer(conn, protocol: str, model: str, tensors: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-    module = _module(protocol)
-    result = conn.infer(model, inputs(protocol, tensors), outputs=[module.InferRequestedOutput(n) for n in outputs])
+    result = conn.infer(model, inputs(protocol, tensors),
+                        outputs=contract.requested_outputs(outputs, protocol))
     return {name: result.as_numpy(name) for name in outputs}
 
 

@@ -19,30 +19,23 @@ from pathlib import Path
 import numpy as np
 
 from clients import triton_io
-from stepaudio_contract.specs import SAMPLING
-
-
-def _string(value: str) -> np.ndarray:
-    return np.array([value.encode()], dtype=np.object_)
+from stepaudio_contract import client as contract
+from stepaudio_contract.client import string
 
 
 def request_tensors(args) -> dict[str, np.ndarray]:
     """Unbatched tensors (``tts_stream`` shape); offline calls add the batch dimension of 1."""
-    tensors = {"TEXT": _string(args.text)}
+    tensors = {"TEXT": string(args.text)}
     if args.prompt_wav:
         import soundfile
 
         wave, rate = soundfile.read(args.prompt_wav, dtype="float32", always_2d=True)
         tensors["PROMPT_AUDIO"] = np.ascontiguousarray(wave.mean(axis=1))
         tensors["PROMPT_SAMPLE_RATE"] = np.array([rate], np.int32)
-        tensors["PROMPT_TEXT"] = _string(args.prompt_text)
+        tensors["PROMPT_TEXT"] = string(args.prompt_text)
     else:
-        tensors["SPEAKER"] = _string(args.speaker)
-    for tensor in SAMPLING:  # each has an option of its name: --seed, --top-k, ...
-        value = getattr(args, tensor.name.lower())
-        if value is not None:
-            tensors[tensor.name] = np.array([value], tensor.numpy_dtype)
-    return tensors
+        tensors["SPEAKER"] = string(args.speaker)
+    return tensors | contract.sampling(args)  # each has an option of its name: --seed, --top-k, ...
 
 
 def offline_model(text: str) -> str:

@@ -44,9 +44,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
+from export import placement
 from stepaudio.checkpoints import layout
 from stepaudio.tts.limits import MAX_PROMPT_SECONDS, MAX_TEXT_CHARS
-from stepaudio_contract import specs
+from stepaudio_contract import compat, specs
+from stepaudio_contract.limits import REALTIME_MAX_CHUNK_SECONDS
 from stepaudio_server.files import templates_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = templates_dir()
 # Code whose change can change a rendered tree (re-fill every config) and, narrower, an exported graph (re-export):
 # the exporters and the library parts they trace (tests/export/test_render_cache.py checks that list).
-CODE_DIRS = (ROOT / "export", ROOT / "stepaudio", ROOT / "stepaudio_triton" / "specs.py")
+CODE_DIRS = (ROOT / "export", ROOT / "stepaudio", ROOT / "stepaudio_contract")
 EXPORT_CODE = (ROOT / "export", ROOT / "stepaudio" / "__init__.py", *(ROOT / "stepaudio" / part for part in
                ("audio", "checkpoints", "decoder", "tokenizer")))
 EXPORT_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime")
@@ -79,7 +81,14 @@ DEFAULTS: dict[str, str] = {
     "chat_llm_instance_kind": "KIND_GPU",  # KIND_MODEL for vllm: one instance owns all its GPUs
     "llm_max_model_len": "",  # empty: the checkpoint's max_seq_len (32768)
     "llm_gpu_memory_utilization": "0.9",  # vllm only: share of each GPU for weights + KV cache
+    # Per engine (empty: llm_gpu_memory_utilization); a GPU plan (--gpus) sizes them so engines sharing a GPU add up.
+    "tts_llm_gpu_memory_utilization": "",
+    "chat_llm_gpu_memory_utilization": "",
     "decoder_max_batch_size": "8",
+    # GPU decoders: onnxruntime_onnx (the exported graphs) | tensorrt_plan (plans from export/tensorrt.py found in the
+    # tensorrt_plans folder, one per GPU architecture, copied in and named in cc_model_filenames).
+    "decoder_gpu_platform": "onnxruntime_onnx",
+    "tensorrt_plans": "",
     # Threads of one flow_decoder / vocoder execution on the CPU server (ORT intra-op, or torch for the bf16 flow).
     # 1 leaves the other cores to the LLM and orchestration stubs; on a box with cores to spare for the decoders a
     # single request's token2wav latency falls almost in proportion (docs/performance.md: 2 threads in-process).
@@ -111,14 +120,17 @@ DEFAULTS: dict[str, str] = {
     "max_audio_seconds": "60",
     "llm_max_streams": "128",  # running + queued generations per LLM model; more → UNAVAILABLE
     "stream_max_concurrent": "64",  # tts_stream / voice_chat_stream requests in flight per instance
-    # A BLS stream that sends nothing for this long is abandoned with UNAVAILABLE (a called stub died; Triton 2.51
-    # never ends such a stream).
+    # A BLS stream that sends nothing for this long is abandoned with UNAVAILABLE (a called stub died; Triton never
+    # ends such a stream: stepaudio_contract/compat.py, stalled_bls_streams).
     "bls_stall_timeout_s": "60",
+    # The Triton server version the repository is for; its workarounds (stepaudio_contract/compat.py) are declared
+    # in the configs only where that version needs them. Empty: the installed server's, else compat.DEFAULT_VERSION.
+    "triton_version": "",
     # Real-time sessions (vad, stream_tokenizer, realtime_session; docs/realtime.md).
     "realtime_max_sessions": "128",  # live sessions per model instance; more → UNAVAILABLE
     "realtime_idle_timeout_s": "30",  # a session without audio this long is freed (Triton's sequence idle too)
     "realtime_max_session_seconds": "1800",
-    "realtime_max_chunk_seconds": "5",  # audio per request: clients send it as it arrives
+    "realtime_max_chunk_seconds": f"{REALTIME_MAX_CHUNK_SECONDS:g}",  # audio per request: clients send it as it arrives
     "stream_vq06_segment_seconds": "30",  # the reference's segment: ids equal one-shot tokenization's
     "realtime_end_of_turn_ms": "600",  # silence that ends a user turn
     "realtime_pause_ms": "200",  # silence that starts a speculative reply
@@ -251,7 +263,16 @@ def base_values(checkpoints: Path, voices: Path | None, overrides: dict[str, str
         raise RenderError(f"decoder_cpu_threads must be a whole number ≥ 1, got {values['decoder_cpu_threads']!r}")
     values["decoder_flow_dtype"], values["decoder_flow_dtype_reason"] = resolve_flow_dtype(values["decoder_flow_dtype"])
     values["decoder_flow_session"] = flow_session_parameters(values["decoder_flow_dtype"])
+    values["decoder_gpu_model_files"] = ""  # per decoder model: its plan files (export.tensorrt.attach_plans)
+    for engine in ("tts_llm", "chat_llm"):
+        values[f"{engine}_gpu_memory_utilization"] = (values[f"{engine}_gpu_memory_utilization"]
+                                                      or values["llm_gpu_memory_utilization"])
     values["realtime_idle_timeout_us"] = str(int(float(values["realtime_idle_timeout_s"]) * 1_000_000))
+    values["triton_version"] = values["triton_version"] or compat.installed_version() or compat.DEFAULT_VERSION
+    try:
+        compat.parse_version(values["triton_version"])
+    except ValueError as exc:
+        raise RenderError(f"triton_version: {exc}") from None
     values |= {
         "tts_checkpoint": str((checkpoints / layout.TTS_DIR).resolve()),
         "chat_checkpoint": str((checkpoints / layout.CHAT_DIR).resolve()),
@@ -272,23 +293,26 @@ def variant_configs(template: str) -> dict[str, str]:
             for variant in variants}
 
 
-def tensor_values(template: str, variant: str) -> dict[str, str]:
-    """The placeholders a config's tensors fill, from the template's entry in ``specs.MODELS``."""
+def tensor_values(template: str, variant: str, triton_version: str = compat.DEFAULT_VERSION) -> dict[str, str]:
+    """The placeholders a config's tensors fill, from the template's entry in ``specs.MODELS``; a tensor that
+    exists for a workaround (``Tensor.only_for``) only where ``triton_version`` needs it."""
     if template not in specs.MODELS:
         raise RenderError(f"no tensors declared for template {template!r} in stepaudio_contract/specs.py")
-    io = specs.MODELS[template]
+    io, features = specs.MODELS[template], compat.TritonFeatures.for_version(triton_version)
     sampling_map = "\n      ".join(f'input_map {{ key: "{t.name}" value: "{t.name}" }}' for t in specs.SAMPLING)
-    return {"inputs": specs.pbtxt_block("input", io.inputs, variant),
-            "outputs": specs.pbtxt_block("output", io.outputs, variant),
+    return {"inputs": specs.pbtxt_block("input", specs.served(io.inputs, features), variant),
+            "outputs": specs.pbtxt_block("output", specs.served(io.outputs, features), variant),
             "sampling_input_map": sampling_map}
 
 
 _TEMPLATE_IGNORE = shutil.ignore_patterns("__pycache__", "*.onnx", "README.md")
 
 
-def render_model(model: ServedModel, out: Path, values: dict[str, str], keep_built: bool = False) -> Path:
+def render_model(model: ServedModel, out: Path, values: dict[str, str], keep_built: bool = False,
+                 gpu_values: dict[str, str] | None = None) -> Path:
     """Copy and fill one model's folder; its build step (if any) is left to ``render``. ``keep_built`` keeps the
-    files an earlier build wrote into the version folder (its inputs did not change)."""
+    files an earlier build wrote into the version folder (its inputs did not change); ``gpu_values`` (the GPU
+    plan's choices, export/placement.py) apply to the GPU config only."""
     template = TEMPLATES / model.template
     if not template.is_dir():
         raise RenderError(f"no template folder {template}")
@@ -308,7 +332,9 @@ def render_model(model: ServedModel, out: Path, values: dict[str, str], keep_bui
     for variant, text in variant_configs((template / "config.pbtxt").read_text()).items():
         config = target / VARIANT_FILES[variant]
         config.parent.mkdir(exist_ok=True)
-        config.write_text(fill(text, model_values | tensor_values(model.template, variant), str(config.relative_to(out))))
+        own = model_values | ((gpu_values or {}) if variant == "gpu" else {})
+        own |= tensor_values(model.template, variant, model_values["triton_version"])
+        config.write_text(fill(text, own, str(config.relative_to(out))))
     return target  # ensembles get an (empty) version folder too
 
 
@@ -373,6 +399,21 @@ def _run_builds(jobs: list[tuple[Callable, Path]], log_path: str | None) -> None
             build(version_dir)
 
 
+def _attach_tensorrt_plans(models: list[ServedModel], values: dict[str, str]) -> dict[str, list[Path]]:
+    """Under decoder_gpu_platform=tensorrt_plan: each decoder model's plan lines (its own value) and plan files."""
+    from export import tensorrt
+
+    files = {}
+    for model in models:
+        try:
+            lines, files[model.name] = tensorrt.attach_plans(model.template, values)
+        except ValueError as exc:
+            raise RenderError(f"{model.name}: {exc}") from None
+        if lines:  # a copy: a decoder's models share one values dict
+            model.values = model.values | {"decoder_gpu_model_files": lines}
+    return files
+
+
 def render(
     checkpoints: Path,
     out: Path,
@@ -382,27 +423,51 @@ def render(
     log_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
     on_exported: Callable[[int, int], None] | None = None,
+    gpus: list | None = None,
 ) -> list[Path]:
     """Render the repository into ``out`` (reused as it is when its digest is unchanged); ``log_path`` collects the
     exporters' output (None: the terminal), ``progress`` gets a short line per step, ``on_exported(done, total)``
-    hears each finished export (the long step: a progress bar)."""
+    hears each finished export (the long step: a progress bar). ``gpus`` (``export.placement.Gpu``; None: no plan)
+    plans the GPU configs on that inventory: refused when they cannot fit, the plan's choices filled into them and the
+    plan written next to the repository. Models of an absent optional checkpoint (chat) are left out unless ``only``
+    names them."""
     say = progress or (lambda line: None)
     checkpoints = Path(checkpoints)
     if not checkpoints.is_dir():
         raise RenderError(f"checkpoint directory {checkpoints} does not exist")
     values = base_values(checkpoints, voices, overrides or {})
     say(f"CPU flow decoder precision: {values['decoder_flow_dtype']} ({values['decoder_flow_dtype_reason']})")
+    workarounds = sorted(compat.TritonFeatures.for_version(values["triton_version"]).needed)
+    say(f"Triton {values['triton_version']}: workarounds {', '.join(workarounds)} (stepaudio_contract/compat.py)")
     models = served_models(checkpoints)
     if only:
         unknown = sorted(set(only) - {m.name for m in models})
         if unknown:
             raise RenderError(f"unknown model(s) {unknown}")
         models = [m for m in models if m.name in only]
+    else:
+        absent = placement.absent_optional_models(checkpoints)
+        if absent & {m.name for m in models}:
+            say(f"no {layout.CHAT_DIR}/ in {checkpoints}: serving TTS only (left out: {', '.join(sorted(absent))})")
+        models = [m for m in models if m.name not in absent]
+    plan_files = _attach_tensorrt_plans(models, values)
+    gpu_values: dict[str, str] = {}
+    if gpus:
+        try:
+            deployment = placement.plan(checkpoints, values, gpus, [m.name for m in models], set(overrides or {}))
+        except placement.PlacementError as exc:  # a RenderError for every caller (the launcher, the CLI)
+            raise RenderError(str(exc)) from None
+        gpu_values = placement.gpu_config_values(deployment)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if gpus:
+        say(deployment.table().rstrip())
+        say(f"GPU plan written to {placement.write_plan(deployment, out)}")
     export_code = _code_digest(EXPORT_CODE)
     builds = {m.name: build_digest(m.build, export_code) for m in models if m.build is not None}
-    digest = render_digest(models, values, builds, _code_digest(CODE_DIRS))
+    plan_digests = {f"plan:{p}": hashlib.sha256(p.read_bytes()).hexdigest() for ps in plan_files.values() for p in ps}
+    digest = render_digest(models, values | {f"gpu:{k}": v for k, v in gpu_values.items()} | plan_digests, builds,
+                           _code_digest(CODE_DIRS))
     stamp = out.parent / (out.name + RENDER_DIGEST)
     targets = [out / m.name for m in models]
     if stamp.is_file() and stamp.read_text() == digest and all(t.is_dir() for t in targets):
@@ -416,7 +481,9 @@ def render(
 
     fresh = {m.name for m in models if m.build is not None and built(out / m.name, m.name)}
     for model in models:
-        render_model(model, out, values, keep_built=model.name in fresh)
+        render_model(model, out, values, keep_built=model.name in fresh, gpu_values=gpu_values)
+        for plan_file in plan_files.get(model.name, []):
+            shutil.copy2(plan_file, out / model.name / "1" / plan_file.name)
     say(f"filled {len(models)} model configurations")
     # Exports are single-threaded tracing: one worker process per exporter (fresh processes: no forked torch state),
     # side by side, biggest group first; a worker traces each architecture once.
@@ -467,12 +534,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="render only these served models")
     parser.add_argument("--log", type=Path, default=None,
                         help="file for the exporters' own output (default: <out>.log next to the repository)")
+    parser.add_argument("--gpus", default="auto",
+                        help="GPU inventory to plan the GPU configs on, e.g. 8x80GB; auto: nvidia-smi's GPUs (none on "
+                             "a machine without it); none: no plan (export/placement.py)")
     args = parser.parse_args(argv)
     log = args.log or args.out.parent / f"{args.out.name}.log"
     try:
+        gpus = placement.inventory(args.gpus)
+        if gpus is None and args.gpus.strip().lower() == "auto":
+            print("no GPU inventory (no nvidia-smi): the GPU configs are not planned; pass --gpus 8x80GB to check "
+                  "them for a GPU deployment", file=sys.stderr)
         paths = render(args.checkpoints, args.out, args.voices, _parse_set(args.overrides), args.only, log,
-                       progress=lambda line: print(line, file=sys.stderr))
-    except RenderError as exc:
+                       progress=lambda line: print(line, file=sys.stderr), gpus=gpus)
+    except (RenderError, placement.PlacementError) as exc:  # PlacementError: a malformed --gpus
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in paths:

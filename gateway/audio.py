@@ -130,8 +130,9 @@ def _checked_stream(container, container_name: str, limits: DecodeLimits):
         raise ValueError("could not decode the audio file: it has no audio stream")
     stream = container.streams.audio[0]
     codec = stream.codec_context
-    if codec.codec.canonical_name not in CODECS:
-        raise ValueError(f"audio codec {codec.codec.canonical_name!r} is not accepted ({_SUPPORTED})")
+    if codec is None or codec.codec is None or codec.codec.canonical_name not in CODECS:  # None: FFmpeg has no decoder
+        name = codec.codec.canonical_name if codec is not None and codec.codec is not None else "unknown"
+        raise ValueError(f"audio codec {name!r} is not accepted ({_SUPPORTED})")
     rate, channels = int(codec.sample_rate or 0), int(codec.channels or 0)
     if not limits.min_rate <= rate <= limits.max_rate:
         raise ValueError(f"sample rate {rate} Hz is outside {limits.min_rate}–{limits.max_rate}")
@@ -145,8 +146,8 @@ def _checked_stream(container, container_name: str, limits: DecodeLimits):
 
 
 def _decode_stream(container, stream, limits: DecodeLimits, deadline: float) -> tuple[np.ndarray, int]:
-    """Packet by packet: each decoded frame becomes planar float at the output rate (libswresample, no rematrix),
-    then the mean of its channels (the downmix the voice store always used) is kept; nothing else is held."""
+    """Packet by packet: each decoded frame becomes float at the output rate (libswresample, no rematrix), then
+    the mean of its channels (the downmix the voice store always used) is kept; nothing else is held."""
     import av
 
     source_rate = int(stream.codec_context.sample_rate)
@@ -159,7 +160,8 @@ def _decode_stream(container, stream, limits: DecodeLimits, deadline: float) -> 
     def keep(frames) -> None:
         nonlocal total
         for out in frames:
-            mono = out.to_ndarray().mean(axis=0, keepdims=True, dtype=np.float32)
+            # Interleaved (PyAV 18's to_ndarray crashes on planar 8-channel frames): one row per sample instant.
+            mono = out.to_ndarray().reshape(-1, len(out.layout.channels)).mean(axis=1, dtype=np.float32)[None]
             parts.append(mono)
             total += mono.shape[1]
 
@@ -170,7 +172,7 @@ def _decode_stream(container, stream, limits: DecodeLimits, deadline: float) -> 
             if frame.sample_rate != source_rate:
                 raise ValueError("the sample rate changes inside the file")
             if resampler is None:  # a frame that changes layout later is refused by the resampler (ValueError)
-                resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=rate)
+                resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=rate)
             keep(resampler.resample(frame))
         if total > cap:
             raise ValueError(f"audio is longer than {limits.max_seconds:g} s")

@@ -136,13 +136,15 @@ def split_messages(messages: list[Message]) -> tuple[list[dict], str, bytes | No
 
 
 def chat_tensors(request: ChatRequest, history: list[dict], text: str, audio: tuple[np.ndarray, int] | None,
-                 max_tokens: int, tts_max_new_tokens: int, voice: Voice | None = None) -> dict[str, np.ndarray]:
-    """``voice_chat_stream`` inputs; ``voice`` is the uploaded voice ``request.voice`` names (None: a preset)."""
+                 max_tokens: int, tts_max_new_tokens: int, voice: Voice | None = None,
+                 speaker: str | None = None) -> dict[str, np.ndarray]:
+    """``voice_chat_stream`` inputs; ``voice`` is the uploaded voice ``request.voice`` names (None: the preset
+    ``speaker``, default ``request.voice`` with an alias already resolved by the caller)."""
     tensors = {"HISTORY": triton.string(json.dumps(history, ensure_ascii=False)),
                "MAX_NEW_TOKENS": triton.scalar(max_tokens, np.int32),
                "REPLY_AUDIO": np.array([request.wants_audio], dtype=np.bool_)}
     if request.wants_audio:
-        tensors |= {**voice_tensors(request.voice, voice), "TTS_MAX_NEW_TOKENS": triton.scalar(tts_max_new_tokens, np.int32)}
+        tensors |= {**voice_tensors(speaker or request.voice, voice), "TTS_MAX_NEW_TOKENS": triton.scalar(tts_max_new_tokens, np.int32)}
     if text:
         tensors["TEXT"] = triton.string(text)
     if audio is not None:

@@ -207,18 +207,16 @@ class BodyLimit:
 
 class AuthGate:
     """Checks the key of every API request (``/v1/...``, the realtime socket included) from its headers alone and
-    puts the principal in ``scope["state"]["principal"]``; an address with too many failures gets 429."""
+    puts the principal in ``scope["state"]["principal"]``; an address with too many failures gets 429.
+    ``websocket_principal(scope, receive, send, auth)`` reads a socket's key (browsers send it as a subprotocol)."""
 
-    def __init__(self, app, auth: Auth, failures: AuthFailures):
+    def __init__(self, app, auth: Auth, failures: AuthFailures, websocket_principal=None):
         self.app, self.auth, self.failures = app, auth, failures
+        self.websocket_principal = websocket_principal
 
     def _principal(self, scope, receive, send) -> str:
-        if scope["type"] == "websocket":  # browsers carry the key in a subprotocol: the realtime module reads both
-            from starlette.websockets import WebSocket
-
-            from gateway.realtime import _key
-
-            return _key(WebSocket(scope, receive, send), self.auth)[0]
+        if scope["type"] == "websocket" and self.websocket_principal is not None:
+            return self.websocket_principal(scope, receive, send, self.auth)
         values = _header_values(scope, b"authorization")
         if len(values) > 1:
             raise APIError(401, "send one Authorization header", code="invalid_api_key")

@@ -27,7 +27,8 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from gateway.errors import APIError
 from gateway.limits import Auth, Limiter
-from stepaudio_contract.specs import SESSION_OPTIONS
+from stepaudio_contract import client
+from stepaudio_contract.limits import REALTIME_MAX_CHUNK_SECONDS, REALTIME_MAX_RATE, REALTIME_MIN_RATE
 
 log = logging.getLogger("gateway.realtime")
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
@@ -37,12 +38,16 @@ MODEL = "realtime_session"
 @dataclass
 class RealtimeLimits:
     default_rate: int = 16000
-    max_chunk_seconds: float = 5.0  # the served model's own limit per request
+    max_chunk_seconds: float = REALTIME_MAX_CHUNK_SECONDS  # the served model's own limit per request
     max_speed: float = 4.0  # audio seconds per wall second, plus the burst below
     burst_seconds: float = 10.0
     max_message_bytes: int = 1_000_000
     max_new_tokens: int = 256
     tts_max_new_tokens: int = 1024
+    # The session's stream silent this long is given up: the socket gets an error event and closes, its lease is
+    # freed. Every request is answered at once (its predecessor's empty final response), and an idle session ends
+    # by the served model's idle timeout (30 s by default), so only a dead ``realtime_session`` stub is this silent.
+    stall_timeout_s: float = 120.0
 
 
 def pcm16_to_float(data: str) -> np.ndarray:
@@ -77,8 +82,8 @@ class SessionOptions:
         if session.get("input_audio_format", "pcm16") != "pcm16":
             raise ValueError("input_audio_format must be pcm16")
         rate = session.get("sample_rate", self.sample_rate)
-        if not isinstance(rate, int) or not 8000 <= rate <= 48000:
-            raise ValueError("sample_rate must be an integer 8000..48000")
+        if not isinstance(rate, int) or not REALTIME_MIN_RATE <= rate <= REALTIME_MAX_RATE:
+            raise ValueError(f"sample_rate must be an integer {REALTIME_MIN_RATE}..{REALTIME_MAX_RATE}")
         self.sample_rate = rate
         if "voice" in session:
             if not isinstance(session["voice"], str) or not 0 < len(session["voice"]) <= 100:
@@ -101,14 +106,7 @@ class SessionOptions:
                 setattr(self, attr, value)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        tensors = {"SAMPLE_RATE": np.array([[self.sample_rate]], dtype=np.int32)}
-        for option in SESSION_OPTIONS:
-            value = getattr(self, option.name.lower())
-            if value is not None:
-                tensors[option.name] = np.array([[value]], dtype=option.numpy_dtype)
-        if self.voice is not None:
-            tensors["SPEAKER"] = np.array([[self.voice.encode()]], dtype=np.object_)
-        return tensors
+        return client.session_start(self, self.sample_rate, self.voice)
 
 
 def _error(message: str, code: str = "invalid_request", kind: str = "invalid_request_error") -> dict:
@@ -124,23 +122,18 @@ class Bridge:
         self.sequence_id = secrets.randbits(62) | 1
         self.requests: asyncio.Queue = asyncio.Queue(maxsize=64)  # backpressure on a client faster than Triton
         self.started = self.ended = False
+        self.close_code = 1000  # 1011 when the server side failed or stalled
         self.audio_seconds, self.opened_at = 0.0, time.monotonic()
 
     def _request(self, audio: np.ndarray, end: bool = False) -> dict:
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import np_to_triton_dtype
-
         tensors = {"AUDIO": audio[None].astype(np.float32)}
         if not self.started:
             tensors |= self.options.tensors()
-        inputs = []
-        for name, value in tensors.items():
-            tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        request = {"model_name": MODEL, "inputs": inputs, "sequence_id": self.sequence_id,
+        request = {"model_name": MODEL, "inputs": client.infer_inputs(tensors), "sequence_id": self.sequence_id,
                    "sequence_start": not self.started, "sequence_end": end,
-                   "outputs": [grpcclient.InferRequestedOutput("EVENT"), grpcclient.InferRequestedOutput("WAVEFORM")]}
+                   # An empty response closes each request's sender: the stream answers every request (stall check).
+                   "parameters": {"triton_enable_empty_final_response": True},
+                   "outputs": client.requested_outputs(["EVENT", "WAVEFORM"])}
         self.started, self.ended = True, self.ended or end
         return request
 
@@ -152,7 +145,18 @@ class Bridge:
         responses = self.triton.client.stream_infer(self._requests())
         reader = asyncio.create_task(self._read())
         try:
-            async for result, error in responses:
+            while True:
+                try:
+                    result, error = await asyncio.wait_for(anext(responses), self.limits.stall_timeout_s)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    log.warning("realtime stream %d sent nothing for %g s: closing the socket", self.sequence_id,
+                                self.limits.stall_timeout_s)
+                    self.close_code = 1011
+                    await self._send(_error(f"the session's server sent nothing for {self.limits.stall_timeout_s:g} s; "
+                                            "the session is closed, open a new one", "upstream_timeout", "server_error"))
+                    break
                 if error is not None:
                     await self._send(_error(str(error), code="upstream_error", kind="server_error"))
                     continue
@@ -167,6 +171,7 @@ class Bridge:
                     break
         except Exception as exc:  # noqa: BLE001 - Triton went away: tell the client, then close
             log.warning("realtime stream failed: %s", exc)
+            self.close_code = 1011
             await self._send(_error(f"the session's server stream failed: {type(exc).__name__}", "upstream_error",
                                     "server_error"))
         finally:
@@ -253,9 +258,12 @@ def mount_realtime(app: FastAPI, auth: Auth, limiter: Limiter, triton, limits: R
             return
         try:
             await ws.accept(subprotocol=subprotocol)
-            await Bridge(ws, triton(), limits).run()
+            from gateway.openai_realtime import bridge_for  # the OpenAI protocol, when the client asks for it
+
+            bridge = bridge_for(ws, triton(), limits)
+            await bridge.run()
             try:
-                await ws.close()
+                await ws.close(code=bridge.close_code)
             except Exception:  # noqa: BLE001 - already closed by the client
                 pass
         finally:

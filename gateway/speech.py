@@ -81,17 +81,19 @@ def styled_text(text: str, instructions: str | None, speed: float) -> str:
     return "".join(f"({t})" for t in tags) + own.body
 
 
-def voice_tensors(voice_id: str, voice: Voice | None) -> dict[str, np.ndarray]:
-    """The reply voice as ``tts_stream`` and ``voice_chat_stream`` take it: a preset ``SPEAKER`` (``voice`` None) or
-    an uploaded voice's exact samples + transcript (``PROMPT_*``)."""
+def voice_tensors(voice_id: str | None, voice: Voice | None) -> dict[str, np.ndarray]:
+    """The reply voice as ``tts_stream`` and ``voice_chat_stream`` take it: a preset ``SPEAKER`` (``voice`` None),
+    an uploaded voice's exact samples + transcript (``PROMPT_*``), or nothing: the served model's default speaker."""
     if voice is None:
-        return {"SPEAKER": triton.string(voice_id)}
+        return {} if voice_id is None else {"SPEAKER": triton.string(voice_id)}
     return {"PROMPT_AUDIO": voice.samples, "PROMPT_SAMPLE_RATE": triton.scalar(voice.sample_rate, np.int32),
             "PROMPT_TEXT": triton.string(voice.transcript)}
 
 
-def tts_tensors(request: SpeechRequest, text: str, voice: Voice | None, max_new_tokens: int) -> dict[str, np.ndarray]:
-    """Unbatched ``tts_stream`` inputs; ``voice`` None means ``request.voice`` is a preset speaker of the server."""
+def tts_tensors(request: SpeechRequest, text: str, voice: Voice | None, max_new_tokens: int,
+                speaker: str | None = None) -> dict[str, np.ndarray]:
+    """Unbatched ``tts_stream`` inputs; ``voice`` None means ``speaker`` (default ``request.voice``, an alias already
+    resolved by the caller) is a preset speaker of the server."""
     tensors = {"TEXT": triton.string(text), "MAX_NEW_TOKENS": triton.scalar(max_new_tokens, np.int32),
-               **voice_tensors(request.voice_id, voice)}
+               **voice_tensors(speaker or request.voice_id, voice)}
     return {**tensors, **triton.sampling(request.seed, request.temperature, request.top_p)}

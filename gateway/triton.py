@@ -11,8 +11,8 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from stepaudio_contract import errors
-from stepaudio_contract.specs import SAMPLING
+from stepaudio_contract import client, errors
+from stepaudio_contract.client import scalar, string  # noqa: F401 - the routes build their tensors with these
 
 # The served model's error code (tagged into the message, gRPC stream errors carry none) → the gateway's status.
 _STATUS = {"INVALID_ARG": 400, "UNAVAILABLE": 503, "CANCELLED": 499, "INTERNAL": 502}
@@ -34,22 +34,9 @@ class TritonUnavailable(RuntimeError):
     """Triton cannot be reached."""
 
 
-def string(value: str) -> np.ndarray:
-    return np.array([value.encode()], dtype=np.object_)
-
-
-def scalar(value, dtype) -> np.ndarray:
-    return np.array([value], dtype=dtype)
-
-
 def sampling(seed: int | None, temperature: float | None, top_p: float | None) -> dict[str, np.ndarray]:
     """The optional LLM sampling inputs that were given."""
-    given = {"seed": seed, "temperature": temperature, "top_p": top_p}  # SamplingParams field = tensor name, lower
-    return {
-        t.name: scalar(given[t.name.lower()], t.numpy_dtype)
-        for t in SAMPLING
-        if given.get(t.name.lower()) is not None
-    }
+    return client.sampling({"seed": seed, "temperature": temperature, "top_p": top_p})
 
 
 class Triton:
@@ -65,18 +52,12 @@ class Triton:
     async def stream(self, model: str, tensors: dict[str, np.ndarray], outputs: list[str]) -> AsyncIterator[dict]:
         """One request to a decoupled model; yields {output: array} for the outputs each response carries."""
         import grpc
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import np_to_triton_dtype
 
-        inputs = []
-        for name, value in tensors.items():
-            tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
+        inputs = client.infer_inputs(tensors)
 
         async def one_request():
             # The request side ends after one request; Triton closes the stream after that request's final response.
-            yield {"model_name": model, "inputs": inputs, "outputs": [grpcclient.InferRequestedOutput(n) for n in outputs],
+            yield {"model_name": model, "inputs": inputs, "outputs": client.requested_outputs(outputs),
                    "parameters": {errors.TAGGED_CODES_PARAMETER: True}}
 
         responses = self.client.stream_infer(one_request())

@@ -252,6 +252,8 @@ MODELS: dict[str, ModelIO] = {
             SAMPLE_RATE.but(optional=True),
             SPEAKER,
             *SESSION_OPTIONS,
+            # One JSON control message per request: client-driven turns (stepaudio/realtime/turns.py).
+            _string("CONTROL").but(optional=True),
         ),
         outputs=(_string("EVENT"), WAVEFORM),
     ),

@@ -3,7 +3,10 @@
 Why it exists (see docs/hardening.md):
 - Triton 2.51's HTTP front end crashes the whole server (SIGSEGV, stack overflow while parsing) on a ~100 kB body
   of deeply nested JSON sent to ``generate_stream``; it has no option that bounds nesting or body size. The guard
-  checks both before a byte reaches Triton.
+  checks both before a byte reaches Triton: the JSON Triton will parse, framed as Triton will frame it
+  (``stepaudio_server.body_check``); any framing two parsers could read differently is refused.
+- Triton's restricted APIs take their key on Triton's command line (visible in ``ps``): Triton gets an ephemeral
+  key per start, and the guard swaps the operator's key (checked here) for it.
 - Triton's readiness does not see a dead python stub (2.51 has no stub restart and keeps answering 200). The guard
   answers ``/v2/health/ready`` and the model ready endpoints from the supervisor's view as well.
 - Models whose config says ``parameters { key: "access" value: { string_value: "internal" } }`` (the decoders,
@@ -16,20 +19,18 @@ Everything else is passed through unchanged, streamed in both directions' respon
 from __future__ import annotations
 
 import asyncio
+import collections
+import hmac
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
-# One JSON string literal (escapes included): removed before counting brackets, so "[[[" inside text is no nesting.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_OPEN = np.zeros(256, np.int8)
-_OPEN[[ord("["), ord("{")]] = 1
-_OPEN[[ord("]"), ord("}")]] = -1
+from stepaudio_server.body_check import GENERATE, INFER, OTHER, BodyCheck, CheckPool, refusal
 
 # /v2/models/<name>[/versions/<v>]/<action>
 _MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?(?:/(?P<action>[^/]+))?$")
@@ -37,15 +38,11 @@ _INFER_ACTIONS = {"infer", "generate", "generate_stream"}
 # Hop-by-hop headers are per connection (RFC 9110 §7.6.1); the proxy sets its own lengths.
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                 "transfer-encoding", "upgrade", "content-length", "host"}
-
-
-def max_json_depth(data: bytes) -> int:
-    """Deepest nesting of arrays/objects in a JSON text, without parsing it (no recursion, numpy speed)."""
-    stripped = _JSON_STRING.sub(b'""', data)
-    if not stripped:
-        return 0
-    depth = np.cumsum(_OPEN[np.frombuffer(stripped, np.uint8)], dtype=np.int64)
-    return int(depth.max(initial=0))
+HEADER_LENGTH = "Inference-Header-Content-Length"
+ADMIN_HEADER = "stepaudio-admin-key"  # Triton's restricted-API header (the launcher passes it to Triton)
+# Set by the guard itself, never taken from a client.
+_REWRITTEN = {HEADER_LENGTH.lower(), ADMIN_HEADER, "content-encoding"}
+_DIGITS = re.compile(r"^[0-9]{1,12}$")
 
 
 @dataclass
@@ -53,19 +50,96 @@ class GuardLimits:
     max_body_bytes: int = 64 * 1024 * 1024  # a 10-minute 16 kHz float32 prompt as binary tensor is ~38 MB
     max_json_depth: int = 32  # a tensor of 8 dims inside {"inputs":[{"data":...}]} needs 11
     upstream_timeout_s: float = 3600.0  # long streams are legitimate; Triton enforces its own per-model limits
+    max_body_bytes_in_flight: int = 256 * 1024 * 1024  # bodies being read/checked/sent at once; beyond: 503
+    inline_check_bytes: int = 64 * 1024  # smaller bodies are checked on the event loop (well under 1 ms)
+    check_workers: int = 2  # processes that check larger bodies
+    check_memory_bytes: int = 3 * 1024 * 1024 * 1024  # address space of one check worker (orjson reserves ~12×)
+    max_pending_checks: int = 8  # large bodies waiting for a worker; beyond: 503
 
     def validate(self) -> None:
         if self.max_body_bytes < 1024 or self.max_json_depth < 8:
             raise ValueError("max_body_bytes must be ≥ 1024 and max_json_depth ≥ 8")
+        if self.max_json_depth > 1000:
+            raise ValueError("max_json_depth must be ≤ 1000 (the parser's own bound is 1024)")
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError("max_body_bytes_in_flight must hold at least one body of max_body_bytes")
+        if self.check_workers < 1 or self.max_pending_checks < 1:
+            raise ValueError("check_workers and max_pending_checks must be ≥ 1")
 
 
-def _error(status: int, message: str) -> web.Response:
+@dataclass(frozen=True)
+class RequestRecord:
+    """What an operator needs to block a request that preceded a crash."""
+
+    started: float  # time.time()
+    method: str
+    path: str
+    body_bytes: int
+    client: str
+
+    def describe(self) -> str:
+        stamp = time.strftime("%H:%M:%S", time.gmtime(self.started)) + f".{int(self.started * 1000) % 1000:03d}Z"
+        return f"{stamp} {self.client} {self.method} {self.path} ({self.body_bytes} body bytes)"
+
+
+class RequestRing:
+    """The requests in flight and the last ``size`` finished ones (thread-safe: the launcher reads it)."""
+
+    def __init__(self, size: int = 16):
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, RequestRecord] = {}
+        self._finished: collections.deque[RequestRecord] = collections.deque(maxlen=size)
+        self._next = 0
+
+    def begin(self, record: RequestRecord) -> int:
+        with self._lock:
+            self._next += 1
+            self._in_flight[self._next] = record
+            return self._next
+
+    def end(self, token: int) -> None:
+        with self._lock:
+            record = self._in_flight.pop(token, None)
+            if record is not None:
+                self._finished.append(record)
+
+    def in_flight(self) -> list[RequestRecord]:
+        with self._lock:
+            return list(self._in_flight.values())
+
+    def snapshot(self) -> tuple[list[RequestRecord], list[RequestRecord]]:
+        """(in flight, last finished), oldest first."""
+        with self._lock:
+            return sorted(self._in_flight.values(), key=lambda r: r.started), list(self._finished)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     # Triton's own error body shape, so tritonclient shows the message.
-    return web.Response(status=status, text=json.dumps({"error": message}), content_type="application/json")
+    return web.Response(status=status, text=json.dumps({"error": message}), content_type="application/json",
+                        headers=headers)
+
+
+def _framing_refusal(request: web.Request) -> str | None:
+    """Headers two HTTP parsers could read differently, or that would make Triton read another body."""
+    headers = request.headers
+    if len(headers.getall("Content-Length", [])) > 1:
+        return "repeated Content-Length"
+    encodings = headers.getall("Transfer-Encoding", [])
+    if encodings and ([e.strip().lower() for e in encodings] != ["chunked"] or "Content-Length" in headers):
+        return "Transfer-Encoding must be exactly 'chunked', without Content-Length"
+    if any(value.strip().lower() != "identity" for value in headers.getall("Content-Encoding", [])):
+        # Triton would inflate the body with no size cap, and it would not be the body checked.
+        return "Content-Encoding is not accepted: send the body uncompressed"
+    if len(headers.getall(HEADER_LENGTH, [])) > 1:
+        return f"repeated {HEADER_LENGTH}"
+    return None
 
 
 class HttpGuard:
-    """Runs an aiohttp server on its own thread and event loop; ``start()`` returns once it listens."""
+    """Runs an aiohttp server on its own thread and event loop; ``start()`` returns once it listens.
+
+    ``admin_key`` is the operator's key for the admin APIs; a request that carries it goes upstream with
+    ``upstream_admin_key`` (what Triton was started with) instead. Any other value of the header is dropped."""
 
     def __init__(
         self,
@@ -75,10 +149,18 @@ class HttpGuard:
         limits: GuardLimits,
         down_models: Callable[[], dict[str, str]],
         internal_models: Callable[[], set[str]],
+        admin_key: str | None = None,
+        upstream_admin_key: str | None = None,
     ):
         limits.validate()
         self.upstream, self.host, self.port, self.limits = upstream.rstrip("/"), host, port, limits
         self.down_models, self.internal_models = down_models, internal_models
+        self.admin_key, self.upstream_admin_key = admin_key, upstream_admin_key
+        self.requests = RequestRing()
+        self.draining = False
+        self._body_bytes_in_flight = 0
+        self._pending_checks = 0
+        self._checks: CheckPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -86,7 +168,9 @@ class HttpGuard:
         self._failure: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    def start(self, timeout_s: float = 10.0) -> HttpGuard:
+    def start(self, timeout_s: float = 60.0) -> HttpGuard:
+        self._checks = CheckPool(self.limits.check_workers, self.limits.check_memory_bytes)
+        self._checks.warm_up()
         self._thread = threading.Thread(target=self._run, name="http-guard", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout_s):
@@ -95,12 +179,24 @@ class HttpGuard:
             raise RuntimeError(f"HTTP guard failed to start: {self._failure}") from self._failure
         return self
 
+    def drain(self, timeout_s: float) -> int:
+        """Refuse new requests (503, readiness false) and wait up to ``timeout_s`` for those in flight to end;
+        returns how many were still running."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.requests.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return len(self.requests.in_flight())
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout_s)
         self._thread = None
+        if self._checks is not None:
+            self._checks.shutdown()
+            self._checks = None
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -133,6 +229,16 @@ class HttpGuard:
 
     # -- requests --------------------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.draining:
+            return _error(503, "the server is shutting down", {"Connection": "close"})
+        token = self.requests.begin(RequestRecord(time.time(), request.method, request.path_qs,
+                                                  request.content_length or 0, request.remote or "?"))
+        try:
+            return await self._admit(request)
+        finally:
+            self.requests.end(token)
+
+    async def _admit(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         match = _MODEL_PATH.match(path)
         model, action = (match["name"], match["action"]) if match else (None, None)
@@ -144,39 +250,73 @@ class HttpGuard:
             return _error(400, f"model {model} is not ready: {down[model]}")
         if action in _INFER_ACTIONS and model in self.internal_models():
             return _error(403, f"model {model} is internal; send requests to the public models that feed it")
+        why = _framing_refusal(request)
+        if why is not None:
+            return _error(400, why)
+        kind = INFER if action == "infer" else GENERATE if action in _INFER_ACTIONS else OTHER
+        header_length = request.headers.get(HEADER_LENGTH)
+        if header_length is not None and kind != INFER:
+            return _error(400, f"{HEADER_LENGTH} belongs to infer requests only")
+        if header_length is not None and not _DIGITS.match(header_length):
+            return _error(400, f"{HEADER_LENGTH} must be a decimal integer")
+        if not request.can_read_body:
+            if header_length is not None:
+                return _error(400, f"{HEADER_LENGTH} without a body")
+            return await self._forward(request, b"", None)
 
-        body = b""
-        if request.can_read_body:
+        declared = request.content_length if request.content_length is not None else self.limits.max_body_bytes
+        if declared > self.limits.max_body_bytes:
+            return _error(413, f"request body exceeds {self.limits.max_body_bytes} bytes")
+        if self._body_bytes_in_flight + declared > self.limits.max_body_bytes_in_flight:
+            return _error(503, "too many large request bodies in flight; retry later", {"Retry-After": "1"})
+        self._body_bytes_in_flight += declared
+        try:
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return _error(413, f"request body exceeds {self.limits.max_body_bytes} bytes")
-            refusal = self._check_json(request, body)
-            if refusal is not None:
-                return refusal
-        return await self._forward(request, body)
+            json_length = int(header_length) if header_length is not None else None
+            if json_length is not None and json_length > len(body):
+                return _error(400, f"{HEADER_LENGTH} ({json_length}) exceeds the body ({len(body)} bytes)")
+            why = await self._check(body, BodyCheck(kind, json_length, self.limits.max_json_depth))
+            if why is not None:
+                return _error(*why) if isinstance(why, tuple) else _error(400, why)
+            return await self._forward(request, body, json_length)
+        finally:
+            self._body_bytes_in_flight -= declared
 
-    def _check_json(self, request: web.Request, body: bytes) -> web.Response | None:
-        header_length = request.headers.get("Inference-Header-Content-Length")
-        if header_length is not None:
-            try:
-                json_part = body[: int(header_length)]
-            except ValueError:
-                return _error(400, "Inference-Header-Content-Length must be an integer")
-        else:
-            json_part = body
-        if json_part and max_json_depth(json_part) > self.limits.max_json_depth:
-            return _error(400, f"JSON nesting deeper than {self.limits.max_json_depth} levels")
-        return None
+    async def _check(self, body: bytes, check: BodyCheck) -> str | tuple[int, str] | None:
+        if not body:
+            return None if check.kind == OTHER and check.json_length is None else "empty body"
+        if len(body) <= self.limits.inline_check_bytes:
+            return refusal(body, check)
+        if self._pending_checks >= self.limits.max_pending_checks:
+            return 503, "too many large bodies waiting to be checked; retry later"
+        self._pending_checks += 1
+        try:
+            return await asyncio.wrap_future(self._checks.submit(body, check))
+        except Exception as exc:  # noqa: BLE001 - a worker that died (OOM) refuses its body, the guard lives on
+            return 503, f"the body check failed ({type(exc).__name__}); retry later"
+        finally:
+            self._pending_checks -= 1
 
-    async def _forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    def _upstream_headers(self, request: web.Request, json_length: int | None) -> dict[str, str]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS | _REWRITTEN}
+        if json_length is not None:
+            headers[HEADER_LENGTH] = str(json_length)
+        offered = request.headers.get(ADMIN_HEADER)
+        if (offered is not None and self.admin_key and self.upstream_admin_key
+                and hmac.compare_digest(offered.encode(), self.admin_key.encode())):
+            headers[ADMIN_HEADER] = self.upstream_admin_key
+        return headers
+
+    async def _forward(self, request: web.Request, body: bytes, json_length: int | None) -> web.StreamResponse:
         url = self.upstream + request.path_qs
         try:
             # Only the client's own Accept-Encoding goes upstream: aiohttp would add gzip, and a client that never
             # asked for it (perf_analyzer's libcurl) cannot read the compressed body passed through.
-            async with self._session.request(request.method, url, headers=headers, data=body or None,
-                                             skip_auto_headers=("Accept-Encoding",)) as upstream:
+            async with self._session.request(request.method, url, headers=self._upstream_headers(request, json_length),
+                                             data=body or None, skip_auto_headers=("Accept-Encoding",)) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for key, value in upstream.headers.items():
                     if key.lower() not in _HOP_HEADERS:

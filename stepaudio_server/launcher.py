@@ -21,6 +21,7 @@ The library never imports Triton: this module only starts a process and speaks H
 from __future__ import annotations
 
 import argparse
+import collections
 import glob
 import importlib.util
 import json
@@ -43,15 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepaudio_server.files import backends_dir
-from stepaudio_server.http_guard import GuardLimits, HttpGuard
+from stepaudio_server.http_guard import ADMIN_HEADER, GuardLimits, HttpGuard
 from stepaudio_server.supervisor import StubSupervisor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Every python-based backend names its stubs' regions triton_<backend>_backend_shm_region_<uuid>.
 _SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
 _LOADED_MODEL = re.compile(r"successfully loaded '([^']+)'")  # Triton's log line as each model becomes ready
-# Triton's restricted-API header: these endpoint groups answer only requests that carry it (Triton checks it).
-ADMIN_HEADER = "stepaudio-admin-key"
+# Triton's restricted-API header (ADMIN_HEADER): these endpoint groups answer only requests that carry it.
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # how gRPC clients must spell a restricted-protocol header
 LOOPBACK = "127.0.0.1"
@@ -80,6 +80,25 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def write_private(path: Path, secret: str) -> Path:
+    """A file only its owner can read (created 0600, never readable in between)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return path
+
+
+def read_admin_key_file(path: Path) -> str:
+    """The operator's admin key from a file that only its owner may read (like ssh's private keys)."""
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        raise ServerError(f"{path} is readable by others (mode {mode & 0o777:o}); chmod 600 it")
+    key = path.read_text().strip()
+    if len(key) < 16:
+        raise ServerError(f"the admin key in {path} is shorter than 16 characters")
+    return key
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -181,6 +200,26 @@ class _LoadCounter:
         return len(self.loaded), self.total
 
 
+class LoadProgress:
+    """Whether loading has stalled: ``stall_s`` seconds since the last model finished loading (or since start)."""
+
+    def __init__(self, counter: Callable[[], tuple[int, int]], stall_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.counter, self.stall_s, self.clock = counter, stall_s, clock
+        self.last_change, self.loaded = clock(), (0, 0)
+
+    def poll(self) -> tuple[int, int]:
+        loaded = self.counter()
+        if loaded[0] > self.loaded[0]:
+            self.last_change = self.clock()
+        self.loaded = loaded
+        return loaded
+
+    def stalled(self) -> bool:
+        self.poll()
+        return self.clock() - self.last_change > self.stall_s
+
+
 def _mapped_shm_regions() -> set[str]:
     """Names of the /dev/shm files some live process has mapped (so a sweep never removes another server's)."""
     mapped = set()
@@ -217,13 +256,17 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     log_verbose: int = 0
-    admin_key: str | None = None  # None = a random key per start
+    admin_key: str | None = field(default=None, repr=False)  # the operator's; None = a random key per start
     open_admin_api: bool = False
     guard_limits: GuardLimits = field(default_factory=GuardLimits)
     supervise: bool = True
+    drain_timeout_s: float = 30.0  # Triton's own wait for requests in flight at stop (gRPC streams included)
 
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     triton_http_port: int = field(default=0, init=False)
+    # Triton's own restricted-API key, new each start: it is on Triton's command line, the operator's key never is.
+    grpc_admin_key: str | None = field(default=None, init=False, repr=False)
+    grpc_admin_key_file: Path | None = field(default=None, init=False)
     supervisor: StubSupervisor | None = field(default=None, init=False, repr=False)
     internal_models: set[str] = field(default_factory=set, init=False)
     _guard: HttpGuard | None = field(default=None, init=False, repr=False)
@@ -250,13 +293,19 @@ class TritonServer:
 
     @property
     def admin_headers(self) -> dict[str, str]:
-        """For HTTP admin calls (Triton's own endpoint or through the guard)."""
+        """For HTTP admin calls through the guard (which swaps the operator's key for Triton's own)."""
         return {} if self.open_admin_api else {ADMIN_HEADER: self.admin_key or ""}
 
     @property
     def grpc_admin_headers(self) -> dict[str, str]:
-        """For gRPC admin calls: Triton expects the restricted-protocol header with its gRPC prefix."""
-        return {} if self.open_admin_api else {f"{GRPC_HEADER_PREFIX}{ADMIN_HEADER}": self.admin_key or ""}
+        """For gRPC admin calls, which reach Triton directly: its per-start key, with Triton's gRPC prefix for
+        restricted-protocol headers (also in ``grpc_admin_key_file``, for tools such as perf_analyzer)."""
+        return {} if self.open_admin_api else {f"{GRPC_HEADER_PREFIX}{ADMIN_HEADER}": self.grpc_admin_key or ""}
+
+    @property
+    def _triton_admin_headers(self) -> dict[str, str]:
+        """For the launcher's own calls to Triton's loopback endpoint."""
+        return {} if self.open_admin_api else {ADMIN_HEADER: self.grpc_admin_key or ""}
 
     def command(self, binary: ServerBinary) -> list[str]:
         config_name = self.model_config_name
@@ -280,12 +329,14 @@ class TritonServer:
             # A busy 2-core box can keep a python stub from answering the default 30 s health check in time,
             # after which Triton marks the instance unhealthy for good.
             "--backend-config=python,stub-timeout-seconds=120",
+            f"--exit-timeout-secs={max(1, round(self.drain_timeout_s))}",
             f"--log-verbose={self.log_verbose}",
         ]
         if not self.open_admin_api:
             apis = ",".join(ADMIN_APIS)
-            cmd += [f"--http-restricted-api={apis}:{ADMIN_HEADER}={self.admin_key}",
-                    f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self.admin_key}"]
+            # Triton 2.51 takes these keys on its command line only: an ephemeral key, never the operator's.
+            cmd += [f"--http-restricted-api={apis}:{ADMIN_HEADER}={self.grpc_admin_key}",
+                    f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self.grpc_admin_key}"]
         if config_name:
             cmd.append(f"--model-config-name={config_name}")
         if binary.backend_directory is not None:
@@ -304,7 +355,10 @@ class TritonServer:
                 setattr(self, attr, free_port(host))
         if not self.open_admin_api and not self.admin_key:
             self.admin_key = secrets.token_urlsafe(24)
-        self._workdir = tempfile.TemporaryDirectory(prefix="stepaudio-triton-")
+        self._workdir = tempfile.TemporaryDirectory(prefix="stepaudio-triton-")  # mode 0700
+        if not self.open_admin_api:
+            self.grpc_admin_key = secrets.token_urlsafe(32)
+            self.grpc_admin_key_file = write_private(Path(self._workdir.name) / "grpc-admin-key", self.grpc_admin_key)
         binary = locate_server(Path(self._workdir.name))
         if self.log_path is None:
             self.log_path = Path(self._workdir.name) / "server.log"
@@ -326,6 +380,7 @@ class TritonServer:
             self._guard = HttpGuard(
                 f"http://{self.triton_http_url}", self.host, self.http_port, self.guard_limits,
                 down_models=self.down_models, internal_models=lambda: self.internal_models,
+                admin_key=self.admin_key, upstream_admin_key=self.grpc_admin_key,
             ).start()
         except BaseException:
             self.stop()
@@ -342,6 +397,20 @@ class TritonServer:
         logger.setLevel(logging.INFO)
         return logger
 
+    def drain(self, timeout_s: float) -> int:
+        """Stop taking new HTTP requests (503, readiness false) and let those in flight finish, up to
+        ``timeout_s``; returns how many were cut. gRPC clients get Triton's own drain at stop."""
+        return self._guard.drain(timeout_s) if self._guard is not None else 0
+
+    def crash_report(self) -> list[str]:
+        """The HTTP requests in flight and the last ones finished, for the log line after a crash: the request
+        that crashed Triton is among them (an operator blocks its client or its shape)."""
+        if self._guard is None:
+            return []
+        in_flight, finished = self._guard.requests.snapshot()
+        return ([f"in flight: {r.describe()}" for r in in_flight]
+                + [f"finished: {r.describe()}" for r in finished[-5:]])
+
     def down_models(self) -> dict[str, str]:
         """Models the supervisor is healing (readiness answers 'not ready' while this is not empty)."""
         if self.process is None or self.process.poll() is not None:
@@ -351,7 +420,7 @@ class TritonServer:
     def _get(self, path: str, method: str = "GET", body: bytes | None = None, timeout: float = 5) -> tuple[int, bytes]:
         """Triton's own HTTP endpoint, with the admin header."""
         request = urllib.request.Request(f"http://{self.triton_http_url}{path}", data=body, method=method,
-                                         headers=self.admin_headers)
+                                         headers=self._triton_admin_headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read()
@@ -411,17 +480,19 @@ class TritonServer:
         return failures
 
     def _wait_ready(self, timeout: float, on_models_ready: Callable[[int, int], None] | None = None) -> None:
-        deadline = time.monotonic() + timeout
+        """``timeout`` bounds the time without progress: a 130B model over 8 GPUs may take far longer than a
+        fixed bound to load, but a load that stalls is still noticed."""
+        progress = LoadProgress(_LoadCounter(self.log_path, self.model_repository), timeout)
         reported = None
-        count = _LoadCounter(self.log_path, self.model_repository) if on_models_ready is not None else None
 
         def report() -> None:
             nonlocal reported
-            if count is not None and (loaded := count()) != reported:
-                on_models_ready(*loaded)
+            if (loaded := progress.poll()) != reported:
+                if on_models_ready is not None:
+                    on_models_ready(*loaded)
                 reported = loaded
 
-        while time.monotonic() < deadline:
+        while not progress.stalled():
             report()
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode}\n{self.log_tail()}")
@@ -440,9 +511,12 @@ class TritonServer:
                 if failures:
                     raise ModelLoadError(failures, self.log_tail())
             time.sleep(0.2)
-        raise ServerError(f"tritonserver not ready after {timeout:.0f} s\n{self.log_tail()}")
+        loaded, total = progress.poll()
+        raise ServerError(f"tritonserver not ready: no model finished loading for {timeout:.0f} s "
+                          f"({loaded} of {total} loaded)\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        timeout = self.drain_timeout_s + 15 if timeout is None else timeout
         if self._guard is not None:
             self._guard.stop()
             self._guard = None
@@ -500,17 +574,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--model-config-name", default=None, help="default: 'cpu' when no GPU is present")
     parser.add_argument("--response-cache-bytes", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds without any model finishing its load before start-up gives up")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--log-file", type=Path, default=None)
-    parser.add_argument("--admin-key", default=os.environ.get("STEPAUDIO_ADMIN_KEY"),
-                        help=f"value of the {ADMIN_HEADER} header that opens the admin APIs "
-                             "(default: $STEPAUDIO_ADMIN_KEY, else a random key printed at start)")
+    parser.add_argument("--admin-key-file", type=Path, default=None,
+                        help=f"file (mode 600) holding the value of the {ADMIN_HEADER} header that opens the admin "
+                             "APIs (default: $STEPAUDIO_ADMIN_KEY, else a random key written to a 0600 file whose "
+                             "path is printed); never on a command line")
     parser.add_argument("--open-admin-api", action="store_true",
                         help=f"leave {', '.join(ADMIN_APIS)} open to every client (development only)")
     parser.add_argument("--max-body-bytes", type=int, default=GuardLimits.max_body_bytes)
     parser.add_argument("--max-json-depth", type=int, default=GuardLimits.max_json_depth)
-    parser.add_argument("--max-restarts", type=int, default=5, help="server crashes healed by a restart, per run")
+    parser.add_argument("--max-restarts", type=int, default=5,
+                        help="server crashes healed by a restart within --restart-window-s; one more ends the run")
+    parser.add_argument("--restart-window-s", type=float, default=600.0)
+    parser.add_argument("--drain-timeout-s", type=float, default=30.0,
+                        help="on SIGTERM/Ctrl-C, how long requests in flight may run before the server stops")
     args = parser.parse_args(argv)
     if not args.model_repository.is_dir():
         print(f"error: model repository {args.model_repository} is not a directory", file=sys.stderr)
@@ -522,6 +602,17 @@ def main(argv: list[str] | None = None) -> int:
               "(or make repository)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run_dir = Path(tempfile.mkdtemp(prefix="stepaudio-launcher-"))  # 0700, outlives restarts
+    key_file = None
+    try:
+        admin_key = (read_admin_key_file(args.admin_key_file) if args.admin_key_file
+                     else os.environ.get("STEPAUDIO_ADMIN_KEY"))
+    except (OSError, ServerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not admin_key and not args.open_admin_api:
+        admin_key = secrets.token_urlsafe(24)
+        key_file = write_private(run_dir / "admin-key", admin_key)
 
     def new_server() -> TritonServer:
         return TritonServer(
@@ -535,9 +626,10 @@ def main(argv: list[str] | None = None) -> int:
             response_cache_bytes=args.response_cache_bytes,
             log_path=args.log_file,
             log_verbose=args.log_verbose,
-            admin_key=args.admin_key,
+            admin_key=admin_key,
             open_admin_api=args.open_admin_api,
             guard_limits=GuardLimits(max_body_bytes=args.max_body_bytes, max_json_depth=args.max_json_depth),
+            drain_timeout_s=args.drain_timeout_s,
         )
 
     stopping = False
@@ -548,35 +640,53 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    restarts = 0
-    while True:
-        server = new_server()
-        try:
-            server.start(timeout=args.timeout)
-        except ServerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"tritonserver ready (log: {server.log_path})", flush=True)
-        print(f"  HTTP    http://{server.http_url}   (guarded; Triton's own on {server.triton_http_url})", flush=True)
-        print(f"  gRPC    {server.grpc_url}", flush=True)
-        print(f"  metrics {server.metrics_url}", flush=True)
-        if not server.open_admin_api and not args.admin_key:
-            print(f"  admin APIs need the header {ADMIN_HEADER}: {server.admin_key}", flush=True)
-        print("Ctrl-C to stop.", flush=True)
-        try:
-            while not stopping and server.process.poll() is None:
-                time.sleep(0.5)
-        finally:
-            code = server.process.returncode if server.process and server.process.poll() is not None else None
-            server.stop()
-        if stopping or code is None:
-            print("stopped", flush=True)
-            return 0
-        print(f"tritonserver exited with code {code}", file=sys.stderr, flush=True)
-        if restarts >= args.max_restarts:
-            return 1
-        restarts += 1
-        print(f"restarting the server ({restarts}/{args.max_restarts})", file=sys.stderr, flush=True)
+    restarts: collections.deque[float] = collections.deque()  # when each restart happened (monotonic)
+    try:
+        while True:
+            server = new_server()
+            try:
+                server.start(timeout=args.timeout)
+            except ServerError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(f"tritonserver ready (log: {server.log_path})", flush=True)
+            print(f"  HTTP    http://{server.http_url}   (guarded; Triton's own on {server.triton_http_url})", flush=True)
+            print(f"  gRPC    {server.grpc_url}", flush=True)
+            print(f"  metrics {server.metrics_url}", flush=True)
+            if not server.open_admin_api:
+                print(f"  admin APIs need the header {ADMIN_HEADER} with the key in "
+                      f"{key_file or args.admin_key_file or '$STEPAUDIO_ADMIN_KEY'} (HTTP, through the guard); "
+                      f"gRPC admin: the per-start key in {server.grpc_admin_key_file}", flush=True)
+            print("Ctrl-C to stop.", flush=True)
+            report: list[str] = []
+            try:
+                while not stopping and server.process.poll() is None:
+                    time.sleep(0.5)
+                if stopping and server.process.poll() is None:
+                    cut = server.drain(args.drain_timeout_s)
+                    print(f"drained ({cut} request(s) cut at the {args.drain_timeout_s:.0f} s drain timeout)"
+                          if cut else "drained", flush=True)
+            finally:
+                code = server.process.returncode if server.process and server.process.poll() is not None else None
+                if code is not None:
+                    report = server.crash_report()
+                server.stop()
+            if stopping:
+                print("stopped", flush=True)
+                return 0
+            print(f"tritonserver exited with code {code}", file=sys.stderr, flush=True)
+            for line in report or ["no HTTP request had reached it"]:
+                print(f"  before the exit, {line}", file=sys.stderr, flush=True)
+            now = time.monotonic()
+            while restarts and now - restarts[0] > args.restart_window_s:
+                restarts.popleft()
+            if len(restarts) >= args.max_restarts:
+                print(f"{len(restarts)} restarts within {args.restart_window_s:.0f} s: giving up", file=sys.stderr,
+                      flush=True)
+                return 1
+            restarts.append(now)
+            print(f"restarting the server ({len(restarts)}/{args.max_restarts} within {args.restart_window_s:.0f} s)",
+                  file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
-
-    sys.exit(main())

@@ -13,7 +13,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.errors import Unavailable
-from stepaudio_contract import errors
+from stepaudio_contract import client, errors
+from stepaudio_triton import adapter
 from stepaudio_triton.adapter import owned, parameter
 
 # The request parameter naming a stream's cancel token; generation.py reads it (one spelling for both sides).
@@ -53,19 +54,22 @@ class Stream:
 
     One reader thread per stream makes the request, reads every response and releases it; only copies (arrays,
     error messages) cross to the consumer. Two reasons: a response's Python objects crashed the stub when they
-    were read on one thread and used on another (docs/hardening.md), and Triton 2.51 never ends the decoupled
-    streams of a stub that died, so the consumer must be able to stop waiting: a stream that sends nothing for
-    ``stall_timeout_s`` raises ``Unavailable``. Its reader stays blocked on the dead stub's stream (nothing can
-    end it); it is a daemon thread and is counted in ``abandoned_readers``.
+    were read on one thread and used on another (docs/hardening.md), and Triton never ends the decoupled streams
+    of a stub that died (compat.py: ``stalled_bls_streams``), so the consumer must be able to stop waiting: a
+    stream that sends nothing for ``stall_timeout_s`` raises ``Unavailable``. Its reader stays blocked on the dead
+    stub's stream (nothing can end it); it is a daemon thread and is counted in ``abandoned_readers``.
 
-    With ``cancellable`` the stream carries a secret cancel token (request parameter ``cancel_token``) and
-    ``cancel()`` sends CANCEL = that token to the same model (see ``generation.LiveStreams``: the 2.51 python
-    backend has no BLS cancellation); only the LLM models accept CANCEL."""
+    A ``cancellable`` stream can be stopped with ``cancel()`` / ``request_cancel()``: by the response iterator's
+    own ``cancel()`` where the server has it, else (compat.py: ``cancel_input``) the stream carries a secret cancel
+    token in its request id and CANCEL = that token goes to the same model (``generation.LiveStreams``); only the
+    LLM models and ``tts_stream`` accept CANCEL."""
 
     def __init__(self, model: str, tensors: dict[str, np.ndarray], output_names: list[str], cancellable: bool = False,
                  stall_timeout_s: float | None = None):
         self.model, self.names = model, output_names
-        self.cancel_token = secrets.token_hex(16) if cancellable else None
+        self.cancellable = cancellable
+        self.cancel_token = secrets.token_hex(16) if cancellable and adapter.triton.cancel_input else None
+        self._responses = None  # a natively cancellable stream's response iterator, while it runs
         self.stall_timeout_s = stall_timeout_s or stall_timeout.seconds
         self._items: queue.Queue = queue.Queue()
         self._ended = self._cancelled = self._cancel_sent = self._stalled = False
@@ -78,12 +82,14 @@ class Stream:
         responses = None
         try:
             try:
-                responses = _request(self.model, tensors, [*self.names, errors.ERROR_OUTPUT],
-                                     self.cancel_token).exec(decoupled=True)
+                wanted = [*self.names, errors.ERROR_OUTPUT] if adapter.triton.error_output else self.names
+                responses = _request(self.model, tensors, wanted, self.cancel_token).exec(decoupled=True)
+                if self.cancellable and self.cancel_token is None:
+                    self._responses = responses  # for request_cancel, until the stream ends
             finally:
                 self._submitted.set()
             for response in responses:
-                if response.has_error():  # only a first response arrives as an error response (see ERROR_OUTPUT)
+                if response.has_error():  # with error_output: only a first response (see errors.ERROR_OUTPUT)
                     self._items.put((_ERROR, response.error().message()))
                 elif (error := pb_utils.get_output_tensor_by_name(response, errors.ERROR_OUTPUT)) is not None:
                     self._items.put((_ERROR, owned(error).reshape(-1)[0].decode("utf-8")))
@@ -92,6 +98,7 @@ class Stream:
         except Exception as exc:  # noqa: BLE001 - the request could not be made (e.g. the model is not loaded)
             self._items.put((_ERROR, str(exc)))
         finally:
+            self._responses = None
             if responses is not None:
                 retired.keep(responses)
             self._items.put((_END, None))
@@ -117,12 +124,19 @@ class Stream:
                 yield item
 
     def request_cancel(self) -> None:
-        """Send CANCEL = this stream's token and return; the thread iterating the stream then ends with the called
-        model's ``Cancelled`` within one of its steps. Best effort, never raises."""
-        if self._cancel_sent or self._stalled or self._ended or self.cancel_token is None:
+        """Ask the called model to stop the stream and return; the thread iterating the stream then sees its end
+        (``Cancelled`` with a CANCEL request) within one of the called model's steps. Best effort, never raises."""
+        if self._cancel_sent or self._stalled or self._ended or not self.cancellable:
             return
         self._cancel_sent = True
-        cancel = np.array([self.cancel_token.encode()], dtype=np.object_)
+        if self.cancel_token is None:  # the server cancels BLS requests itself
+            try:
+                if (responses := self._responses) is not None:
+                    responses.cancel()
+            except Exception:  # noqa: BLE001 - see the docstring
+                pass
+            return
+        cancel = client.string(self.cancel_token)
         try:
             acknowledgement = _request(self.model, {"CANCEL": cancel}, []).exec(decoupled=True)
             for _ in acknowledgement:
@@ -137,7 +151,7 @@ class Stream:
         the thread that iterates the stream.
 
         Best effort, never raises: callers cancel while ending a request, often while reporting another error."""
-        if self._cancelled or self._stalled or self.cancel_token is None:
+        if self._cancelled or self._stalled or not self.cancellable:
             return
         self._cancelled = True
         self.request_cancel()
@@ -152,13 +166,14 @@ _OUTPUTS, _ERROR, _END = "outputs", "error", "end"
 
 
 class RetiredIterators:
-    """Finished BLS response iterators, kept for ``grace_s`` and then released here, with the GIL held.
+    """Finished BLS response iterators, kept for ``grace_s`` and then released here, with the GIL held, on a server
+    that needs it (compat.py: ``retired_iterators``; elsewhere ``keep`` drops the iterator at once).
 
-    In Triton 2.51 an iterator is owned twice: by Python and by the stub's own table, from which a background
-    thread erases it, without the GIL, shortly after the final response. If that erase drops the last owner, the
-    iterator's responses are destroyed on that thread and their tensors' numpy arrays are freed without the GIL,
-    corrupting the interpreter's memory: the random stub segfaults (python_backend PR #390 fixed the tensor
-    destructor upstream, after 2.51). Keeping our reference well past the erase makes ours the last one."""
+    There an iterator is owned twice: by Python and by the stub's own table, from which a background thread erases
+    it, without the GIL, shortly after the final response. If that erase drops the last owner, the iterator's
+    responses are destroyed on that thread and their tensors' numpy arrays are freed without the GIL, corrupting
+    the interpreter's memory: the random stub segfaults. Keeping our reference well past the erase makes ours the
+    last one."""
 
     def __init__(self, grace_s: float = 30.0):
         self.grace_s = grace_s
@@ -166,6 +181,8 @@ class RetiredIterators:
         self._kept: collections.deque = collections.deque()
 
     def keep(self, iterator) -> None:
+        if not adapter.triton.retired_iterators:
+            return
         now = time.monotonic()
         with self._lock:
             self._kept.append((now, iterator))

@@ -16,6 +16,7 @@ from stepaudio.llm.engine import TokenStream
 from stepaudio.llm.sampling import SamplingParams
 from stepaudio_contract import specs
 from stepaudio_contract.errors import BLS_REQUEST_ID_PREFIX
+from stepaudio_triton import adapter
 from stepaudio_triton.adapter import optional_scalar, optional_string, required_input, send, send_error
 from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
 from stepaudio_triton.threads import BoundedThreads
@@ -57,7 +58,10 @@ def prompt_ids(request, name: str = "INPUT_IDS") -> list[int]:
 
 def cancel_token(request) -> str | None:
     """The request parameter ``CANCEL_TOKEN_PARAMETER``: a secret chosen by the stream's owner (BLS callers use
-    16 random bytes), the only key a CANCEL request can name. No token: cancellable by its client only."""
+    16 random bytes), the only key a CANCEL request can name. No token: cancellable by its client only, and so is
+    every stream on a server that cancels BLS requests itself (compat.py: ``cancel_input``)."""
+    if not adapter.triton.cancel_input:
+        return None
     try:
         token = json.loads(request.parameters() or "{}").get(CANCEL_TOKEN_PARAMETER)
     except ValueError:
@@ -75,9 +79,9 @@ def cancel_token(request) -> str | None:
 class LiveStreams:
     """Running generations by cancel token, so their owner can cancel one with a second request.
 
-    Triton 2.51's python backend cannot cancel a BLS request (its ``ResponseIterator`` has no ``cancel``), so a
-    model that consumes an LLM stream through BLS (``tts``, ``tts_stream``, ``voice_chat*``) stops it by sending
-    ``CANCEL`` = the stream's secret cancel token to the LLM model; ``bls.Stream.cancel`` does that. Keys are
+    Where the python backend cannot cancel a BLS request (compat.py: ``cancel_input``), a model that consumes an
+    LLM stream through BLS (``tts``, ``tts_stream``, ``voice_chat*``) stops it by sending ``CANCEL`` = the stream's
+    secret cancel token to the LLM model; ``bls.Stream.cancel`` does that. Keys are
     tokens, never request ids: only the client that chose a stream's token can end it. A cancel may overtake its
     stream (both are requests to the same model), so a token cancelled before it was added is remembered (bounded)
     and its stream is cancelled the moment it is added."""
@@ -117,7 +121,9 @@ class LiveStreams:
 
 def answer_cancel(request, live: LiveStreams) -> bool:
     """If ``request`` is a cancel request (input CANCEL = a cancel token), cancel that stream, send the final flag,
-    return True."""
+    return True. Never on a server without the CANCEL input (compat.py: ``cancel_input``)."""
+    if not adapter.triton.cancel_input:
+        return False
     target = optional_string(request, "CANCEL")
     if target is None:
         return False

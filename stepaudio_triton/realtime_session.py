@@ -20,6 +20,7 @@ The events are listed in docs/realtime.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import threading
@@ -43,8 +44,22 @@ from stepaudio.realtime import (
     StartReply,
     VadFrame,
 )
+from stepaudio.realtime.turns import (
+    CancelResponse,
+    ClearAudio,
+    CommitAudio,
+    CreateResponse,
+    PendingInput,
+    TruncateReply,
+    UpdateSession,
+    UserText,
+    heard_text,
+    parse_control,
+)
 from stepaudio.realtime.vad import WINDOW_SECONDS
 from stepaudio_contract import errors
+from stepaudio_contract.client import string
+from stepaudio_contract.limits import REALTIME_MAX_RATE, REALTIME_MIN_RATE
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
     error_response,
@@ -59,11 +74,8 @@ from stepaudio_triton.sequences import SequenceControls
 from stepaudio_triton.threads import BoundedThreads
 
 TURN_PAD_SECONDS = 0.1  # audio kept on each side of the VAD's speech span for the reply
+KEPT_REPLIES = 8  # replies a client may still truncate (conversation.item.truncate)
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-def _string(text: str) -> np.ndarray:
-    return np.array([text.encode()], dtype=np.object_)
 
 
 @dataclass
@@ -114,8 +126,9 @@ class SessionOptions:
         rate = optional_scalar(request, "SAMPLE_RATE", int)
         if rate is None:
             raise ValueError("the START request of a session must carry SAMPLE_RATE")
-        if not 8000 <= rate <= 48000:
-            raise ValueError(f"SAMPLE_RATE must be 8000..48000 Hz for a real-time session, got {rate}")
+        if not REALTIME_MIN_RATE <= rate <= REALTIME_MAX_RATE:
+            raise ValueError(f"SAMPLE_RATE must be {REALTIME_MIN_RATE}..{REALTIME_MAX_RATE} Hz for a real-time session, "
+                             f"got {rate}")
         speculation = optional_scalar(request, "SPECULATION", bool)
         max_new = optional_scalar(request, "MAX_NEW_TOKENS", int)
         tts_max_new = optional_scalar(request, "TTS_MAX_NEW_TOKENS", int)
@@ -178,10 +191,17 @@ class Metrics:
 class Reply:
     """One reply's worker state. ``stopped``: discarded or cancelled — nothing more of it is sent."""
 
-    def __init__(self, action: StartReply, previous: Reply | None):
+    def __init__(self, action: StartReply, previous: Reply | None, text: str = "", audio: bool = True,
+                 speak: bool = True, instructions: str | None = None):
         self.id = action.reply_id
         self.response_id = "resp_" + secrets.token_hex(8)
         self.action, self.previous = action, previous
+        # What it answers (the turn's audio span and/or typed text) and how (speech or text only; the system turn).
+        self.user_text, self.audio, self.speak, self.instructions = text, audio, speak, instructions
+        self.sentences: list[tuple[str, float]] = []  # each spoken sentence and its audio seconds
+        self.heard_s: float | None = None  # the client played only this much (conversation.item.truncate)
+        self.history_entry: dict | None = None
+        self.audio_ids, self.text_deltas = 0, 0
         self.committed = not action.speculative
         self.stopped = threading.Event()
         self.finished = threading.Event()  # the worker has ended
@@ -231,6 +251,10 @@ class Session:
         self.last_reply: Reply | None = None
         self.vad_started = False
         self.closed = False
+        self.manual = False  # turn detection off: the client commits its turns
+        self.instructions: str | None = None  # the chat's system turn
+        self.pending = PendingInput()
+        self.replies: dict[str, Reply] = {}  # by response id, the last KEPT_REPLIES
 
     # ---- output ------------------------------------------------------------------------------------------------
     def attach(self, sender) -> None:
@@ -251,7 +275,7 @@ class Session:
                 sender.send(flags=_FINAL)
                 return
             event, waveform = item
-            outputs = [pb_utils.Tensor("EVENT", _string(json.dumps(event, ensure_ascii=False)))]
+            outputs = [pb_utils.Tensor("EVENT", string(json.dumps(event, ensure_ascii=False)))]
             if waveform is not None:
                 outputs.append(pb_utils.Tensor("WAVEFORM", np.ascontiguousarray(waveform, dtype=np.float32)))
             sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=_FINAL if final else 0)
@@ -270,7 +294,19 @@ class Session:
             self.send(event, waveform)
 
     # ---- input -------------------------------------------------------------------------------------------------
+    def now_s(self) -> float:
+        """Session audio time: the end of the audio received so far."""
+        return (self.audio.offset + self.audio.data.shape[0]) / self.audio.rate
+
     def feed(self, chunk: np.ndarray, end: bool) -> None:
+        if self.manual or (chunk.shape[0] == 0 and self.vad_started and not end):
+            with self.lock:  # no VAD: the client's commits make the turns
+                self.audio.append(chunk)
+                self.controller.touch()
+                if self.reply is None:
+                    keep = self.pending.buffer_start_s if self.pending.audio_span is None else self.pending.audio_span[0]
+                    self.audio.trim_before(keep - 1.0)
+            return
         flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if not self.vad_started else 0) | (
             pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if end else 0)
         response = pb_utils.InferenceRequest(
@@ -289,25 +325,23 @@ class Session:
                 for action in self.controller.on_frame(VadFrame((first + i) * WINDOW_SECONDS, float(probability))):
                     self._act(action)
             if self.reply is None and self.controller.state.value == "silence":
-                self.audio.trim_before(max(0.0, (first + got["PROBABILITY"].size) * WINDOW_SECONDS - 1.0))
+                keep = (first + got["PROBABILITY"].size) * WINDOW_SECONDS
+                if self.pending.audio_span is not None:  # a committed turn waits for the client's response.create
+                    keep = min(keep, self.pending.audio_span[0])
+                self.audio.trim_before(max(0.0, keep - 1.0))
 
     def _act(self, action) -> None:
         metrics = self.service.metrics
         if isinstance(action, SpeechStarted):
             self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": round(action.audio_start_s * 1000)})
         elif isinstance(action, SpeechStopped):
-            self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": round(action.audio_end_s * 1000)})
+            self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": round(action.audio_end_s * 1000),
+                       "audio_start_ms": round(action.audio_start_s * 1000)})
+            if not self.controller.config.create_response:  # the turn waits for the client's response.create
+                self.pending.add_audio((action.audio_start_s, action.audio_end_s))
         elif isinstance(action, StartReply):
-            reply = Reply(action, self.last_reply)
-            self.reply = self.last_reply = reply
-            if reply.committed:
-                metrics.count(metrics.replies, outcome="direct")
-                self.send(self._created(reply))
-            try:
-                self.service.workers.submit(lambda: self.service.run_reply(self, reply))
-            except Exception as exc:  # noqa: BLE001 - no worker free: this reply fails, the session goes on
-                self.emit(reply, {"type": "error", "error": {"type": "server_error", "code": "busy", "message": str(exc)}})
-                self.reply_ended(reply, failed=True)
+            self._start(Reply(action, self.last_reply, text="\n".join(self.pending.texts),
+                              instructions=self.instructions))
         elif isinstance(action, CommitReply):
             reply = self.reply
             reply.committed = True
@@ -320,12 +354,98 @@ class Session:
                 self._finish(reply)
         elif isinstance(action, DiscardReply):
             metrics.count(metrics.replies, outcome="discarded")
-            self._stop(action.reply_id)
+            reply = self._stop(action.reply_id)
+            if reply is not None and reply.user_text:
+                self.pending.texts = [reply.user_text]
         elif isinstance(action, CancelReply):
             metrics.count(metrics.replies, outcome="cancelled")
             reply = self._stop(action.reply_id)
             if reply is not None:
-                self.send({"type": "response.cancelled", "response_id": reply.response_id, "reason": "barge_in"})
+                self.send({"type": "response.cancelled", "response_id": reply.response_id, "reason": action.reason})
+
+    def _start(self, reply: Reply) -> None:
+        metrics = self.service.metrics
+        self.reply = self.last_reply = reply
+        self.replies[reply.response_id] = reply
+        while len(self.replies) > KEPT_REPLIES:
+            del self.replies[next(iter(self.replies))]
+        if reply.committed:
+            metrics.count(metrics.replies, outcome="direct")
+            self.send(self._created(reply))
+        if reply.user_text:  # typed turns are this reply's now (a discarded speculation gives them back)
+            self.pending.texts = []
+        try:
+            self.service.workers.submit(lambda: self.service.run_reply(self, reply))
+        except Exception as exc:  # noqa: BLE001 - no worker free: this reply fails, the session goes on
+            self.emit(reply, {"type": "error", "error": {"type": "server_error", "code": "busy", "message": str(exc)}})
+            self.reply_ended(reply, failed=True)
+
+    # ---- the client's control messages (manual and typed turns, response.create/cancel, truncate) --------------
+    def control(self, message: str) -> None:
+        """One ``CONTROL`` message; a refused one is an ``error`` event (with the protocol's code), the session
+        goes on."""
+        try:
+            with self.lock:
+                self._control(parse_control(message))
+        except ValueError as exc:
+            code = exc.args[1] if len(exc.args) > 1 else "invalid_value"
+            self.send({"type": "error", "error": {"type": "invalid_request_error", "code": code,
+                                                  "message": str(exc.args[0])}})
+
+    def _control(self, control) -> None:
+        self.controller.touch()
+        if isinstance(control, UpdateSession):
+            if control.turn_detection is not None:
+                self.controller.config = control.turn_detection.controller_config(
+                    dataclasses.replace(self.service.config.controller, speculation=self.options.speculation))
+            if control.manual is not None and control.manual != self.manual:
+                self.manual = control.manual
+                self.pending.buffer_start_s = self.now_s()
+            if control.instructions is not None:
+                self.instructions = control.instructions or None
+            if control.speaker is not None:
+                self.options = dataclasses.replace(self.options, speaker=control.speaker)
+        elif isinstance(control, (CommitAudio, ClearAudio)):
+            if not self.manual:
+                raise ValueError("with server_vad the server commits the turns; set turn_detection null to commit "
+                                 "by hand", "invalid_value")
+            if isinstance(control, ClearAudio):
+                self.pending.buffer_start_s = self.now_s()
+                self.send({"type": "input_audio_buffer.cleared"})
+                return
+            try:
+                start, end = self.pending.commit(self.now_s())
+            except ValueError as exc:
+                raise ValueError(str(exc), "input_audio_buffer_commit_empty") from None
+            self.send({"type": "input_audio_buffer.committed", "audio_start_ms": round(start * 1000),
+                       "audio_end_ms": round(end * 1000)})
+        elif isinstance(control, UserText):
+            self.pending.add_text(control.text)
+            self.send({"type": "input_text.committed", "text": control.text})
+        elif isinstance(control, CreateResponse):
+            if self.reply is not None and self.reply.committed:
+                raise ValueError("a response is already in progress", "conversation_already_has_active_response")
+            if self.pending.empty() and not self.history:
+                raise ValueError("nothing to respond to: commit audio or add a user message first", "invalid_value")
+            span, text = self.pending.take()
+            action = self.controller.start_reply(*(span or (0.0, 0.0)))
+            self._start(Reply(action, self.last_reply, text=text, audio=span is not None, speak=control.audio,
+                              instructions=control.instructions or self.instructions))
+        elif isinstance(control, CancelResponse):
+            action = self.controller.cancel_reply()
+            if action is None:
+                raise ValueError("no response is in progress", "response_cancel_not_active")
+            self._act(action)
+        elif isinstance(control, TruncateReply):
+            reply = self.replies.get(control.response_id)
+            if reply is None:
+                raise ValueError(f"no recent response {control.response_id!r}", "item_truncate_invalid_item_id")
+            reply.heard_s = control.audio_end_ms / 1000
+            heard = heard_text(reply.sentences, reply.heard_s)
+            if reply.history_entry is not None:  # already in the history: keep only what was heard
+                reply.history_entry["content"] = heard
+            self.send({"type": "conversation.item.truncated", "response_id": reply.response_id,
+                       "audio_end_ms": round(control.audio_end_ms), "transcript": heard})
 
     def _created(self, reply: Reply) -> dict:
         return {"type": "response.created", "response": {"id": reply.response_id, "status": "in_progress",
@@ -357,7 +477,9 @@ class Session:
         self.service.metrics.count(self.service.metrics.replies, outcome=status)
         self.send({"type": "response.done", "response": {
             "id": reply.response_id, "status": status, "output_transcript": reply.text,
-            "user_transcript": reply.user_transcript, "history_turns": len(self.history)}})
+            "user_transcript": reply.user_transcript, "history_turns": len(self.history),
+            "usage": {"input_audio_tokens": reply.audio_ids, "output_text_tokens": reply.text_deltas,
+                      "output_audio_seconds": round(sum(seconds for _, seconds in reply.sentences), 3)}}})
         if self.reply is reply:
             self.reply = None
         self.controller.on_reply_finished(reply.id)
@@ -367,8 +489,10 @@ class Session:
         with self.lock:
             if reply.user_transcript:
                 self.history.append({"role": "user", "content": reply.user_transcript})
-            if reply.text:
-                self.history.append({"role": "assistant", "content": reply.text})
+            text = reply.text if reply.heard_s is None else heard_text(reply.sentences, reply.heard_s)
+            if text:
+                reply.history_entry = {"role": "assistant", "content": text}
+                self.history.append(reply.history_entry)
             del self.history[:-self.service.config.max_history_turns]
 
     def close(self, reason: str, error: bool = False) -> None:
@@ -432,6 +556,7 @@ class RealtimeService:
                                  "send the audio as it arrives")
             if optional_input(request, "SPECULATION") is not None and not controls.start:
                 raise ValueError("SPECULATION is chosen on START")
+            control = optional_string(request, "CONTROL")
         except Exception as exc:  # noqa: BLE001 - this request fails; a live session goes on
             sender.send(error_response(exc, request), flags=_FINAL)
             if controls is not None and controls.end:
@@ -443,6 +568,8 @@ class RealtimeService:
                 "sample_rate": session.options.sample_rate, "speculation": session.options.speculation,
                 "end_of_turn_ms": self.config.controller.end_of_turn_ms, "pause_ms": self.config.controller.pause_ms,
                 "speaker": session.options.speaker}})
+        if control:  # before the chunk: a START's settings (turn detection) apply to its own audio
+            session.control(control)
         try:
             session.feed(chunk[0], controls.end)
         except Exception as exc:  # noqa: BLE001 - a failed VAD call: the client hears of it, the session goes on
@@ -472,6 +599,8 @@ class RealtimeService:
                 session.emit(reply, {"type": "error", "error": {"type": "server_error", "code": errors.code_name(exc),
                                                                  "message": errors.client_message(exc)}})
         finally:
+            if reply.transcript is None and not reply.user_transcript:  # a typed turn cut short
+                reply.user_transcript = reply.user_text
             if reply.committed and reply.transcript is not None and not reply.user_transcript:
                 try:  # a barge-in: the user's words still join the history
                     reply.user_transcript = reply.transcript.result(timeout=60)
@@ -497,21 +626,29 @@ class RealtimeService:
             audio = session.audio.slice(reply.action.audio_start_s - TURN_PAD_SECONDS,
                                         reply.action.audio_end_s + TURN_PAD_SECONDS)
             history = list(session.history)
-        ids = bls.call(config.tokenizer_model, {"AUDIO": audio[None, None],
-                                                "SAMPLE_RATE": np.array([[options.sample_rate]], dtype=np.int32)},
-                       ["AUDIO_IDS"])["AUDIO_IDS"][0]
-        if reply.stopped.is_set():
-            raise Cancelled("reply stopped")
-        reply.transcript = self.asr.submit(self._transcribe, ids)
+        if reply.instructions:
+            history = [{"role": "system", "content": reply.instructions}] + history
+        if reply.user_text:  # a typed turn (with spoken audio, both are the user's one turn)
+            history.append({"role": "user", "content": reply.user_text})
+        chat_inputs = {"MESSAGES": string(json.dumps(history, ensure_ascii=False))}
+        if reply.audio:
+            ids = bls.call(config.tokenizer_model, {"AUDIO": audio[None, None],
+                                                    "SAMPLE_RATE": np.array([[options.sample_rate]], dtype=np.int32)},
+                           ["AUDIO_IDS"])["AUDIO_IDS"][0]
+            if reply.stopped.is_set():
+                raise Cancelled("reply stopped")
+            reply.audio_ids = int(ids.size)
+            reply.transcript = self.asr.submit(self._transcribe, ids)
+            chat_inputs["AUDIO_IDS"] = ids
         sampling = {"MAX_NEW_TOKENS": np.array([options.max_new_tokens], dtype=np.int32)}
         if options.seed is not None:
             sampling["SEED"] = np.array([options.seed], dtype=np.int64)
-        chat = reply.track(bls.Stream(config.chat_model, {"MESSAGES": _string(json.dumps(history, ensure_ascii=False)),
-                                                          "AUDIO_IDS": ids, **sampling}, ["TEXT_DELTA"], cancellable=True))
+        chat = reply.track(bls.Stream(config.chat_model, {**chat_inputs, **sampling}, ["TEXT_DELTA"], cancellable=True))
         splitter = SentenceSplitter(config.max_sentence_chars)
         for response in reply.responses(chat):
             delta = response["TEXT_DELTA"].reshape(-1)[0].decode()
             reply.text += delta
+            reply.text_deltas += 1
             session.emit(reply, {"type": "response.audio_transcript.delta", "response_id": reply.response_id,
                                  "delta": delta})
             for sentence in splitter.feed(delta):
@@ -520,28 +657,38 @@ class RealtimeService:
                 raise Cancelled("reply stopped")
         for sentence in splitter.flush():
             self._speak(session, reply, sentence)
-        reply.user_transcript = reply.transcript.result()
+        if reply.transcript is None:
+            reply.user_transcript = reply.user_text
+            return
+        spoken = reply.transcript.result()
+        reply.user_transcript = "\n".join(part for part in (reply.user_text, spoken) if part)
         session.emit(reply, {"type": "conversation.item.input_audio_transcription.completed",
-                             "response_id": reply.response_id, "transcript": reply.user_transcript})
+                             "response_id": reply.response_id, "transcript": spoken})
 
     def _transcribe(self, ids: np.ndarray) -> str:
         """Not cancelled with its reply: the user's words belong in the history even when the reply is cut short."""
-        parts = bls.Stream(self.config.chat_model, {"MODE": _string("asr"), "AUDIO_IDS": ids}, ["TEXT_DELTA"],
+        parts = bls.Stream(self.config.chat_model, {"MODE": string("asr"), "AUDIO_IDS": ids}, ["TEXT_DELTA"],
                            cancellable=True)
         return "".join(r["TEXT_DELTA"].reshape(-1)[0].decode() for r in parts)
 
     def _speak(self, session: Session, reply: Reply, sentence: str) -> None:
         if reply.stopped.is_set():
             raise Cancelled("reply stopped")
+        if not reply.speak:  # a text-only response: the sentence joins what was "heard" at once
+            reply.sentences.append((sentence, 0.0))
+            return
         options = session.options
-        inputs = {"TEXT": _string(sentence), "SPEAKER": _string(options.speaker),
+        inputs = {"TEXT": string(sentence), "SPEAKER": string(options.speaker),
                   "MAX_NEW_TOKENS": np.array([options.tts_max_new_tokens], dtype=np.int32)}
         if options.seed is not None:
             inputs["SEED"] = np.array([options.seed], dtype=np.int64)
         # Cancellable: a barge-in sends CANCEL with the stream's token and tts_stream stops within one decode step.
         speech = reply.track(bls.Stream(self.config.tts_model, inputs, ["WAVEFORM", "SAMPLE_RATE"], cancellable=True))
+        reply.sentences.append((sentence, 0.0))
         for chunk in reply.responses(speech):
             if reply.stopped.is_set():
                 raise Cancelled("reply stopped")
+            rate = int(chunk["SAMPLE_RATE"].reshape(-1)[0])
+            reply.sentences[-1] = (sentence, reply.sentences[-1][1] + chunk["WAVEFORM"].size / rate)
             session.emit(reply, {"type": "response.audio.delta", "response_id": reply.response_id,
-                                 "sample_rate": int(chunk["SAMPLE_RATE"].reshape(-1)[0])}, chunk["WAVEFORM"])
+                                 "sample_rate": rate}, chunk["WAVEFORM"])

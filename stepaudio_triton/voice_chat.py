@@ -16,6 +16,7 @@ import numpy as np
 
 from stepaudio.chat.template import turns_from_json
 from stepaudio_contract import specs
+from stepaudio_contract.client import string
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
     given_inputs,
@@ -122,10 +123,6 @@ def collected_reply(graph: ChatGraph, request, pool: ThreadPoolExecutor) -> tupl
     return reply, run.transcript()
 
 
-def _string(value: str) -> np.ndarray:
-    return np.array([value.encode()], dtype=np.object_)
-
-
 class ChatRun:
     """One turn through the graph; the caller consumes ``reply_deltas()`` and then ``transcript()``."""
 
@@ -142,13 +139,13 @@ class ChatRun:
             )
             self.audio_ids = tokens["AUDIO_IDS"][0]
         self._transcript: Future | None = pool.submit(self._transcribe) if self.audio_ids is not None else None
-        chat_inputs = {"MESSAGES": _string(inputs.messages), **inputs.sampling}
+        chat_inputs = {"MESSAGES": string(inputs.messages), **inputs.sampling}
         if self.audio_ids is not None:
             chat_inputs["AUDIO_IDS"] = self.audio_ids
         self.reply = bls.Stream(graph.chat_model, chat_inputs, ["TEXT_DELTA"], cancellable=True)
 
     def _transcribe(self) -> str:
-        parts = bls.Stream(self.graph.chat_model, {"MODE": _string("asr"), "AUDIO_IDS": self.audio_ids}, ["TEXT_DELTA"],
+        parts = bls.Stream(self.graph.chat_model, {"MODE": string("asr"), "AUDIO_IDS": self.audio_ids}, ["TEXT_DELTA"],
                            cancellable=True)
         return "".join(r["TEXT_DELTA"].reshape(-1)[0].decode() for r in parts)
 
@@ -166,8 +163,8 @@ class ChatRun:
     def tts_inputs(self, sentence: str, batched: bool) -> dict:
         voice = dict(self.inputs.prompt_voice)
         if self.inputs.speaker is not None:
-            voice["SPEAKER"] = _string(self.inputs.speaker)
-        voice["TEXT"] = _string(sentence)
+            voice["SPEAKER"] = string(self.inputs.speaker)
+        voice["TEXT"] = string(sentence)
         if batched:  # ensemble_tts takes a batch dimension of 1
             voice = {name: value.reshape(1, -1) for name, value in voice.items()}
         shape = (1, 1) if batched else (1,)

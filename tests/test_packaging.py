@@ -154,3 +154,12 @@ def test_installed_wheel_renders_and_serves(wheel, tmp_path):
         server.send_signal(signal.SIGINT)
         server.wait(timeout=120)
     assert server.returncode == 0
+
+
+def test_gateway_and_client_installs_pull_no_torch():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert "torch==2.13.0" in extras["models"] and "stepaudio-triton[models]" in extras["server"]
+    for layer in ("gateway", "client"):
+        names = {dep.split("[")[0].split(">")[0].split("=")[0].split("<")[0] for dep in extras[layer]}
+        assert not names & {"torch", "onnxruntime", "onnx", "transformers", "stepaudio-triton", "nvidia-pytriton"}, layer
+    assert [dep.split("<")[0] for dep in PYPROJECT["project"]["dependencies"]] == ["numpy"]

@@ -37,6 +37,7 @@ async function loadVoices() {
   const chosen = select.value;
   select.innerHTML = "";
   for (const voice of (await response.json()).data) {
+    if (voice.type === "alias") continue;  // OpenAI names for the presets listed anyway
     const option = new Option(voice.type === "preset" ? voice.name : `${voice.name} (uploaded)`, voice.id);
     select.add(option);
   }
@@ -81,7 +82,7 @@ class PcmPlayer {
 async function speak() {
   const instructions = [...document.querySelectorAll("#tts-tags input:checked")].map((box) => box.value).join(",");
   const body = {
-    model: "step-audio-tts", input: $("tts-text").value, voice: $("tts-voice").value || "Tingting",
+    model: "step-audio-tts", input: $("tts-text").value, voice: $("tts-voice").value,
     response_format: "pcm", speed: Number($("tts-speed").value),
   };
   if (instructions) body.instructions = instructions;
@@ -202,7 +203,7 @@ async function chatTurn(audio) {
   const you = say("You: …", "you");
   const reply = say("Assistant: ");
   const body = {
-    model: "step-audio-chat", stream: true, modalities: ["text", "audio"], audio: { voice: "Tingting", format: "pcm16" },
+    model: "step-audio-chat", stream: true, modalities: ["text", "audio"], audio: { format: "pcm16" },  // the served chat's default voice
     messages: [...history, { role: "user", content: [{ type: "input_audio", input_audio: { data: audio, format: "webm" } }] }],
   };
   const start = performance.now();

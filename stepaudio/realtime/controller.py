@@ -14,7 +14,10 @@ the session telling it that a reply has finished; it returns the actions the ses
 - After ``end_of_turn_ms`` of silence the turn ends: the speculative reply is committed (its audio is released to the
   client), or, without one, a reply starts now. Both run on the same audio span, so a committed speculative reply is
   the reply the non-speculative path would give.
-- Speech while the bot replies is a barge-in: the reply is cancelled and a new user turn starts.
+- Speech while the bot replies is a barge-in: the reply is cancelled and a new user turn starts
+  (``interrupt_response`` off: speech during a reply is ignored until it ends).
+- ``create_response`` off: end of turn commits the turn (``SpeechStopped``) but starts no reply; the client asks
+  for one (``start_reply``), as it does for manual turns (no turn detection: the session does not feed frames).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class RealtimeConfig:
     max_turn_seconds: float = 30.0  # a longer turn is ended here (bounds the audio one reply runs on)
     max_session_seconds: float = 1800.0
     idle_timeout_seconds: float = 30.0  # no audio for this long ends the session
+    create_response: bool = True  # end of turn starts a reply (else the client asks for one)
+    interrupt_response: bool = True  # speech during a reply cancels it (barge-in)
 
     def validate(self) -> RealtimeConfig:
         if not 0.0 < self.silence_threshold <= self.speech_threshold <= self.confident_threshold <= 1.0:
@@ -71,9 +76,11 @@ class SpeechStarted:
 
 @dataclass(frozen=True)
 class SpeechStopped:
-    """End of the user's turn (after ``end_of_turn_ms`` of silence); ``audio_end_s`` is where the silence began."""
+    """End of the user's turn (after ``end_of_turn_ms`` of silence); ``audio_end_s`` is where the silence began,
+    ``audio_start_s`` where the turn's speech began (the committed span, for a reply the client asks for later)."""
 
     audio_end_s: float
+    audio_start_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,10 @@ class DiscardReply:
 
 @dataclass(frozen=True)
 class CancelReply:
-    """Barge-in: the user speaks while the bot replies; stop the reply and its audio now."""
+    """Barge-in (the user speaks while the bot replies) or the client's cancel: stop the reply and its audio now."""
 
     reply_id: int
+    reason: str = "barge_in"
 
 
 Action = SpeechStarted | SpeechStopped | StartReply | CommitReply | DiscardReply | CancelReply
@@ -179,6 +187,30 @@ class RealtimeController:
             self.state, self.reply_id, self.reply_committed = TurnState.SILENCE, None, False
         return []
 
+    def touch(self) -> None:
+        """Input that is not VAD frames (manual turns, typed turns) keeps the session alive too."""
+        self.last_audio_at = self.clock()
+
+    def start_reply(self, audio_start_s: float, audio_end_s: float) -> StartReply:
+        """A reply the client asks for (manual turn, typed turn, ``create_response`` off); one reply at a time."""
+        if self.reply_id is not None:
+            raise ValueError("a response is already in progress; cancel it first")
+        if self.state in (TurnState.USER_SPEAKING, TurnState.USER_PAUSED):
+            raise ValueError("the user is speaking; the turn's end starts the response")
+        self.reply_id, self._next_reply_id = self._next_reply_id, self._next_reply_id + 1
+        self.reply_committed, self.state = True, TurnState.BOT_REPLYING
+        return StartReply(self.reply_id, audio_start_s, audio_end_s, speculative=False)
+
+    def cancel_reply(self) -> CancelReply | None:
+        """The client's cancel: the running reply (speculative ones are never the client's to cancel)."""
+        if self.reply_id is None or not self.reply_committed:
+            return None
+        cancelled = CancelReply(self.reply_id, reason="client_cancelled")
+        self.reply_id, self.reply_committed = None, False
+        if self.state is TurnState.BOT_REPLYING:
+            self.state = TurnState.SILENCE
+        return cancelled
+
     def expired(self) -> str | None:
         """Why the session must end now (idle, too long), or None."""
         now = self.clock()
@@ -193,6 +225,8 @@ class RealtimeController:
         if self._needs_silence or self._speech_run_start is None or (end - self._speech_run_start) * 1000 < self.config.min_speech_ms:
             return []
         actions: list[Action] = []
+        if self.state is TurnState.BOT_REPLYING and self.reply_id is not None and not self.config.interrupt_response:
+            return []
         if self.state is TurnState.BOT_REPLYING and self.reply_id is not None:
             actions.append(CancelReply(self.reply_id))
             self.stats.barge_ins += 1
@@ -217,7 +251,7 @@ class RealtimeController:
 
     def _pause(self) -> list[Action]:
         self.state = TurnState.USER_PAUSED
-        if not self.config.speculation:
+        if not (self.config.speculation and self.config.create_response):
             return []
         self.stats.speculative_started += 1
         return [self._start_reply(speculative=True)]
@@ -232,13 +266,16 @@ class RealtimeController:
 
     def _end_turn(self) -> list[Action]:
         self.stats.turns += 1
-        actions: list[Action] = [SpeechStopped(self._speech_end())]
+        actions: list[Action] = [SpeechStopped(self._speech_end(), self._turn_start)]
+        self._speech_run_start = None
         if self.reply_id is not None:
             self.reply_committed = True
             self.stats.speculative_committed += 1
             actions.append(CommitReply(self.reply_id))
-        else:
+        elif self.config.create_response:
             actions.append(self._start_reply(speculative=False))
+        else:  # the turn is committed; the client asks for the reply
+            self.state = TurnState.SILENCE
+            return actions
         self.state = TurnState.BOT_REPLYING
-        self._speech_run_start = None
         return actions

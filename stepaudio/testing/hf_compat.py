@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from stepaudio.checkpoints.layout import LLM_CONFIG, LLM_CONFIG_MODULE
 from stepaudio.llm.config import Step1Config
+from stepaudio.testing.random_weights import random_state_dict
 
 LLAMA_WEIGHTS = "model.safetensors"  # the one-shard name transformers and vLLM look for without an index
 # The twin the vLLM-CPU tests and bench run: real vocabulary and special ids, head_dim 64 (2 heads of 64, 1 group).
@@ -103,8 +104,6 @@ def llama_config_dict(config: Step1Config) -> dict:
 
 def write_tiny_llama(folder: Path | str, config: Step1Config, seed: int) -> Path:
     """A Llama-architecture folder with random Step1-named weights of ``config``; returns the folder."""
-    from stepaudio.testing.llm import random_state_dict  # the writer imports this module
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(random_state_dict(config, seed), str(folder / LLAMA_WEIGHTS), metadata={"format": "pt"})

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from stepaudio.checkpoints import VariantUnavailable, register_writer
@@ -31,7 +30,6 @@ from stepaudio.checkpoints.layout import (
     TTS_DIR,
 )
 from stepaudio.llm.config import Step1Config
-from stepaudio.llm.model import Step1ForCausalLM
 from stepaudio.llm.tokenizer import (
     AUDIO_ID_OFFSET,
     BYTE,
@@ -46,6 +44,7 @@ from stepaudio.llm.tokenizer import (
     spm_proto_module,
 )
 from stepaudio.testing.hf_compat import write_configuration_module
+from stepaudio.testing.random_weights import random_state_dict
 
 VOCAB_SIZE = 74752
 MAX_SEQ_LEN = 32768
@@ -157,24 +156,6 @@ def build_tiny_spm() -> bytes:
     normalizer.remove_extra_whitespaces = False
     normalizer.escape_whitespaces = True
     return model.SerializeToString()
-
-
-def random_state_dict(config: Step1Config, seed: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """Random weights under the published key names; scaled so activations stay O(1) through the layers."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        shapes = {name: p.shape for name, p in Step1ForCausalLM(config).named_parameters()}
-    state = {}
-    for name, shape in shapes.items():
-        if name.endswith("norm.weight"):
-            # Not all ones, so a norm weight that fails to load changes the output.
-            tensor = 1 + 0.1 * torch.randn(shape, generator=generator)
-        elif name == "model.embed_tokens.weight":
-            tensor = torch.randn(shape, generator=generator)
-        else:
-            tensor = torch.randn(shape, generator=generator) / shape[1] ** 0.5
-        state[name] = tensor.to(dtype).contiguous()
-    return state
 
 
 def write_step1_folder(folder: Path, config: Step1Config, seed: int, tokenizer_config: dict, spm: bytes) -> list[Path]:

@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -262,33 +263,33 @@ def canary_audio(guard_url: str, timeout: float = 120.0) -> bytes:
 
 @dataclass
 class Stack:
-    """What the campaign watches: the launcher's server and the gateway (``GatewayProcess``)."""
+    """What the campaign fuzzes and watches: the guard's and the gateway's addresses, the processes behind them
+    (the server's is tritonserver itself, or the ``python -m stepaudio_server`` launcher that restarts it)."""
 
-    server: object  # stepaudio_server.launcher.TritonServer
-    gateway: object  # gateway.process.GatewayProcess
+    guard_address: tuple[str, int]
+    gateway_address: tuple[str, int]
+    processes: dict[str, subprocess.Popen]  # "server", "gateway"
+    server_log: Path  # tritonserver's log, with the supervisor's lines
     api_key: str
+    launcher_output: Path | None = None  # the launcher's stderr, where it says "restarting the server"
 
-    @property
-    def guard_address(self) -> tuple[str, int]:
-        return self.server.host, self.server.http_port
-
-    @property
-    def gateway_address(self) -> tuple[str, int]:
-        return "127.0.0.1", self.gateway.port
-
-    def pids(self) -> tuple[int, int]:
-        return self.server.process.pid, self.gateway.process.pid
+    def pids(self) -> dict[str, int]:
+        return {name: process.pid for name, process in self.processes.items()}
 
     def alive(self) -> bool:
-        return self.server.process.poll() is None and self.gateway.process.poll() is None
+        return all(process.poll() is None for process in self.processes.values())
 
-    def rss_mib(self) -> tuple[float, float]:
-        return tree_rss_mib(self.server.process.pid), tree_rss_mib(self.gateway.process.pid)
+    def rss_mib(self) -> dict[str, float]:
+        return {name: tree_rss_mib(process.pid) for name, process in self.processes.items()}
 
-    def supervisor_events(self) -> list[str]:
-        """Stub deaths and reloads the launcher wrote into the server log (a stub crash heals, but it is a crash)."""
-        text = Path(self.server.log_path).read_text(errors="replace")
-        return [line for line in text.splitlines() if "stepaudio.supervisor" in line and " died" in line]
+    def restarts(self) -> list[str]:
+        """Server restarts and stub deaths in the logs (a stub crash heals, but it is a crash)."""
+        lines = []
+        for path, marker in ((self.server_log, " died"), (self.launcher_output, "restarting the server")):
+            if path is not None and Path(path).exists():
+                lines += [line for line in Path(path).read_text(errors="replace").splitlines()
+                          if marker in line and ("stepaudio.supervisor" in line or marker.startswith("restarting"))]
+        return lines
 
 
 class Watch(threading.Thread):
@@ -304,21 +305,25 @@ class Watch(threading.Thread):
         self.max_ready_s = {"guard": 0.0, "gateway": 0.0}
         self.max_canary_s = 0.0
         self.canaries = 0
-        self.max_rss_mib = [0.0, 0.0]
+        self.max_rss_mib: dict[str, float] = {}
         self.pids = stack.pids()
+        self.restarts = len(stack.restarts())
 
     def run(self) -> None:
         next_canary = time.monotonic() + self.canary_every
-        guard = "http://%s:%d/v2/health/ready" % self.stack.guard_address
-        gateway = "http://%s:%d/health" % self.stack.gateway_address
+        guard = "http://%s:%d/v2/health/ready" % tuple(self.stack.guard_address)
+        gateway = "http://%s:%d/health" % tuple(self.stack.gateway_address)
         while not self.stop_event.wait(self.ready_every):
             if not self.stack.alive() or self.stack.pids() != self.pids:
                 self.problems.put("a process of the stack exited")
                 return
             for name, url in (("guard", guard), ("gateway", gateway)):
                 self._ready(name, url)
-            server_rss, gateway_rss = self.stack.rss_mib()
-            self.max_rss_mib = [max(self.max_rss_mib[0], server_rss), max(self.max_rss_mib[1], gateway_rss)]
+            for name, mib in self.stack.rss_mib().items():
+                self.max_rss_mib[name] = max(self.max_rss_mib.get(name, 0.0), mib)
+            if (restarts := len(self.stack.restarts())) != self.restarts:
+                self.problems.put("the server restarted or a stub died (see its log)")
+                self.restarts = restarts
             if time.monotonic() >= next_canary:
                 self._canary()
                 next_canary = time.monotonic() + self.canary_every
@@ -340,7 +345,7 @@ class Watch(threading.Thread):
     def _canary(self) -> None:
         start = time.monotonic()
         try:
-            audio = canary_audio("%s:%d" % self.stack.guard_address)
+            audio = canary_audio("%s:%d" % tuple(self.stack.guard_address))
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             self.problems.put(f"canary TTS failed: {exc}")
             return

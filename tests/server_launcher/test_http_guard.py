@@ -7,23 +7,56 @@ import asyncio
 import http.client
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 from aiohttp import web
 
-from stepaudio_server.http_guard import GuardLimits, HttpGuard, max_json_depth
+from stepaudio_server.body_check import GENERATE, INFER, OTHER, BodyCheck, deeper_than, refusal
+from stepaudio_server.http_guard import ADMIN_HEADER, GuardLimits, HttpGuard
 from stepaudio_server.launcher import free_port
 
 
 @pytest.mark.parametrize(
     "text, depth",
     [(b"{}", 1), (b'{"a":[[1,2],[3]]}', 3), (b'{"TEXT":"[[[[{{{{"}', 1), (b'{"a":"\\"[[[\\"","b":[[]]}', 3),
-     (b"[" * 50_000 + b"]" * 50_000, 50_000), (b"", 0), (b"12", 0)],
+     (b"[" * 900 + b"]" * 900, 900), (b"12", 0)],
 )
-def test_max_json_depth_counts_structure_not_text(text, depth):
-    assert max_json_depth(text) == depth
+def test_depth_counts_structure_not_text(text, depth):
+    import orjson
+
+    value = orjson.loads(text)
+    assert not deeper_than(value, depth) and (depth == 0 or deeper_than(value, depth - 1))
+
+
+def _header(*sizes: int, outputs: str = "") -> bytes:
+    inputs = ",".join(f'{{"name":"I{i}","shape":[{n}],"datatype":"UINT8","parameters":{{"binary_data_size":{n}}}}}'
+                      for i, n in enumerate(sizes))
+    return f'{{"inputs":[{inputs}]{outputs}}}'.encode()
+
+
+@pytest.mark.parametrize("body, check, why", [
+    (b'{"a":' + b"[" * 2000, BodyCheck(GENERATE, None, 32), "not valid JSON"),  # orjson's own bound: 1024
+    (b'{"a":' + b"[" * 40 + b"]" * 40 + b"}", BodyCheck(GENERATE, None, 32), "nesting deeper than 32"),
+    (b'"\\' * 5000, BodyCheck(GENERATE, None, 32), "not valid JSON"),
+    (b'{"a":"\xff"}', BodyCheck(GENERATE, None, 32), "not valid JSON"),
+    (b"[1]", BodyCheck(GENERATE, None, 32), "must be an object"),
+    (_header(4) + b"abc", BodyCheck(INFER, len(_header(4)), 32), "add up to 4 bytes but 3"),
+    (_header(2, 2) + b"abcd", BodyCheck(INFER, len(_header(2, 2)), 32), None),
+    (_header(4) + b"abcd", BodyCheck(INFER, None, 32), "not valid JSON"),  # no header: the whole body is JSON
+    (_header(0), BodyCheck(INFER, 0, 32), "not valid JSON"),  # Triton may read 0 as 'no binary part'
+    (_header(1, outputs=',"outputs":[{"name":"O","parameters":{"classification":1e9}}]') + b"x",
+     BodyCheck(INFER, len(_header(1, outputs=',"outputs":[{"name":"O","parameters":{"classification":1e9}}]')), 32),
+     "classification"),
+    (b'{"inputs":[{"name":"I","parameters":{"binary_data_size":true}}]}', BodyCheck(INFER, None, 32),
+     "non-negative integer"),
+    (b"[[1]]", BodyCheck(OTHER, None, 32), None),
+])
+def test_the_json_triton_parses_is_the_json_checked(body, check, why):
+    found = refusal(body, check)
+    assert (found is None) if why is None else (found is not None and why in found), found
 
 
 class Upstream:
@@ -32,6 +65,7 @@ class Upstream:
     def __init__(self):
         self.port = free_port()
         self.seen: list[tuple[str, bytes]] = []
+        self.headers: list[dict[str, str]] = []
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self.thread.start()
@@ -41,6 +75,7 @@ class Upstream:
         async def echo(request):
             body = await request.read()
             self.seen.append((request.path_qs, body))
+            self.headers.append(dict(request.headers))
             return web.json_response({"path": request.path_qs, "bytes": len(body),
                                       "accept_encoding": request.headers.get("Accept-Encoding")})
 
@@ -52,9 +87,14 @@ class Upstream:
             await response.write_eof()
             return response
 
+        async def slow(request):
+            await asyncio.sleep(1.5)
+            return web.json_response({})
+
         async def main():
             app = web.Application(client_max_size=1 << 30)
             app.router.add_route("*", "/stream", stream)
+            app.router.add_route("*", "/slow", slow)
             app.router.add_route("*", "/{tail:.*}", echo)
             runner = web.AppRunner(app)
             await runner.setup()
@@ -147,3 +187,88 @@ def test_readiness_reports_models_being_healed(guarded):
         assert call(guard, "/v2/models/tts_llm/ready")[0] == 200
     finally:
         down.clear()
+
+
+def raw(guard, path: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, bytes]:
+    """One request with exactly these headers (duplicates kept, no Content-Length added)."""
+    connection = http.client.HTTPConnection("127.0.0.1", guard.port, timeout=10)
+    try:
+        connection.putrequest("POST", path, skip_accept_encoding=True)
+        for key, value in headers:
+            connection.putheader(key, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("headers, body, why", [
+    ([("Content-Length", "2"), ("Inference-Header-Content-Length", "2"), ("Inference-Header-Content-Length", "0")],
+     b"{}", b"repeated Inference-Header-Content-Length"),
+    ([("Content-Length", "20"), ("Content-Encoding", "gzip")], __import__("gzip").compress(b"{}")[:20],
+     b"Content-Encoding"),
+    ([("Content-Length", "2"), ("Content-Encoding", "identity, deflate")], b"{}", b"Content-Encoding"),
+    ([("Content-Length", "2"), ("Inference-Header-Content-Length", "+2")], b"{}", b"decimal integer"),
+    # Refused by aiohttp's own HTTP parser (llhttp) already, or by the guard: either way a 400 and nothing forwarded.
+    ([("Content-Length", "2"), ("Content-Length", "2")], b"{}", b""),
+    ([("Content-Length", "7"), ("Transfer-Encoding", "chunked")], b"2\r\n{}\r\n0\r\n\r\n", b""),
+    ([("Transfer-Encoding", "gzip, chunked")], b"2\r\n{}\r\n0\r\n\r\n", b""),
+    ([("Content-Length", "2"), ("Inference-Header-Content-Length", "3")], b"{}", b"exceeds the body"),
+])
+def test_ambiguous_framing_is_refused(guarded, headers, body, why):
+    guard, upstream, _ = guarded
+    seen = len(upstream.seen)
+    status, reply = raw(guard, "/v2/models/tts/infer", headers, body)
+    assert status == 400 and why in reply, reply
+    assert len(upstream.seen) == seen
+
+
+def test_the_length_header_is_refused_where_triton_parses_the_whole_body(guarded):
+    """The crash of issue #23: generate_stream parses the whole body whatever the header says."""
+    guard, upstream, _ = guarded
+    seen = len(upstream.seen)
+    nested = b'{"TEXT":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    status, reply = call(guard, "/v2/models/tts/generate_stream", nested, {"Inference-Header-Content-Length": "0"})
+    assert status == 400 and b"infer requests only" in reply
+    status, reply = call(guard, "/v2/models/tts/generate", nested)
+    assert status == 400 and b"nesting" in reply
+    assert len(upstream.seen) == seen
+
+
+def test_chunked_bodies_are_checked_and_forwarded_with_a_length(guarded):
+    guard, upstream, _ = guarded
+    status, reply = raw(guard, "/v2/models/tts/infer", [("Transfer-Encoding", "chunked")], b"2\r\n{}\r\n0\r\n\r\n")
+    assert status == 200 and json.loads(reply)["bytes"] == 2
+    status, reply = raw(guard, "/v2/models/tts/infer", [("Transfer-Encoding", "chunked")],
+                        b"5\r\n[[[[[\r\n0\r\n\r\n")
+    assert status == 400
+
+
+def test_the_operator_key_is_swapped_for_the_upstream_key():
+    upstream = Upstream()
+    guard = HttpGuard(f"http://127.0.0.1:{upstream.port}", "127.0.0.1", free_port(), GuardLimits(max_body_bytes=4096),
+                      down_models=dict, internal_models=set, admin_key="operator-key-0123456789",
+                      upstream_admin_key="ephemeral-key").start()
+    try:
+        for offered in ("operator-key-0123456789", "wrong", None):
+            call(guard, "/v2/repository/index", b"{}", {ADMIN_HEADER: offered} if offered else {})
+        assert [h.get(ADMIN_HEADER) for h in upstream.headers] == ["ephemeral-key", None, None]
+    finally:
+        guard.stop()
+
+
+def test_draining_refuses_new_requests_and_waits_for_running_ones(guarded):
+    guard, _, _ = guarded
+    slow = threading.Thread(target=lambda: call(guard, "/slow", b"{}"))
+    slow.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    try:
+        cut = guard.drain(10)
+        assert cut == 0 and 0.3 < time.monotonic() - started < 5, "drain waited for the running request"
+        status, reply = call(guard, "/v2/health/ready")
+        assert status == 503 and b"shutting down" in reply
+    finally:
+        guard.draining = False
+        slow.join()

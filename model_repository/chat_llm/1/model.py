@@ -10,9 +10,6 @@ engine for the 130B model implements the same interface).
 
 import dataclasses
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
 from stepaudio.chat.session import TextDeltas, chat_prompt_ids
 from stepaudio.chat.template import ChatTurn, asr_max_new_tokens, asr_turns, turns_from_json
 from stepaudio.llm.engine import GenerationRequest
@@ -27,6 +24,7 @@ from stepaudio_triton.adapter import (
     parameter,
     parse_config,
     rendered_parameter,
+    string_tensor,
 )
 from stepaudio_triton.generation import LiveStreams, sampling_from_request, serve_generation, token_ranges
 from stepaudio_triton.threads import BoundedThreads
@@ -103,7 +101,7 @@ class TritonPythonModel:
 
         def respond(token_ids):
             text = "".join(deltas.feed(t) for t in token_ids)
-            return [pb_utils.Tensor("TEXT_DELTA", np.array([text.encode()], dtype=np.object_))] if text else None
+            return [string_tensor("TEXT_DELTA", text)] if text else None
 
         return respond
 

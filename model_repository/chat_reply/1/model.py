@@ -7,8 +7,7 @@ reply (see model_repository/README.md).
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
+from stepaudio_contract.client import string
 from stepaudio_triton.adapter import parse_config, respond_each, tensor
 from stepaudio_triton.voice_chat import ChatGraph, collected_reply
 
@@ -30,8 +29,4 @@ class TritonPythonModel:
 
     def _reply(self, request):
         reply, transcript = collected_reply(self.graph, request, self.asr_pool)
-        return [tensor("REPLY_TEXT", _batched_string(reply)), tensor("USER_TRANSCRIPT", _batched_string(transcript))]
-
-
-def _batched_string(text: str) -> np.ndarray:
-    return np.array([[text.encode()]], dtype=np.object_)
+        return [tensor("REPLY_TEXT", string(reply, batched=True)), tensor("USER_TRANSCRIPT", string(transcript, batched=True))]
