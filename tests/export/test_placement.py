@@ -180,3 +180,11 @@ def test_the_inventory_comes_from_nvidia_smi_where_it_is(tmp_path, monkeypatch):
     assert [(g.index, g.memory_bytes) for g in gpus] == [(0, 81559 << 20), (1, 143771 << 20)]
     fake.write_text("#!/bin/sh\nexit 9\n")  # a failing nvidia-smi is a machine without GPUs, not a crash
     assert placement.inventory("auto") is None
+
+
+def test_a_render_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    _without_builds(monkeypatch)
+    root = write_published(tmp_path / "ckpt")
+    with pytest.raises(rr.RenderError, match=r"chat_llm does not fit on GPU 0 \(80 GiB\).*bytes"):
+        rr.render(root, tmp_path / "repo", gpus=parse_inventory("4x80GB"), only=["chat_llm", "tts_llm"])
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "repo.placement.txt").exists()
