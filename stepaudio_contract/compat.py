@@ -168,6 +168,16 @@ def workaround(name: str) -> Workaround:
     return _BY_NAME[name]
 
 
+def mismatch(rendered: str, served: str) -> str | None:
+    """What is wrong with serving a repository rendered for ``rendered`` on a server of version ``served`` (e.g.
+    its ``GET /v2`` metadata), or None. Workarounds the server does not need are harmless; missing ones are not."""
+    missing = TritonFeatures.for_version(served).needed - TritonFeatures.for_version(rendered).needed
+    if not missing:
+        return None
+    return (f"the model repository was rendered for Triton {rendered}, but the server is {served}, which needs the "
+            f"workarounds {', '.join(sorted(missing))}: render it again with --set triton_version={served}")
+
+
 # nvidia-pytriton wheels → the Triton server they embed (pytriton's changelog: "Version of Triton Inference Server
 # embedded in wheel").
 PYTRITON_SERVER = {"0.5.13": "2.51", "0.5.14": "2.51", "0.6.0": "2.51", "0.7.0": "2.51"}

@@ -50,6 +50,13 @@ def test_every_tensor_that_exists_for_a_workaround_names_one_in_the_table():
     assert all(compat.workaround(t.only_for) for t in tagged)
 
 
+def test_a_repository_rendered_for_a_fixed_server_is_refused_on_an_old_one():
+    assert compat.mismatch(compat.DEFAULT_VERSION, FIXED) is None, "extra workarounds are harmless"
+    assert compat.mismatch(FIXED, FIXED + ".0") is None
+    message = compat.mismatch(FIXED, compat.DEFAULT_VERSION)
+    assert "cancel_input" in message and "error_output" in message and f"triton_version={compat.DEFAULT_VERSION}" in message
+
+
 def test_the_installed_version_comes_from_the_container_or_the_wheel(monkeypatch):
     monkeypatch.setenv("TRITON_SERVER_VERSION", "2.58.0")
     assert compat.installed_version() == "2.58"
