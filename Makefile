@@ -57,7 +57,7 @@ serve: $(STAMP)
 clean:
 	rm -rf build $(VENV) $(VLLM_VENV)
 
-# perf_analyzer 2.51 (tritonclient==2.51.0 wheel) in build/perf_analyzer: tests/server/test_perf_analyzer.py runs it.
+# perf_analyzer of the served Triton release (its tritonclient wheel, bench/perf_analyzer.sh) in build/perf_analyzer: tests/server/test_perf_analyzer.py runs it.
 perf-analyzer: $(STAMP)
 	bench/perf_analyzer.sh --install
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# perf_analyzer 2.51 (the binary in the tritonclient==2.51.0 wheel, installed in its own venv so the project's client
-# is not downgraded) against a running server. Usage:
+# perf_analyzer of the served Triton release (the binary in the tritonclient wheel of that release, the version from
+# stepaudio_contract.compat.DEFAULT_VERSION; installed in its own venv so the project's client is not downgraded)
+# against a running server. Usage:
 #   bench/perf_analyzer.sh --install                                   # install only (`make perf-analyzer`)
 #   bench/perf_analyzer.sh ensemble_tts [extra perf_analyzer args]     # offline, HTTP through the guard, batch 1
 #   bench/perf_analyzer.sh tts_stream   [extra perf_analyzer args]     # decoupled, gRPC streaming
@@ -12,7 +13,8 @@ tools=build/perf_analyzer
 binary=$tools/venv/bin/perf_analyzer
 if [ ! -x "$binary" ]; then
   python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install -q "tritonclient[all]==2.51.0"
+  release=$(.venv/bin/python -c "from stepaudio_contract.compat import DEFAULT_VERSION as v; print(v)")
+  "$tools/venv/bin/pip" install -q "tritonclient[all]==$release.0"
 fi
 # perf_analyzer needs libb64.so.0d and libcudart.so.12: link them from the pytriton wheel (docs/triton-on-cpu.md#perf_analyzer).
 libs=$(.venv/bin/python -c "import pathlib, pytriton; print(pathlib.Path(pytriton.__file__).parents[1] / 'nvidia_pytriton.libs')")
