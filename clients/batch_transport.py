@@ -25,6 +25,7 @@ import numpy as np
 
 from clients import triton_io
 from clients.batch_manifest import Item
+from stepaudio_contract.client import string as _string
 
 MAX_PROMPT_FILE_BYTES = 16 * 1024 * 1024  # checked before a prompt or chat audio file is read
 MAX_PROMPT_SECONDS = 30.0  # the served front end's own prompt limit (stepaudio/tts/limits.py)
@@ -50,10 +51,6 @@ class ChatReply:
     transcript: str
     wave: np.ndarray
     sample_rate: int
-
-
-def _string(value: str) -> np.ndarray:
-    return np.array([value.encode()], dtype=np.object_)
 
 
 def read_local_audio(path, max_seconds: float) -> tuple[np.ndarray, int]:

@@ -324,8 +324,10 @@ class OpenAIBridge(Bridge):
             return self._done(event.get("response_id"), "cancelled", {}, reason)
         if kind == "conversation.item.truncated":
             state = self.responses.get(event.get("response_id"))
+            # ``transcript`` (an extension): the part the history keeps
             return [] if state is None else [{"type": kind, "item_id": state.item_id, "content_index": 0,
-                                              "audio_end_ms": event.get("audio_end_ms", 0)}]
+                                              "audio_end_ms": event.get("audio_end_ms", 0),
+                                              "transcript": event.get("transcript", "")}]
         return [event]  # error, input_audio_buffer.cleared, session.closed, and any extension: unchanged
 
     def _where(self, state: ResponseState) -> dict:
@@ -406,6 +408,13 @@ class OpenAIBridge(Bridge):
         if not self.started:
             control = self.start_control
         request = super()._request(audio, end)
+        # tritonclient.grpc.aio refuses Triton's reserved "triton_" parameters (InferenceServerException in the
+        # request iterator cancels the whole stream); left out until gateway.realtime sends it another way.
+        parameters = {k: v for k, v in (request.get("parameters") or {}).items() if not k.startswith("triton_")}
+        if parameters:
+            request["parameters"] = parameters
+        else:
+            request.pop("parameters", None)
         if control is not None:
             value = np.array([[json.dumps(control).encode()]], dtype=np.object_)
             tensor = grpcclient.InferInput("CONTROL", list(value.shape), "BYTES")

@@ -29,6 +29,7 @@ class BodyCheck:
     kind: str
     json_length: int | None
     max_depth: int
+    max_string_bytes: int = 1024 * 1024  # Triton 2.51 crashes on one JSON string of ~8 MB (docs/hardening.md)
 
     def validate(self) -> None:
         if self.kind not in (GENERATE, INFER, OTHER):
@@ -39,19 +40,46 @@ class BodyCheck:
 
 def deeper_than(value: object, limit: int) -> bool:
     """Whether arrays/objects nest more than ``limit`` levels (iterative: no recursion on hostile input)."""
+    return _structure_refusal(value, limit, None) is not None
+
+
+def _longest_string(strings) -> int:
+    return max((len(text) for text in strings if isinstance(text, str)), default=0)
+
+
+def _structure_refusal(value: object, max_depth: int, max_string: int | None) -> str | None:
+    """Nesting past ``max_depth`` or a string (key or value) longer than ``max_string`` bytes in UTF-8."""
+    if isinstance(value, str):
+        return _string_refusal(value, max_string)
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
             children = item.values()
+            if max_string is not None and _longest_string(item) > max_string // 4:
+                for key in item:
+                    if (why := _string_refusal(key, max_string)) is not None:
+                        return why
         elif isinstance(item, list):
             children = item
         else:
             continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
+        if depth > max_depth:
+            return f"JSON nesting deeper than {max_depth} levels"
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif isinstance(child, str) and max_string is not None and len(child) > max_string // 4:
+                if (why := _string_refusal(child, max_string)) is not None:
+                    return why
+    return None
+
+
+def _string_refusal(text: str, max_string: int | None) -> str | None:
+    # Counted in UTF-8 bytes, as Triton holds it; only strings that could be over the bound are encoded.
+    if max_string is not None and len(text) > max_string // 4 and len(text.encode(errors="surrogatepass")) > max_string:
+        return f"a JSON string longer than {max_string} bytes (send large data as a binary tensor)"
+    return None
 
 
 def _is_count(value: object) -> bool:
@@ -106,8 +134,9 @@ def refusal(body: bytes, check: BodyCheck) -> str | None:
     json_part.release()
     if check.kind != OTHER and not isinstance(document, dict):
         return "the JSON must be an object"
-    if deeper_than(document, check.max_depth):
-        return f"JSON nesting deeper than {check.max_depth} levels"
+    why = _structure_refusal(document, check.max_depth, check.max_string_bytes)
+    if why is not None:
+        return why
     if check.kind == INFER:
         binary_bytes = len(body) - (check.json_length if check.json_length is not None else len(body))
         return _framing_refusal(document, binary_bytes)

@@ -49,6 +49,7 @@ _DIGITS = re.compile(r"^[0-9]{1,12}$")
 class GuardLimits:
     max_body_bytes: int = 64 * 1024 * 1024  # a 10-minute 16 kHz float32 prompt as binary tensor is ~38 MB
     max_json_depth: int = 32  # a tensor of 8 dims inside {"inputs":[{"data":...}]} needs 11
+    max_json_string_bytes: int = 1024 * 1024  # Triton 2.51 crashes on one JSON string of 8 MB (4 MB survives)
     upstream_timeout_s: float = 3600.0  # long streams are legitimate; Triton enforces its own per-model limits
     max_body_bytes_in_flight: int = 256 * 1024 * 1024  # bodies being read/checked/sent at once; beyond: 503
     inline_check_bytes: int = 64 * 1024  # smaller bodies are checked on the event loop (well under 1 ms)
@@ -278,7 +279,8 @@ class HttpGuard:
             json_length = int(header_length) if header_length is not None else None
             if json_length is not None and json_length > len(body):
                 return _error(400, f"{HEADER_LENGTH} ({json_length}) exceeds the body ({len(body)} bytes)")
-            why = await self._check(body, BodyCheck(kind, json_length, self.limits.max_json_depth))
+            why = await self._check(body, BodyCheck(kind, json_length, self.limits.max_json_depth,
+                                                    self.limits.max_json_string_bytes))
             if why is not None:
                 return _error(*why) if isinstance(why, tuple) else _error(400, why)
             return await self._forward(request, body, json_length)

@@ -586,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"leave {', '.join(ADMIN_APIS)} open to every client (development only)")
     parser.add_argument("--max-body-bytes", type=int, default=GuardLimits.max_body_bytes)
     parser.add_argument("--max-json-depth", type=int, default=GuardLimits.max_json_depth)
+    parser.add_argument("--max-json-string-bytes", type=int, default=GuardLimits.max_json_string_bytes)
     parser.add_argument("--max-restarts", type=int, default=5,
                         help="server crashes healed by a restart within --restart-window-s; one more ends the run")
     parser.add_argument("--restart-window-s", type=float, default=600.0)
@@ -628,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
             log_verbose=args.log_verbose,
             admin_key=admin_key,
             open_admin_api=args.open_admin_api,
-            guard_limits=GuardLimits(max_body_bytes=args.max_body_bytes, max_json_depth=args.max_json_depth),
+            guard_limits=GuardLimits(max_body_bytes=args.max_body_bytes, max_json_depth=args.max_json_depth,
+                                     max_json_string_bytes=args.max_json_string_bytes),
             drain_timeout_s=args.drain_timeout_s,
         )
 

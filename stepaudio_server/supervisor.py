@@ -11,12 +11,17 @@ and its readiness endpoints keep answering 200 while every request routed to tha
   serves the requests already queued and is then unloaded;
 - once the new stubs exist the model is up again.
 
+Each dead model heals on a thread of its own (several heal at once, none waits for another's slow load), and a
+reload that failed is retried with exponential backoff (``retry_base_s`` doubling up to ``retry_cap_s``), not at
+every check.
+
 It also remembers every shared-memory region a stub of this server used, so the launcher removes exactly those
 (and never another server's) when it stops, however the server ended.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
@@ -88,10 +93,17 @@ class StubSupervisor:
     """Watches one server's stubs on a thread; ``down()`` is the set of models being healed, with the reason."""
 
     def __init__(self, server_pid: int, reload_model: Callable[[str], None], interval_s: float = 0.5,
-                 settle_timeout_s: float = 120.0, log: logging.Logger | None = None):
+                 settle_timeout_s: float = 120.0, log: logging.Logger | None = None, retry_base_s: float = 1.0,
+                 retry_cap_s: float = 60.0, max_concurrent_heals: int = 4,
+                 clock: Callable[[], float] = time.monotonic):
         self.server_pid, self.reload_model = server_pid, reload_model
         self.log = log or logging.getLogger("stepaudio.supervisor")
         self.interval_s, self.settle_timeout_s = interval_s, settle_timeout_s
+        self.retry_base_s, self.retry_cap_s, self.clock = retry_base_s, retry_cap_s, clock
+        self._heals = concurrent.futures.ThreadPoolExecutor(max_concurrent_heals, thread_name_prefix="stub-heal")
+        self._healing: set[str] = set()
+        self._failures: dict[str, int] = {}  # model → reloads failed in a row
+        self._retry_at: dict[str, float] = {}
         self.shm_regions: set[str] = set()
         self.restarts: dict[str, int] = {}
         self._instances: dict[str, dict[str, int]] = {}  # model → instance name → pid of its live stub
@@ -116,6 +128,7 @@ class StubSupervisor:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        self._heals.shutdown(wait=False, cancel_futures=True)
         self.scan()  # last look: regions of stubs started since the previous poll
 
     def scan(self) -> list[Stub]:
@@ -143,40 +156,62 @@ class StubSupervisor:
             self._stop.set()
             return
         alive = {s.pid for s in self.scan() if not s.exited}
+        with self._lock:  # heal threads replace their model's instances meanwhile
+            known = {model: dict(instances) for model, instances in self._instances.items()}
         dead = {model: sorted(name for name, pid in instances.items() if pid not in alive)
-                for model, instances in self._instances.items()}
-        dead = {model: names for model, names in dead.items() if names}
+                for model, instances in known.items()}
+        now = self.clock()
         with self._lock:  # every dead model reads as down before the first (slow) reload starts
-            for model, names in dead.items():
-                self._down[model] = f"stub of instance {', '.join(names)} died; reloading"
-        for model, names in dead.items():
-            self._heal(model, names)
+            due = {model: names for model, names in dead.items()
+                   if names and model not in self._healing and now >= self._retry_at.get(model, 0.0)}
+            for model, names in due.items():
+                if model not in self._down:
+                    self._down[model] = f"stub of instance {', '.join(names)} died; reloading"
+                self._healing.add(model)
+        for model, names in due.items():
+            self._heals.submit(self._heal, model, names)
 
     def _heal(self, model: str, dead: list[str]) -> None:
-        self.log.error("model %s: stub of instance %s died; reloading", model, ", ".join(dead))
-        old = set(self._instances[model].values())
         try:
-            self.reload_model(model)
-            self._await_new_stubs(model, old)
-        except Exception as exc:  # noqa: BLE001 - stays down; the next check retries
-            self.log.error("model %s: reload failed: %s", model, exc)
+            self.log.error("model %s: stub of instance %s died; reloading", model, ", ".join(dead))
             with self._lock:
-                self._down[model] = f"reload failed: {exc}"
-            return
-        self.restarts[model] = self.restarts.get(model, 0) + 1
-        with self._lock:
-            self._down.pop(model, None)
-        self.log.warning("model %s: reloaded, %d instance(s) serving", model, len(self._instances[model]))
+                old = set(self._instances[model].values())
+            try:
+                self.reload_model(model)
+                self._await_new_stubs(model, old)
+            except Exception as exc:  # noqa: BLE001 - stays down; retried after a backoff
+                with self._lock:
+                    failures = self._failures[model] = self._failures.get(model, 0) + 1
+                    delay = min(self.retry_cap_s, self.retry_base_s * 2 ** (failures - 1))
+                    self._retry_at[model] = self.clock() + delay
+                    self._down[model] = f"reload failed: {exc}; retrying in {delay:.0f} s"
+                self.log.error("model %s: reload failed (%d in a row): %s; retrying in %.0f s", model, failures,
+                               exc, delay)
+                return
+            with self._lock:
+                self.restarts[model] = self.restarts.get(model, 0) + 1
+                self._failures.pop(model, None)
+                self._retry_at.pop(model, None)
+                self._down.pop(model, None)
+                serving = len(self._instances[model])
+            self.log.warning("model %s: reloaded, %d instance(s) serving", model, serving)
+        finally:
+            with self._lock:
+                self._healing.discard(model)
 
     def _await_new_stubs(self, model: str, old: set[int]) -> None:
-        self._retired |= old
-        expected = set(self._instances[model])
+        with self._lock:
+            self._retired |= old
+            expected = set(self._instances[model])
         deadline = time.monotonic() + self.settle_timeout_s
         while time.monotonic() < deadline:
+            with self._lock:
+                retired = set(self._retired)
             fresh = {s.instance: s.pid for s in self.scan()
-                     if s.model == model and not s.exited and s.pid not in self._retired}
+                     if s.model == model and not s.exited and s.pid not in retired}
             if expected <= set(fresh):
-                self._instances[model] = fresh
+                with self._lock:
+                    self._instances[model] = fresh
                 return
             time.sleep(self.interval_s)
         raise TimeoutError(f"new stubs of {model} did not appear within {self.settle_timeout_s:.0f} s")

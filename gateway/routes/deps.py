@@ -12,7 +12,7 @@ from typing import Annotated, AsyncIterator
 import numpy as np
 from fastapi import Depends, Request
 
-from gateway.audio import DecodeLimits, decode_audio
+from gateway.audio import decode_audio
 from gateway.config import Settings
 from gateway.errors import APIError
 from gateway.limits import Auth, AuthFailures, Lease, Limiter
@@ -89,12 +89,13 @@ async def uploaded_voice(state: GatewayState, owner: str, voice_id: str | None, 
 
 def checked_audio(settings: Settings, data: bytes, param: str) -> tuple[np.ndarray, int]:
     """(1 × samples float32, rate) of an uploaded file within the size and duration limits; decoding itself stops
-    at the duration cap (``gateway/audio.py``), so memory stays bounded whatever the file claims."""
+    at the served prompt limit (``gateway/audio.py`` ``DecodeLimits``), so memory stays bounded whatever the file
+    claims; the gateway's own (lower) duration range is checked on the result."""
     if len(data) > settings.max_upload_bytes:
         raise APIError(413, f"audio file is larger than {settings.max_upload_bytes} bytes", code="upload_too_large",
                        param=param)
     try:
-        wave, rate = decode_audio(data, DecodeLimits(max_seconds=settings.max_upload_seconds))
+        wave, rate = decode_audio(data)
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_audio", param=param) from exc
     seconds = wave.shape[1] / rate

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clients import batch
 from clients.batch_manifest import (
@@ -394,3 +396,28 @@ def test_kill_9_mid_run_then_resume_loses_nothing_and_repeats_nothing(tmp_path):
         np.testing.assert_allclose(wave, expected, atol=1 / 32768 + 1e-6)
     assert not [p for p in (out / "audio").iterdir() if ".tmp-" in p.name]
     write_audiofolder_metadata(out, final)
+
+
+# ---- fuzz --------------------------------------------------------------------------------------------------------
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                            max_leaves=12)
+_records = st.dictionaries(st.sampled_from(["id", "text", "voice", "speaker", "prompt_audio", "prompt_text", "tags",
+                                            "seed", "max_new_tokens", "audio", "system", "other"]), _json_values,
+                           max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.one_of(_records.map(json.dumps).map(str.encode), st.binary(max_size=60)), max_size=6),
+       csv_text=st.text(max_size=120))
+def test_any_manifest_bytes_give_items_or_bad_lines_never_an_exception(tmp_path, lines, csv_text):
+    jsonl = tmp_path / "f.jsonl"
+    jsonl.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines))
+    csv_path = tmp_path / "f.csv"
+    csv_path.write_text("id,text,tags,seed\n" + csv_text, encoding="utf-8", errors="surrogatepass")
+    for path in (jsonl, csv_path):
+        for entry in read_manifest(path):
+            assert isinstance(entry, (Item, BadLine))
+            if isinstance(entry, Item):
+                entry.validate()  # what it yields as an item is valid
+                assert "/" not in entry.id and not entry.id.startswith(".")

@@ -36,6 +36,7 @@ class Summary:
     max_canary_s: float = 0.0
     canaries: int = 0
     canary_unchanged: bool = True
+    metrics_growth_lines: int = 0
     stopped_early: str = ""
 
     def as_dict(self) -> dict:
@@ -49,7 +50,7 @@ class Summary:
             "max_request_s": round(tally.max_request_s, 2),
             "max_ready_s": {k: round(v, 3) for k, v in self.max_ready_s.items()},
             "max_canary_s": round(self.max_canary_s, 2), "canaries": self.canaries,
-            "canary_unchanged": self.canary_unchanged,
+            "canary_unchanged": self.canary_unchanged, "gateway_metrics_growth_lines": self.metrics_growth_lines,
             "rss_before_mib": _rounded(self.rss_before_mib), "rss_after_mib": _rounded(self.rss_after_mib),
             "rss_max_mib": _rounded(self.rss_max_mib), "stopped_early": self.stopped_early,
             "examples": tally.examples,
@@ -158,6 +159,7 @@ def run_campaign(stack: Stack, examples: int, seed: int, workers: int = 3, max_f
             summary.canary_unchanged = False
         summary.rss_after_mib = stack.rss_mib()
     summary.rss_max_mib = watch.max_rss_mib
+    summary.metrics_growth_lines = watch.metrics_growth
     summary.max_ready_s, summary.max_canary_s, summary.canaries = watch.max_ready_s, watch.max_canary_s, watch.canaries
     if any("changed" in problem for problem in tally.service):
         summary.canary_unchanged = False

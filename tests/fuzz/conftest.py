@@ -15,7 +15,7 @@ API_KEY = "fuzz-key-1"
 GATEWAY_ARGS = ["--max-new-tokens", "8", "--max-new-tokens-limit", "64", "--chat-max-tokens", "4",
                 "--chat-tts-max-new-tokens", "8", "--max-input-chars", "200", "--max-body-bytes", "2000000",
                 "--max-upload-bytes", "600000", "--max-upload-seconds", "10", "--rate-per-minute", "1000000",
-                "--max-concurrent", "16"]
+                "--max-concurrent", "16", "--auth-failures-per-minute", "1000000"]
 GATEWAY_ADDRESS_SPACE = 8 << 30  # bytes of virtual memory the fuzzed gateway may map (its baseline is ~2 GiB)
 
 

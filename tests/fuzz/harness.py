@@ -25,6 +25,7 @@ import h11
 
 REQUEST_TIMEOUT_S = 15.0  # an answer (or a close) must come within this; longer is a hang
 READY_BOUND_S = 1.0  # readiness must answer within this, measured by the canary thread
+METRICS_GROWTH_LINES = 300  # the gateway's /metrics may gain this many lines (new label values of real routes)
 MAX_RESPONSE_BYTES = 1 << 20  # streamed answers are read this far, then the socket is closed
 TRACEBACK_MARKERS = (b"Traceback (most recent call last)", b'File "/')
 # The canary: a fixed-seed TTS request through the guard; the same audio must come back all campaign long.
@@ -40,6 +41,9 @@ class FuzzRequest:
     kind: str  # the generator family (per-family counts, failure classes)
     raw: bytes = b""  # HTTP request bytes, or a WebSocket handshake + frames for the raw realtime families
     well_framed: bool = True  # False: framing is broken on purpose (a 4xx or a close is the right answer)
+    # False: valid framing, but outside what HTTP servers parse for applications (made-up methods, duplicated
+    # singleton headers, lines over 8 kB): the HTTP library may refuse it with its own plain-text 400.
+    strict: bool = True
     method: str = "GET"  # for reading the answer (HEAD has no body)
     ws_headers: tuple[tuple[str, str], ...] = ()  # well-formed realtime sessions (raw is empty)
     ws_messages: tuple[str | bytes, ...] = ()
@@ -85,14 +89,15 @@ def exchange(host: str, port: int, request: FuzzRequest, timeout: float = REQUES
             pass  # the server may answer (413) and close before reading everything: read what it said
         except socket.timeout:
             outcome.hang = True
-        _read_answer(sock, request.method, deadline, outcome)
+        _read_answer(sock, request.method, deadline, outcome, upgrade=request.surface == "realtime")
     outcome.elapsed = time.monotonic() - start
     return outcome
 
 
-def _read_answer(sock: socket.socket, method: str, deadline: float, outcome: Outcome) -> None:
+def _read_answer(sock: socket.socket, method: str, deadline: float, outcome: Outcome, upgrade: bool = False) -> None:
     client = h11.Connection(h11.CLIENT, max_incomplete_event_size=256 * 1024)
-    client.send(h11.Request(method="HEAD" if method == "HEAD" else "GET", target="/", headers=[("Host", "x")]))
+    headers = [("Host", "x")] + ([("Connection", "Upgrade"), ("Upgrade", "websocket")] if upgrade else [])
+    client.send(h11.Request(method="HEAD" if method == "HEAD" else "GET", target="/", headers=headers))
     client.send(h11.EndOfMessage())
     body = bytearray()
     while True:
@@ -120,7 +125,12 @@ def _read_answer(sock: socket.socket, method: str, deadline: float, outcome: Out
                 return
             client.receive_data(data)
             continue
+        if event is h11.PAUSED:  # 101: what follows is WebSocket frames, read to the server's close
+            outcome.body = _read_to_close(sock, client.trailing_data[0], deadline, outcome)
+            return
         if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                outcome.status = 101
             continue
         if isinstance(event, h11.Response):
             outcome.status = event.status_code
@@ -136,6 +146,31 @@ def _read_answer(sock: socket.socket, method: str, deadline: float, outcome: Out
     outcome.body = bytes(body)
 
 
+def _read_to_close(sock: socket.socket, data: bytes, deadline: float, outcome: Outcome) -> bytes:
+    received = bytearray(data)
+    while len(received) < MAX_RESPONSE_BYTES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            outcome.hang = True
+            break
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            outcome.hang = True
+            break
+        except OSError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    # A close frame from the server (unmasked, 2-byte code first) with 1011: an internal error.
+    at = received.find(b"\x88")
+    if at >= 0 and received[at + 2:at + 4] == b"\x03\xf3":
+        outcome.ws_close_code = 1011
+    return bytes(received)
+
+
 def exchange_websocket(host: str, port: int, request: FuzzRequest, timeout: float = REQUEST_TIMEOUT_S) -> Outcome:
     """A well-formed session with the ``websockets`` client: handshake, the events, what comes back, close."""
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -143,8 +178,10 @@ def exchange_websocket(host: str, port: int, request: FuzzRequest, timeout: floa
 
     start = time.monotonic()
     outcome = Outcome()
+    headers = [(k, v) for k, v in request.ws_headers if k.lower() != "sec-websocket-protocol"]
+    subprotocols = [v for k, v in request.ws_headers if k.lower() == "sec-websocket-protocol"] or None
     try:
-        with connect(f"ws://{host}:{port}/v1/realtime", additional_headers=list(request.ws_headers),
+        with connect(f"ws://{host}:{port}/v1/realtime", additional_headers=headers, subprotocols=subprotocols,
                      open_timeout=timeout, close_timeout=timeout, max_size=4 << 20) as ws:
             outcome.status = 101
             received = []
@@ -194,12 +231,12 @@ def judge(request: FuzzRequest, outcome: Outcome) -> str | None:
         return f"HTTP {outcome.status}"
     if outcome.ws_close_code == 1011:
         return "WebSocket closed with 1011 (internal error)"
-    if request.surface == "realtime" and outcome.status == 101:
+    if request.surface == "realtime" and outcome.status == 101 and not request.raw:
         for line in outcome.body.split(b"\n"):
             if line and not _is_json_object(line):
                 return "realtime event that is not a JSON object"
         return None
-    if 400 <= outcome.status < 500 and request.method != "HEAD" and request.well_framed:
+    if 400 <= outcome.status < 500 and request.method != "HEAD" and request.well_framed and request.strict:
         if not _is_json_error(outcome.body):
             return f"HTTP {outcome.status} without a JSON error body"
     if not (200 <= outcome.status < 500):
@@ -308,6 +345,8 @@ class Watch(threading.Thread):
         self.max_rss_mib: dict[str, float] = {}
         self.pids = stack.pids()
         self.restarts = len(stack.restarts())
+        self.metrics_lines = self._metrics_lines()
+        self.metrics_growth = 0
 
     def run(self) -> None:
         next_canary = time.monotonic() + self.canary_every
@@ -327,6 +366,18 @@ class Watch(threading.Thread):
             if time.monotonic() >= next_canary:
                 self._canary()
                 next_canary = time.monotonic() + self.canary_every
+                growth = self._metrics_lines() - self.metrics_lines
+                if growth > METRICS_GROWTH_LINES and not self.metrics_growth:
+                    self.problems.put(f"gateway /metrics grew by more than {METRICS_GROWTH_LINES} lines")
+                self.metrics_growth = max(self.metrics_growth, growth)
+
+    def _metrics_lines(self) -> int:
+        """Series the gateway exports (each distinct label value is one more, forever)."""
+        try:
+            _, body = _get("http://%s:%d/metrics" % tuple(self.stack.gateway_address), timeout=10)
+        except OSError:
+            return 0
+        return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
 
     def _ready(self, name: str, url: str) -> None:
         start = time.monotonic()

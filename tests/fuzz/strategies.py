@@ -371,13 +371,16 @@ def framed(draw, method: str, target: str, headers: list[tuple[str, str]], body:
             bad = draw(S.sampled_from((b"-1\r\n", b"fffffffffffffffffff\r\n", b"zz\r\n", b"5;" + b"e" * 9000 + b"\r\n",
                                         b"10\n", b"0x10\r\n", b"7fffffff\r\nabc")))
             encoded = bad + encoded
+    names = [name.lower() for name, _ in headers]
+    strict = (method in METHODS and len(target) < 8000 and len(names) == len(set(names))
+              and all(len(value) < 8000 for _, value in headers))
     line = f"{method} {target} HTTP/1.1"
     if framing == "bad_request_line":
         line = draw(S.sampled_from((f"{method}  {target} HTTP/1.1", f"{method} {target} HTTP/9.9", f"{method} {target}",
                                      f"{method} {target} HTTP/1.1 extra", f"{method}\t{target} HTTP/1.1")))
     head = line + "\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n"
     raw = head.encode("utf-8", "surrogateescape") + encoded
-    return FuzzRequest(surface, kind, raw, well_framed, method.upper() if method.isascii() else method)
+    return FuzzRequest(surface, kind, raw, well_framed, strict=strict, method=method.upper() if method.isascii() else method)
 
 
 def _chunked(body: bytes, size: int) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,16 +15,17 @@ from tests.fuzz.campaign import run_campaign
 pytestmark = pytest.mark.server
 
 SEED = 20261207
-EXAMPLES = int(os.environ.get("STEPAUDIO_FUZZ_EXAMPLES", "3000"))  # ~60-90 s on a 2-core machine
+EXAMPLES = int(os.environ.get("STEPAUDIO_FUZZ_EXAMPLES", "8000"))  # ~60 s on a 2-core machine
 # RSS may grow this much over the campaign's start (MiB): the server's stubs run the few valid inference requests
 # the grammar draws; the gateway only decodes uploads within its 600 kB cap.
 RSS_GROWTH_MIB = {"server": 1024.0, "gateway": 300.0}
 
 
 def test_seeded_fuzz_campaign_keeps_every_invariant(fuzz_stack, tmp_path):
-    summary = run_campaign(fuzz_stack, EXAMPLES, SEED, max_failures=200)
+    summary = run_campaign(fuzz_stack, EXAMPLES, SEED, max_failures=200, canary_every=5.0)
     report = summary.as_dict()
-    (tmp_path / "fuzz-summary.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    out = Path(os.environ.get("STEPAUDIO_FUZZ_SUMMARY", tmp_path / "fuzz-summary.json"))
+    out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     details = "\n".join(f"{key} (×{count})\n  {summary.tally.examples[key]}"
                         for key, count in summary.tally.failures.most_common())
     assert summary.tally.total >= 0.9 * EXAMPLES or summary.stopped_early, report

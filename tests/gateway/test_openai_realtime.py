@@ -103,14 +103,13 @@ def test_a_server_vad_turn_in_the_protocols_order_with_24khz_audio(gateway):
     wave, speech = _speech([0.4, "speech", 0.9])
 
     async def body(c: Conversation):
-        await c.until(lambda e: e.type == "session.created", 10)
         await c.connection.session.update(session={
             "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 600,
                                "prefix_padding_ms": 100}, "instructions": "Answer briefly.",
             "tools": [], "no_such_field": 1, **SMALL})
         await c.connection.send({"type": "no.such.event"})  # a protocol error; the session goes on
         await c.stream(wave)
-        await c.until(lambda e: e.type == "response.done")
+        await c.until(lambda e: e.type == "response.done", 400)
 
     c = _run(gateway, body)
     kinds = c.types()
@@ -187,7 +186,7 @@ def test_a_typed_turn_a_cancelled_response_and_bad_events(gateway):
 
     c = _run(gateway, body)
     codes = [e.error.code for e in c.of("error")]
-    assert codes[:2] == ["response_cancel_not_active", "item_truncate_invalid_item_id"]
+    assert sorted(codes) == ["item_truncate_invalid_item_id", "response_cancel_not_active"]
     item = c.of("conversation.item.created")[0].item
     assert item.id == "item_typed1" and item.content[0].text == "Hello there, how are you?"
     done = c.of("response.done")[0].response

@@ -69,6 +69,16 @@ def test_auth_accepts_only_configured_bearer_keys():
     assert Auth(()).check(None) == "anonymous"
 
 
+def test_named_keys_share_one_principal():
+    auth = Auth(("alice:sk-1", "alice:sk-2", "bob:sk-3", "bare-key"))
+    assert auth.check("Bearer sk-1") == auth.check("Bearer sk-2") == "user:alice" != auth.check("Bearer sk-3")
+    assert auth.check("Bearer bare-key") == key_id("bare-key")  # today's owners of bare keys stay as they were
+    with pytest.raises(APIError):
+        auth.check("Bearer alice:sk-1")  # the name is not part of the key
+    with pytest.raises(ValueError, match="two different names"):
+        Auth(("alice:sk-1", "bob:sk-1"))
+
+
 def test_keys_are_required_off_loopback():
     Settings(triton_grpc="x", host="127.0.0.1").validate()
     Settings(triton_grpc="x", host="::1").validate()

@@ -53,6 +53,13 @@ def _header(*sizes: int, outputs: str = "") -> bytes:
     (b'{"inputs":[{"name":"I","parameters":{"binary_data_size":true}}]}', BodyCheck(INFER, None, 32),
      "non-negative integer"),
     (b"[[1]]", BodyCheck(OTHER, None, 32), None),
+    # Triton 2.51 crashes (SIGSEGV) on one JSON string of ~8 MB, in any endpoint: keys and values are bounded.
+    (b'{"TEXT":"' + b"x" * 2000 + b'"}', BodyCheck(GENERATE, None, 32, max_string_bytes=1000), "longer than 1000"),
+    (b'{"TEXT":["' + "字".encode() * 400 + b'"]}', BodyCheck(GENERATE, None, 32, max_string_bytes=1000),
+     "longer than 1000"),  # 400 characters, 1200 bytes
+    (b'{"' + b"k" * 2000 + b'":1}', BodyCheck(GENERATE, None, 32, max_string_bytes=1000), "longer than 1000"),
+    (b'"' + b"x" * 2000 + b'"', BodyCheck(OTHER, None, 32, max_string_bytes=1000), "longer than 1000"),
+    (b'{"TEXT":"' + b"x" * 1000 + b'"}', BodyCheck(GENERATE, None, 32, max_string_bytes=1000), None),
 ])
 def test_the_json_triton_parses_is_the_json_checked(body, check, why):
     found = refusal(body, check)
