@@ -3,6 +3,11 @@ barge-in reaction, at 1 / 4 / 8 concurrent sessions.
 
     python bench/bench_realtime.py --model-repository build/model_repository [--turns 20] [--concurrency 1 4 8]
     python bench/bench_realtime.py --url 127.0.0.1:8001 ...        # a running server (its metrics on --metrics-url)
+    python bench/bench_realtime.py --openai ...                    # through a gateway's /v1/realtime, OpenAI protocol
+
+With ``--openai`` each session is the official ``openai`` SDK's realtime client (``client.beta.realtime``) on a
+gateway (started here, or ``--gateway-url`` with ``--api-key``), the clip resampled to the protocol's 24 kHz pcm16;
+a barge-in is timed to ``response.done`` with status ``cancelled``.
 
 Each session streams scripted turns in real time (40 ms chunks, as a microphone): a speech clip from tests/data
 (half of the turns with a 300 ms pause inside: longer than the 200 ms that starts a speculative reply, shorter than
@@ -18,9 +23,13 @@ the 600 ms end of turn), then silence until the reply has finished. Measured per
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
+import json
+import queue
 import re
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -62,12 +71,69 @@ def no_audio_reason(event) -> str:
     return f"error {event.data['error'].get('code')}: {event.data['error'].get('message', '')[:120]}"
 
 
+@dataclass
+class Arrived:
+    type: str
+    at: float
+    data: dict
+
+
+class OpenAIStream:
+    """The gateway's ``/v1/realtime`` through the ``openai`` SDK's (sync) beta realtime client, with the interface
+    of ``TritonRealtimeSession`` that ``PacedSession`` uses. ``response.done`` with status ``cancelled`` arrives as
+    ``response.cancelled``, so the barge-in measure reads the same."""
+
+    def __init__(self, gateway_url: str, api_key: str, rate: int, speculation: bool, seed: int, tokens: int,
+                 tts_tokens: int):
+        from openai import OpenAI
+
+        client = OpenAI(api_key=api_key, base_url=gateway_url + "/v1",
+                        websocket_base_url=gateway_url.replace("http", "ws", 1) + "/v1")
+        self.manager = client.beta.realtime.connect(model="step-audio")
+        self.connection = self.manager.enter()
+        self.connection.session.update(session={"sample_rate": rate, "seed": seed, "speculation": speculation,
+                                                "max_response_output_tokens": tokens, "max_speech_tokens": tts_tokens})
+        self.arrived: queue.Queue = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                data = json.loads(self.connection.recv_bytes())
+                kind = data.get("type", "")
+                if kind == "response.done" and data["response"].get("status") == "cancelled":
+                    kind = "response.cancelled"
+                self.arrived.put(Arrived(kind, time.monotonic(), data))
+        except Exception:  # noqa: BLE001 - the socket closed: the session is over
+            pass
+
+    def send(self, chunk: np.ndarray, end: bool = False) -> None:
+        if chunk.size:
+            pcm = (np.clip(chunk, -1, 1) * 32767).astype("<i2").tobytes()
+            self.connection.input_audio_buffer.append(audio=base64.b64encode(pcm).decode())
+        if end:
+            self.connection.send({"type": "session.close"})
+
+    def events(self) -> list[Arrived]:
+        out = []
+        while not self.arrived.empty():
+            out.append(self.arrived.get_nowait())
+        return out
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 class PacedSession:
     """A session streamed at real time; remembers when each audio sample left."""
 
     def __init__(self, url: str, rate: int, speculation: bool, seed: int, tokens: int, tts_tokens: int):
-        self.s = TritonRealtimeSession(url, rate, seed=seed, speculation=speculation, max_new_tokens=tokens,
-                                       tts_max_new_tokens=tts_tokens)
+        if isinstance(url, tuple):  # (gateway url, api key): the OpenAI protocol
+            self.s = OpenAIStream(*url, rate, speculation, seed, tokens, tts_tokens)
+        else:
+            self.s = TritonRealtimeSession(url, rate, seed=seed, speculation=speculation, max_new_tokens=tokens,
+                                           tts_max_new_tokens=tts_tokens)
         self.rate, self.sent, self.events = rate, 0, []
         self.due = time.monotonic()
 
@@ -98,15 +164,19 @@ class PacedSession:
         return None
 
 
-def clip() -> tuple[np.ndarray, int, int, int]:
+def clip(openai: bool = False) -> tuple[np.ndarray, int, int, int]:
     wave, rate = sf.read(DATA / "speech_en_16k.wav", dtype="float32")
     wave = wave[: int(1.6 * rate)]
+    if openai:  # the protocol's pcm16 rate
+        import soxr
+
+        wave, rate = soxr.resample(wave, rate, 24000).astype(np.float32), 24000
     loud = np.flatnonzero(np.abs(wave) > LEVEL)
     return wave, rate, int(loud[0]), int(loud[-1]) + 1
 
 
 def run_session(url: str, speculation: bool, turns: int, index: int, tokens: int, tts_tokens: int) -> SessionResult:
-    wave, rate, first, last = clip()
+    wave, rate, first, last = clip(isinstance(url, tuple))
     result = SessionResult()
     session = PacedSession(url, rate, speculation, 100 + index, tokens, tts_tokens)
     pause = np.zeros(int(0.3 * rate), np.float32)
@@ -191,13 +261,24 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--max-new-tokens", type=int, default=12, help="reply text tokens")
     parser.add_argument("--tts-max-new-tokens", type=int, default=60, help="speech ids per sentence")
+    parser.add_argument("--openai", action="store_true", help="through a gateway, the OpenAI Realtime protocol")
+    parser.add_argument("--gateway-url", help="a running gateway (with --openai)")
+    parser.add_argument("--api-key", default="bench-key")
     args = parser.parse_args(argv)
-    server = None
+    server = gateway = None
     if args.url:
         url, metrics_url = args.url, args.metrics_url
     else:
         server = TritonServer(args.model_repository).start(timeout=600)
         url, metrics_url = server.grpc_url, server.metrics_url
+    if args.openai:
+        if not args.gateway_url:
+            from gateway.process import GatewayProcess
+
+            folder = Path(tempfile.mkdtemp(prefix="bench_realtime_"))
+            gateway = GatewayProcess(url, folder / "voices.sqlite3", folder / "gateway.log", "--rate-per-minute",
+                                     "100000", "--max-concurrent", "64", keys=(args.api_key,))
+        url = (args.gateway_url or gateway.url, args.api_key)
     try:
         run_session(url, True, 1, 99, args.max_new_tokens, args.tts_max_new_tokens)  # warm-up
         print("| sessions | speculation | turns | end of speech → first audio p50 / p95 (s) | barge-in → cancelled "
@@ -217,6 +298,8 @@ def main(argv=None) -> int:
                 for reason, count in collections.Counter(failures).items():
                     print(f"<!-- {count} × {reason} -->", flush=True)
     finally:
+        if gateway is not None:
+            gateway.stop()
         if server is not None:
             server.stop()
     return 0

@@ -5,7 +5,8 @@
 #   bench/perf_analyzer.sh --install                                   # install only (`make perf-analyzer`)
 #   bench/perf_analyzer.sh ensemble_tts [extra perf_analyzer args]     # offline, HTTP through the guard, batch 1
 #   bench/perf_analyzer.sh tts_stream   [extra perf_analyzer args]     # decoupled, gRPC streaming
-# Environment: STEPAUDIO_ADMIN_KEY (the key the server printed; perf_analyzer reads model configs, an admin API),
+# Environment: STEPAUDIO_ADMIN_KEY (the operator's key, HTTP through the guard; perf_analyzer reads model configs, an
+# admin API), STEPAUDIO_GRPC_ADMIN_KEY (gRPC reaches Triton directly: its per-start key, in the file the launcher prints),
 # STEPAUDIO_HTTP_URL / STEPAUDIO_GRPC_URL (default 127.0.0.1:8000 / :8001), PERF_MAX_NEW_TOKENS (ids per request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,8 @@ common=(-s 30 --measurement-interval 20000)
 if [ "$model" = tts_stream ]; then
   # Over gRPC, Triton's restricted-protocol header carries the gRPC prefix (stepaudio_server/launcher.py GRPC_HEADER_PREFIX).
   admin=()
-  if [ -n "$key" ]; then admin=(-H "triton-grpc-protocol-stepaudio-admin-key:$key"); fi
+  grpc_key=${STEPAUDIO_GRPC_ADMIN_KEY:-$key}
+  if [ -n "$grpc_key" ]; then admin=(-H "triton-grpc-protocol-stepaudio-admin-key:$grpc_key"); fi
   "$binary" -m tts_stream -i grpc -u "${STEPAUDIO_GRPC_URL:-127.0.0.1:8001}" --streaming \
     --input-data "$inputs/tts_stream.json" "${common[@]}" "${admin[@]}" "$@"
 else

@@ -48,7 +48,7 @@ SERVER_MODELS = ("tts", "tts_llm", "tts_frontend", "flow_decoder", "vocoder", "t
 def perf_analyzer(server: TritonServer, model: str, concurrency: int, max_new_tokens: int, out: Path) -> dict:
     csv_path = out / f"pa_{model}_c{concurrency}.csv"
     env = dict(os.environ, STEPAUDIO_HTTP_URL=server.http_url, STEPAUDIO_GRPC_URL=server.grpc_url,
-               STEPAUDIO_ADMIN_KEY=server.admin_key or "", PERF_MAX_NEW_TOKENS=str(max_new_tokens))
+               STEPAUDIO_ADMIN_KEY=server.admin_key or "", STEPAUDIO_GRPC_ADMIN_KEY=server.grpc_admin_key or "", PERF_MAX_NEW_TOKENS=str(max_new_tokens))
     command = [str(ROOT / "bench" / "perf_analyzer.sh"), model, "--concurrency-range", str(concurrency),
                "--request-count", str(3 * concurrency), "-f", str(csv_path)]
     for _attempt in range(2):  # perf_analyzer has been seen to exit without output now and then: retry once

@@ -560,7 +560,8 @@ class OpenAIBridge(Bridge):
         if "turn_detection" in control:
             self.session.turn_detection = control["turn_detection"]
         if self.started:
-            await self._control(control)
+            if len(control) > 1:  # something for the served session to change
+                await self._control(control)
         else:
             self.start_control = {**self.start_control, **control}
         await self._emit({"type": "session.updated", "session": self._session_view()})

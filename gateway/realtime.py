@@ -45,8 +45,8 @@ class RealtimeLimits:
     max_new_tokens: int = 256
     tts_max_new_tokens: int = 1024
     # The session's stream silent this long is given up: the socket gets an error event and closes, its lease is
-    # freed. Every request is answered at once (its predecessor's empty final response), and an idle session ends
-    # by the served model's idle timeout (30 s by default), so only a dead ``realtime_session`` stub is this silent.
+    # freed. An idle session ends by the served model's idle timeout (30 s by default) long before; a dead
+    # ``realtime_session`` stub never answers again (Triton 2.51 does not end its streams).
     stall_timeout_s: float = 120.0
 
 
@@ -131,8 +131,6 @@ class Bridge:
             tensors |= self.options.tensors()
         request = {"model_name": MODEL, "inputs": client.infer_inputs(tensors), "sequence_id": self.sequence_id,
                    "sequence_start": not self.started, "sequence_end": end,
-                   # An empty response closes each request's sender: the stream answers every request (stall check).
-                   "parameters": {"triton_enable_empty_final_response": True},
                    "outputs": client.requested_outputs(["EVENT", "WAVEFORM"])}
         self.started, self.ended = True, self.ended or end
         return request
@@ -169,8 +167,11 @@ class Bridge:
                 await self._send(event)
                 if event.get("type") == "session.closed":
                     break
-        except Exception as exc:  # noqa: BLE001 - Triton went away: tell the client, then close
-            log.warning("realtime stream failed: %s", exc)
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - Triton went away: tell the client, close
+            current = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and current is not None and current.cancelling():
+                raise  # this handler is being cancelled (shutdown), not the gRPC call (grpc.aio raises the same)
+            log.warning("realtime stream failed: %r", exc)
             self.close_code = 1011
             await self._send(_error(f"the session's server stream failed: {type(exc).__name__}", "upstream_error",
                                     "server_error"))

@@ -30,6 +30,7 @@ class BodyCheck:
     json_length: int | None
     max_depth: int
     max_string_bytes: int = 1024 * 1024  # Triton 2.51 crashes on one JSON string of ~8 MB (docs/hardening.md)
+    max_object_keys: int = 1024  # and on a generate body of 5.6 M keys; a request needs a few dozen
 
     def validate(self) -> None:
         if self.kind not in (GENERATE, INFER, OTHER):
@@ -40,14 +41,14 @@ class BodyCheck:
 
 def deeper_than(value: object, limit: int) -> bool:
     """Whether arrays/objects nest more than ``limit`` levels (iterative: no recursion on hostile input)."""
-    return _structure_refusal(value, limit, None) is not None
+    return _structure_refusal(value, limit, None, None) is not None
 
 
 def _longest_string(strings) -> int:
     return max((len(text) for text in strings if isinstance(text, str)), default=0)
 
 
-def _structure_refusal(value: object, max_depth: int, max_string: int | None) -> str | None:
+def _structure_refusal(value: object, max_depth: int, max_string: int | None, max_keys: int | None) -> str | None:
     """Nesting past ``max_depth`` or a string (key or value) longer than ``max_string`` bytes in UTF-8."""
     if isinstance(value, str):
         return _string_refusal(value, max_string)
@@ -56,6 +57,8 @@ def _structure_refusal(value: object, max_depth: int, max_string: int | None) ->
         item, depth = stack.pop()
         if isinstance(item, dict):
             children = item.values()
+            if max_keys is not None and len(item) > max_keys:
+                return f"a JSON object with more than {max_keys} members"
             if max_string is not None and _longest_string(item) > max_string // 4:
                 for key in item:
                     if (why := _string_refusal(key, max_string)) is not None:
@@ -122,19 +125,24 @@ def _framing_refusal(document: dict, binary_bytes: int) -> str | None:
 
 def refusal(body: bytes, check: BodyCheck) -> str | None:
     """Why the body must not reach Triton, or None. Runs inline for small bodies, in a ``CheckPool`` worker
-    for large ones."""
+    for large ones (where the address-space limit turns a body of too many values into a refusal)."""
+    try:
+        return _refusal(body, check)
+    except MemoryError:
+        return "the JSON holds too many values to check"
+
+
+def _refusal(body: bytes, check: BodyCheck) -> str | None:
     check.validate()
     json_part = memoryview(body)[: check.json_length] if check.json_length is not None else memoryview(body)
     try:
         document = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
         return f"the body is not valid JSON: {exc}"
-    except MemoryError:
-        return "the JSON is too large to check"
     json_part.release()
     if check.kind != OTHER and not isinstance(document, dict):
         return "the JSON must be an object"
-    why = _structure_refusal(document, check.max_depth, check.max_string_bytes)
+    why = _structure_refusal(document, check.max_depth, check.max_string_bytes, check.max_object_keys)
     if why is not None:
         return why
     if check.kind == INFER:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
 from stepaudio_server.body_check import GENERATE, INFER, OTHER, BodyCheck, CheckPool, refusal
 
@@ -50,6 +50,7 @@ class GuardLimits:
     max_body_bytes: int = 64 * 1024 * 1024  # a 10-minute 16 kHz float32 prompt as binary tensor is ~38 MB
     max_json_depth: int = 32  # a tensor of 8 dims inside {"inputs":[{"data":...}]} needs 11
     max_json_string_bytes: int = 1024 * 1024  # Triton 2.51 crashes on one JSON string of 8 MB (4 MB survives)
+    max_json_object_keys: int = 1024  # ... and on a generate body of 5.6 M keys
     upstream_timeout_s: float = 3600.0  # long streams are legitimate; Triton enforces its own per-model limits
     max_body_bytes_in_flight: int = 256 * 1024 * 1024  # bodies being read/checked/sent at once; beyond: 503
     inline_check_bytes: int = 64 * 1024  # smaller bodies are checked on the event loop (well under 1 ms)
@@ -280,7 +281,8 @@ class HttpGuard:
             if json_length is not None and json_length > len(body):
                 return _error(400, f"{HEADER_LENGTH} ({json_length}) exceeds the body ({len(body)} bytes)")
             why = await self._check(body, BodyCheck(kind, json_length, self.limits.max_json_depth,
-                                                    self.limits.max_json_string_bytes))
+                                                    self.limits.max_json_string_bytes,
+                                                    self.limits.max_json_object_keys))
             if why is not None:
                 return _error(*why) if isinstance(why, tuple) else _error(400, why)
             return await self._forward(request, body, json_length)
@@ -314,6 +316,7 @@ class HttpGuard:
 
     async def _forward(self, request: web.Request, body: bytes, json_length: int | None) -> web.StreamResponse:
         url = self.upstream + request.path_qs
+        response_started = False
         try:
             # Only the client's own Accept-Encoding goes upstream: aiohttp would add gzip, and a client that never
             # asked for it (perf_analyzer's libcurl) cannot read the compressed body passed through.
@@ -326,9 +329,13 @@ class HttpGuard:
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
+                response_started = True
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, ClientError, asyncio.TimeoutError) as exc:
+            # Triton gone mid-request (a crash, a restart): the client retries; the launcher logs the request.
+            if response_started:
+                raise  # headers already sent: the connection is cut, the only honest signal left
             return _error(503, f"inference server unavailable: {type(exc).__name__}")

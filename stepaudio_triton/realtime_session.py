@@ -252,6 +252,7 @@ class Session:
         self.vad_started = False
         self.closed = False
         self.manual = False  # turn detection off: the client commits its turns
+        self.prefix_pad_s = TURN_PAD_SECONDS  # audio kept before the detected speech (prefix_padding_ms)
         self.instructions: str | None = None  # the chat's system turn
         self.pending = PendingInput()
         self.replies: dict[str, Reply] = {}  # by response id, the last KEPT_REPLIES
@@ -396,6 +397,8 @@ class Session:
         self.controller.touch()
         if isinstance(control, UpdateSession):
             if control.turn_detection is not None:
+                if control.turn_detection.prefix_padding_ms is not None:
+                    self.prefix_pad_s = control.turn_detection.prefix_padding_ms / 1000
                 self.controller.config = control.turn_detection.controller_config(
                     dataclasses.replace(self.service.config.controller, speculation=self.options.speculation))
             if control.manual is not None and control.manual != self.manual:
@@ -623,7 +626,7 @@ class RealtimeService:
     def _generate(self, session: Session, reply: Reply) -> None:
         config, options = self.config, session.options
         with session.lock:
-            audio = session.audio.slice(reply.action.audio_start_s - TURN_PAD_SECONDS,
+            audio = session.audio.slice(reply.action.audio_start_s - session.prefix_pad_s,
                                         reply.action.audio_end_s + TURN_PAD_SECONDS)
             history = list(session.history)
         if reply.instructions:

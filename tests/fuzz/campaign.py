@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as fixed_seed
 
-from tests.fuzz.harness import Stack, Tally, Watch, canary_audio, judge, send
+from tests.fuzz.harness import Outcome, Stack, Tally, Watch, canary_audio, judge, send
 from tests.fuzz.strategies import requests
 
 RECOVERY_S = 60.0  # after a hang, how long the service may take to answer readiness again before the run stops
@@ -96,8 +96,11 @@ def run_campaign(stack: Stack, examples: int, seed: int, workers: int = 3, max_f
             if stop.is_set():
                 continue
             address = stack.guard_address if request.surface == "guard" else stack.gateway_address
-            outcome = send(*address, request)
-            symptom = judge(request, outcome)
+            try:
+                outcome = send(*address, request)
+                symptom = judge(request, outcome)
+            except Exception as exc:  # noqa: BLE001 - a harness bug is reported like a failure, the worker lives on
+                outcome, symptom = Outcome(), f"harness error {type(exc).__name__}: {exc}"
             tally.record(request, outcome, symptom)
             if not stack.alive():
                 summary.stopped_early = f"a process exited after: {request.describe(300)}"
@@ -122,6 +125,10 @@ def run_campaign(stack: Stack, examples: int, seed: int, workers: int = 3, max_f
     def generate(request) -> None:
         nonlocal sent
         while not stop.is_set():
+            if not any(thread.is_alive() for thread in threads):
+                stop.set()
+                summary.stopped_early = "every sending thread died"
+                break
             try:
                 work.put(request, timeout=1)
                 break

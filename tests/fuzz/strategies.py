@@ -373,7 +373,8 @@ def framed(draw, method: str, target: str, headers: list[tuple[str, str]], body:
             encoded = bad + encoded
     names = [name.lower() for name, _ in headers]
     strict = (method in METHODS and len(target) < 8000 and len(names) == len(set(names))
-              and all(len(value) < 8000 for _, value in headers))
+              and all(len(value) < 8000 for _, value in headers)
+              and all(value.lower() == "100-continue" for name, value in headers if name.lower() == "expect"))
     line = f"{method} {target} HTTP/1.1"
     if framing == "bad_request_line":
         line = draw(S.sampled_from((f"{method}  {target} HTTP/1.1", f"{method} {target} HTTP/9.9", f"{method} {target}",

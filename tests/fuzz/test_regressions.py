@@ -28,9 +28,23 @@ CASES = {
     "guard_infer_on_a_decoupled_model": _http(
         "guard", "kserve_infer", b"POST /v2/models/tts_stream/versions/1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/json\r\nContent-Length: 14\r\n\r\n" + b'{"inputs": []}'),
-    # A WebSocket handshake refused for its Origin: 403 with an empty body (no JSON error says why).
+    # generate with a non-string TEXT: Triton's own 500 ("attempt to access JSON non-string as string") passes
+    # through the guard, unauthenticated.
+    "guard_generate_with_an_object_text": _http(
+        "guard", "hostile_json", b"POST /v2/models/tts_stream/versions/1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 37\r\n\r\n" + b'{"TEXT":{"a":1},"SPEAKER":"Tingting"}'),
+    "guard_generate_stream_with_a_string_count": _http(
+        "guard", "generate", b"POST /v2/models/ensemble_tts_music/generate_stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 52\r\n\r\n"
+        + b'{"TEXT": "\\u4f60\\u597d\\u3002", "MAX_NEW_TOKENS": ""}'),
+    "guard_generate_stream_with_an_empty_body": _http(
+        "guard", "random_body", b"POST /v2/models/stream_tokenizer/generate_stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: 0\r\n\r\n"),
+    # A WebSocket handshake refused (foreign Origin, or two Authorization headers): 403 with an empty body.
     "realtime_refused_origin": FuzzRequest("realtime", "session", ws_headers=(
         ("Sec-WebSocket-Protocol", f"openai-insecure-api-key.{API_KEY}"), ("Origin", "http://evil.example"))),
+    "realtime_two_authorization_headers": FuzzRequest("realtime", "session", ws_headers=(
+        ("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {API_KEY}"))),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ import soxr
 from tests.gateway.helpers import API_KEY
 from tests.realtime.scripted import build
 
-pytestmark = pytest.mark.server
+live = pytest.mark.server  # the offline tests of the protocol layer at the end need no server
 RATE = 24000
 CHUNK = int(0.1 * RATE)
 # Small replies: the tiny random models speak noise; turn-taking and the protocol are what is tested.
@@ -99,6 +100,7 @@ def _audio(conversation, response_id: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
 
+@live
 def test_a_server_vad_turn_in_the_protocols_order_with_24khz_audio(gateway):
     wave, speech = _speech([0.4, "speech", 0.9])
 
@@ -147,6 +149,7 @@ def test_a_server_vad_turn_in_the_protocols_order_with_24khz_audio(gateway):
     assert audio.size > 1000 and abs(audio.size - seconds * RATE) <= 0.01 * seconds * RATE + 50
 
 
+@live
 def test_a_manual_turn_commit_then_response_create(gateway):
     wave, _ = _speech([0.3, "speech", 0.3])
 
@@ -170,6 +173,7 @@ def test_a_manual_turn_commit_then_response_create(gateway):
     assert done.status == "completed" and done.usage.input_tokens > 0 and _audio(c, done.id).size > 0
 
 
+@live
 def test_a_typed_turn_a_cancelled_response_and_bad_events(gateway):
     async def body(c: Conversation):
         await c.connection.session.update(session={"turn_detection": None, "seed": 7,
@@ -195,6 +199,7 @@ def test_a_typed_turn_a_cancelled_response_and_bad_events(gateway):
     assert not any(e.type == "response.audio.delta" for e in c.events[index:])  # not one chunk after it
 
 
+@live
 def test_barge_in_truncate_keeps_only_the_heard_part(gateway):
     wave, _ = _speech([0.3, "speech", 0.3])
 
@@ -216,3 +221,145 @@ def test_barge_in_truncate_keeps_only_the_heard_part(gateway):
     full = c.of("response.audio_transcript.done")[0].transcript
     heard = truncated.model_extra["transcript"]  # an extension: the history keeps this
     assert len(heard) < len(full) or not full
+
+
+# ---- the protocol layer offline (a fake socket; requests are checked as tritonclient builds them) -------------------
+class FakeSocket:
+    def __init__(self, beta: bool = True):
+        self.query_params = {"model": "step-audio"}
+        self.headers = {"openai-beta": "realtime=v1"} if beta else {}
+        self.sent: list[dict] = []
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+def _bridge(beta: bool = True):
+    from gateway.openai_realtime import bridge_for
+    from gateway.realtime import RealtimeLimits
+
+    socket = FakeSocket(beta)
+    return socket, bridge_for(socket, None, RealtimeLimits())
+
+
+def _wire(request: dict):
+    from tritonclient.grpc._utils import _get_inference_request
+
+    return _get_inference_request(model_name=request["model_name"], inputs=request["inputs"], model_version="",
+                                  request_id="", outputs=request["outputs"], sequence_id=request["sequence_id"],
+                                  sequence_start=request["sequence_start"], sequence_end=request["sequence_end"],
+                                  priority=0, timeout=None, parameters=request.get("parameters"))
+
+
+def test_client_events_become_start_options_and_one_control_per_request():
+    socket, bridge = _bridge()
+
+    async def main():
+        await bridge._handle({"type": "session.update", "session": {
+            "turn_detection": None, "instructions": "Be brief.", "max_response_output_tokens": 100000, "seed": 3,
+            "tools": [{"type": "function"}], "unheard_of": True}})
+        await bridge._handle({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+        await bridge._handle({"type": "response.create", "response": {"modalities": ["text"]}})
+        await bridge._handle({"type": "session.update", "session": {"seed": 4}})  # too late: a warning
+
+    asyncio.run(main())
+    requests = []
+    while not bridge.requests.empty():
+        requests.append(bridge.requests.get_nowait())
+    wire = [_wire(r) for r in requests]  # tritonclient accepts every request the bridge builds
+    assert [r["sequence_start"] for r in requests] == [True, False, False]
+    start = {i.name for i in wire[0].inputs}
+    assert {"SAMPLE_RATE", "SEED", "MAX_NEW_TOKENS", "CONTROL"} <= start
+    controls = [json.loads(r["inputs"][-1]._raw_content[4:]) for r in requests]
+    assert controls[0] == {"type": "session", "turn_detection": None, "instructions": "Be brief."}
+    assert controls[1:] == [{"type": "text", "text": "hi"}, {"type": "response.create", "audio": False}]
+    assert bridge.options.max_new_tokens == 256  # OpenAI's bound is a ceiling: the served cap applies
+    kinds = [e["type"] for e in socket.sent]
+    assert kinds == ["session.updated", "warning", "session.updated", "warning"]
+    assert socket.sent[1]["warning"]["fields"] == ["tools", "unheard_of"]
+    assert socket.sent[3]["warning"]["fields"] == ["seed (fixed once audio started)"]
+
+
+@pytest.mark.parametrize("event", [
+    {"type": "input_audio_buffer.append", "audio": "not base64!"},
+    {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()},
+    {"type": "conversation.item.create", "item": {"type": "function_call", "name": "x"}},
+    {"type": "conversation.item.create", "item": {"role": "user", "content": [{"type": "input_text",
+                                                                                 "text": "x" * 5000}]}},
+    {"type": "conversation.item.create", "item": {"role": "user", "content": [{"type": "input_audio",
+                                                                                 "audio": "AAAA"}]}},
+    {"type": "conversation.item.truncate", "item_id": "item_x", "audio_end_ms": -5},
+    {"type": "conversation.item.delete", "item_id": "item_x"},
+    {"type": "session.update", "session": {"input_audio_format": "g711_ulaw"}},
+    {"type": "session.update", "session": {"turn_detection": {"type": "semantic_vad"}}},
+    {"type": "session.update", "session": {"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}}},
+    {"type": "session.update", "session": "not an object"},
+    {"type": "response.create", "response": {"instructions": "x" * 9000}},
+    {"type": 5}, ["a list"], {"no": "type"},
+])
+def test_hostile_client_events_are_errors_and_send_nothing_upstream(event):
+    socket, bridge = _bridge()
+    asyncio.run(bridge._handle(event))
+    assert [e["type"] for e in socket.sent] == ["error"] and socket.sent[0]["error"]["message"]
+    assert bridge.requests.empty() and not bridge.started
+
+
+def test_session_events_become_the_protocols_in_order_with_24khz_audio():
+    socket, bridge = _bridge()
+    served = np.sin(np.arange(22050) / 10).astype(np.float32) * 0.5  # one second at the TTS rate
+
+    async def main():
+        for event in [{"type": "session.created", "session": {}},
+                      {"type": "input_audio_buffer.speech_started", "audio_start_ms": 400},
+                      {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 1900, "audio_start_ms": 400},
+                      {"type": "response.created", "response": {"id": "resp_1", "speculative": True}},
+                      {"type": "response.audio_transcript.delta", "response_id": "resp_1", "delta": "Hi."},
+                      *[{"type": "response.audio.delta", "response_id": "resp_1", "sample_rate": 22050,
+                         "delta": _pcm16(served[i:i + 2205])} for i in range(0, 22050, 2205)],
+                      {"type": "conversation.item.input_audio_transcription.completed", "response_id": "resp_1",
+                       "transcript": "hello"},
+                      {"type": "response.done", "response": {"id": "resp_1", "status": "completed",
+                                                             "usage": {"input_audio_tokens": 50,
+                                                                       "output_text_tokens": 3}}},
+                      {"type": "session.closed", "reason": "ended"}]:
+            await bridge._send(event)
+
+    asyncio.run(main())
+    kinds = [e["type"] for e in socket.sent if e["type"] != "response.audio.delta"]
+    assert kinds == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                     "input_audio_buffer.committed", "conversation.item.created", *REPLY_EVENTS,
+                     "response.audio_transcript.delta", "conversation.item.input_audio_transcription.completed",
+                     *DONE_EVENTS, "session.closed"]
+    assert all("event_id" in e for e in socket.sent)
+    user = socket.sent[3]["item"]
+    assert socket.sent[0]["item_id"] == socket.sent[2]["item_id"] == user["id"]
+    transcription = next(e for e in socket.sent if e["type"].endswith("transcription.completed"))
+    assert transcription["item_id"] == user["id"]
+    audio = np.concatenate([np.frombuffer(base64.b64decode(e["delta"]), "<i2") for e in socket.sent
+                            if e["type"] == "response.audio.delta"])
+    assert abs(audio.size - RATE) <= 2  # one second at 24 kHz, the resampler's tail flushed at response.done
+    done = socket.sent[-2]["response"]
+    assert done["status"] == "completed" and done["usage"]["input_tokens"] == 50 and done["usage"]["output_tokens"] == 3
+
+
+def test_the_ga_dialect_names_and_session_shape():
+    socket, bridge = _bridge(beta=False)
+
+    async def main():
+        await bridge._handle({"type": "session.update", "session": {
+            "type": "realtime", "output_modalities": ["audio"],
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None},
+                      "output": {"voice": "Tingting"}}}})
+        await bridge._send({"type": "response.created", "response": {"id": "resp_1"}})
+        await bridge._send({"type": "response.audio_transcript.delta", "response_id": "resp_1", "delta": "x"})
+        await bridge._send({"type": "response.cancelled", "response_id": "resp_1", "reason": "barge_in"})
+
+    asyncio.run(main())
+    session = socket.sent[0]["session"]
+    assert session["audio"]["input"]["format"]["rate"] == 16000 and session["audio"]["input"]["turn_detection"] is None
+    assert bridge.options.sample_rate == 16000 and bridge.options.voice == "Tingting"
+    kinds = [e["type"] for e in socket.sent]
+    assert "conversation.item.added" in kinds and "response.output_audio_transcript.delta" in kinds
+    done = socket.sent[-1]["response"]
+    assert done["status"] == "cancelled" and done["status_details"]["reason"] == "turn_detected"

@@ -17,7 +17,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "perf_analyzer.sh"
 
 def run_perf_analyzer(server, model: str, *args: str, key: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, STEPAUDIO_HTTP_URL=server.http_url, STEPAUDIO_GRPC_URL=server.grpc_url,
-               STEPAUDIO_ADMIN_KEY=server.admin_key if key is None else key, PERF_MAX_NEW_TOKENS="40")
+               STEPAUDIO_ADMIN_KEY=server.admin_key if key is None else key,
+               STEPAUDIO_GRPC_ADMIN_KEY=server.grpc_admin_key if key is None else key, PERF_MAX_NEW_TOKENS="40")
     return subprocess.run([str(SCRIPT), model, "--request-count", "4", "--concurrency-range", "2", *args],
                           env=env, capture_output=True, text=True, timeout=600)
 

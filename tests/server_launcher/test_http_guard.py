@@ -60,6 +60,7 @@ def _header(*sizes: int, outputs: str = "") -> bytes:
     (b'{"' + b"k" * 2000 + b'":1}', BodyCheck(GENERATE, None, 32, max_string_bytes=1000), "longer than 1000"),
     (b'"' + b"x" * 2000 + b'"', BodyCheck(OTHER, None, 32, max_string_bytes=1000), "longer than 1000"),
     (b'{"TEXT":"' + b"x" * 1000 + b'"}', BodyCheck(GENERATE, None, 32, max_string_bytes=1000), None),
+    (b"{" + b",".join(b'"%d":0' % i for i in range(1025)) + b"}", BodyCheck(GENERATE, None, 32), "more than 1024"),
 ])
 def test_the_json_triton_parses_is_the_json_checked(body, check, why):
     found = refusal(body, check)
