@@ -126,7 +126,6 @@ def test_compose_uses_the_dockerfile_image_tag():
     assert all(service["image"].split(":", 1)[1].startswith(tag) for service in compose["services"].values())
 
 
-@pytest.mark.xfail(strict=True, reason="README's docker run still names tritonserver:24.10-py3: the lead changes it")
 def test_the_readme_runs_the_dockerfile_image_tag():
     readme = (ROOT / "README.md").read_text()
     bases = set(re.findall(r"tritonserver:(\S+?)-py3", readme))

@@ -133,7 +133,7 @@ class TokenStream:
 @runtime_checkable  # the tests check both engines against it
 class GenerationEngine(Protocol):
     """What the served LLM models call; ``TorchStep1Engine`` and ``stepaudio.llm.vllm_engine.VllmEngine`` implement
-    it (``engine_config.build_engine`` picks one per model).
+    it (``engine_factory.build_engine`` picks one per model).
 
     The vLLM implementation (upstream vLLM has ``Step1ForCausalLM`` with ``use_alibi_sqrt=True``) maps:
 

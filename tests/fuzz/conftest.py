@@ -16,7 +16,7 @@ GATEWAY_ARGS = ["--max-new-tokens", "8", "--max-new-tokens-limit", "64", "--chat
                 "--chat-tts-max-new-tokens", "8", "--max-input-chars", "200", "--max-body-bytes", "2000000",
                 "--max-upload-bytes", "600000", "--max-upload-seconds", "10", "--rate-per-minute", "1000000",
                 "--max-concurrent", "16", "--auth-failures-per-minute", "1000000"]
-GATEWAY_ADDRESS_SPACE = 8 << 30  # bytes of virtual memory the fuzzed gateway may map (its baseline is ~2 GiB)
+GATEWAY_ADDRESS_SPACE = 8 << 30  # bytes of virtual memory the fuzzed gateway may map (its baseline maps ~1.4 GiB)
 
 
 def cap_address_space(pid: int, limit: int = GATEWAY_ADDRESS_SPACE) -> None:
