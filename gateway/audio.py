@@ -50,6 +50,18 @@ class DecodeLimits:
             raise ValueError(f"inconsistent decode limits {self}")
 
 
+class AudioDurationError(ValueError):
+    """The upload is longer than ``max_seconds``: ``seconds`` when its header states its length, None when decoding
+    stopped at the cap (so a caller words it once, whichever step found it)."""
+
+    def __init__(self, seconds: float | None, max_seconds: float):
+        self.seconds, self.max_seconds = seconds, max_seconds
+        if seconds is None:
+            super().__init__(f"audio is longer than {max_seconds:g} s")
+        else:
+            super().__init__(f"audio is {seconds:.2f} s; at most {max_seconds:g} s is accepted")
+
+
 # The containers a client may upload (OpenAI's audio inputs: wav, flac, mp3, ogg, webm, mp4/m4a; plus adts/aac and
 # aiff), found from their first bytes and passed to FFmpeg by name: FFmpeg never probes, so no playlist, SDP, concat
 # script or image demuxer ever sees the bytes (they would open files, sockets or listeners).
@@ -141,7 +153,7 @@ def _checked_stream(container, container_name: str, limits: DecodeLimits):
     if container_name in _EXACT_LENGTH and stream.duration and stream.time_base:
         seconds = float(stream.duration * stream.time_base)
         if seconds > limits.max_seconds:
-            raise ValueError(f"audio is {seconds:.2f} s; at most {limits.max_seconds:g} s is accepted")
+            raise AudioDurationError(seconds, limits.max_seconds)
     return stream
 
 
@@ -175,13 +187,13 @@ def _decode_stream(container, stream, limits: DecodeLimits, deadline: float) -> 
                 resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=rate)
             keep(resampler.resample(frame))
         if total > cap:
-            raise ValueError(f"audio is longer than {limits.max_seconds:g} s")
+            raise AudioDurationError(None, limits.max_seconds)
     if resampler is not None:
         keep(resampler.resample(None))
     if not total:
         raise ValueError("the audio file holds no samples")
     if total > cap:
-        raise ValueError(f"audio is longer than {limits.max_seconds:g} s")
+        raise AudioDurationError(None, limits.max_seconds)
     return np.concatenate(parts, axis=1), rate
 
 

@@ -42,7 +42,8 @@ class Settings:
     max_new_tokens_limit: int = 4096  # the most a request may ask for
     chat_max_tokens: int = 512  # cap and default for reply text tokens
     chat_tts_max_new_tokens: int = 1024  # speech ids per reply sentence
-    # A Triton stream silent this long is given up (503): Triton 2.51 never ends the streams of a stub that died.
+    # A Triton stream silent this long is given up (503): a stub that died never ends its streams
+    # (stepaudio_contract/compat.py, entry stalled_bls_streams).
     stall_timeout_s: float = 120.0
     preset_voices: tuple[str, ...] = ("Tingting",)  # the first is what OpenAI's voice names speak by default
     voice_aliases: Path = VOICE_ALIASES  # OpenAI voice name → preset (JSON; null: the first preset)

@@ -163,13 +163,18 @@ class Limiter:
 
 
 # ---- ASGI middleware: each answers before the application reads a byte of the body ---------------------------------
+WEBSOCKET_DENIAL = "websocket.http.response"  # the ASGI extension that lets a socket be refused with an HTTP answer
+
+
 async def refuse(scope, receive, send, error: APIError) -> None:
-    """``error`` as an HTTP response, or for a WebSocket as a close before accept (the client sees HTTP 403)."""
-    if scope["type"] == "websocket":
+    """``error`` as an HTTP response in OpenAI's shape, a WebSocket handshake's too: with the server's denial
+    response extension (uvicorn's three socket implementations have it) the client reads the status and the JSON;
+    without it the only answer left is a close before accept, which the client sees as a bare HTTP 403."""
+    response = error_response(error.status_code, error.message, error.code, error.param, error.headers)
+    if scope["type"] == "websocket" and WEBSOCKET_DENIAL not in (scope.get("extensions") or {}):
         code = 1013 if error.status_code == 429 else 1008
         return await send({"type": "websocket.close", "code": code, "reason": error.message[:120]})
-    response = error_response(error.status_code, error.message, error.code, error.param, error.headers)
-    await response(scope, receive, send)
+    await response(scope, receive, send)  # Starlette's Response sends websocket.http.response.* for a socket
 
 
 def _header_values(scope, name: bytes) -> list[bytes]:

@@ -26,7 +26,7 @@ import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from gateway.errors import APIError
-from gateway.limits import Auth, Limiter
+from gateway.limits import Auth, Limiter, refuse
 from stepaudio_contract import client
 from stepaudio_contract.limits import REALTIME_MAX_CHUNK_SECONDS, REALTIME_MAX_RATE, REALTIME_MIN_RATE
 
@@ -46,7 +46,7 @@ class RealtimeLimits:
     tts_max_new_tokens: int = 1024
     # The session's stream silent this long is given up: the socket gets an error event and closes, its lease is
     # freed. An idle session ends by the served model's idle timeout (30 s by default) long before; a dead
-    # ``realtime_session`` stub never answers again (Triton 2.51 does not end its streams).
+    # ``realtime_session`` stub never answers again (stepaudio_contract/compat.py, entry stalled_bls_streams).
     stall_timeout_s: float = 120.0
 
 
@@ -238,6 +238,8 @@ class Bridge:
 
 def _key(ws: WebSocket, auth: Auth) -> tuple[str, str | None]:
     """(key id, the subprotocol to accept)."""
+    if len(ws.headers.getlist("authorization")) > 1:
+        raise APIError(401, "send one Authorization header", code="invalid_api_key")
     offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     carried = next((p for p in offered if p.startswith(KEY_SUBPROTOCOL)), None)
     if carried is not None:
@@ -255,7 +257,7 @@ def mount_realtime(app: FastAPI, auth: Auth, limiter: Limiter, triton, limits: R
             key, subprotocol = _key(ws, auth)
             lease = limiter.acquire(key)
         except APIError as exc:
-            await ws.close(code=1008 if exc.status_code == 401 else 1013, reason=exc.message[:120])
+            await refuse(ws.scope, ws.receive, ws.send, exc)
             return
         try:
             await ws.accept(subprotocol=subprotocol)

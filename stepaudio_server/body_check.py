@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from stepaudio_server.model_facts import InputFact, generate_refusal
+
 GENERATE, INFER, OTHER = "generate", "infer", "other"
 
 
@@ -29,8 +31,9 @@ class BodyCheck:
     kind: str
     json_length: int | None
     max_depth: int
-    max_string_bytes: int = 1024 * 1024  # Triton 2.51 crashes on one JSON string of ~8 MB (docs/hardening.md)
+    max_string_bytes: int = 1024 * 1024  # Triton crashes on one JSON string of ~8 MB (docs/hardening.md)
     max_object_keys: int = 1024  # and on a generate body of 5.6 M keys; a request needs a few dozen
+    inputs: tuple[InputFact, ...] | None = None  # a generate body's model inputs (None: not known, not checked)
 
     def validate(self) -> None:
         if self.kind not in (GENERATE, INFER, OTHER):
@@ -148,6 +151,8 @@ def _refusal(body: bytes, check: BodyCheck) -> str | None:
     if check.kind == INFER:
         binary_bytes = len(body) - (check.json_length if check.json_length is not None else len(body))
         return _framing_refusal(document, binary_bytes)
+    if check.kind == GENERATE and check.inputs is not None:
+        return generate_refusal(document, check.inputs)
     return None
 
 

@@ -1,16 +1,19 @@
 """The HTTP guard: the launcher's public HTTP endpoint, a reverse proxy in front of Triton's own.
 
 Why it exists (see docs/hardening.md):
-- Triton 2.51's HTTP front end crashes the whole server (SIGSEGV, stack overflow while parsing) on a ~100 kB body
-  of deeply nested JSON sent to ``generate_stream``; it has no option that bounds nesting or body size. The guard
+- Triton's HTTP front end crashes the whole server (SIGSEGV, stack overflow while parsing) on a ~100 kB body
+  of deeply nested JSON (stepaudio_contract/compat.py: http_guard) sent to ``generate_stream``; it has no option that bounds nesting or body size. The guard
   checks both before a byte reaches Triton: the JSON Triton will parse, framed as Triton will frame it
   (``stepaudio_server.body_check``); any framing two parsers could read differently is refused.
 - Triton's restricted APIs take their key on Triton's command line (visible in ``ps``): Triton gets an ephemeral
   key per start, and the guard swaps the operator's key (checked here) for it.
-- Triton's readiness does not see a dead python stub (2.51 has no stub restart and keeps answering 200). The guard
+- Triton's readiness does not see a dead python stub (stepaudio_contract/compat.py: supervisor). The guard
   answers ``/v2/health/ready`` and the model ready endpoints from the supervisor's view as well.
 - Models whose config says ``parameters { key: "access" value: { string_value: "internal" } }`` (the decoders,
   which the native GPU backends cannot validate) are not inferable from outside.
+- Nothing the client got wrong may come back as a 5xx (``stepaudio_server.model_facts``): methods other than GET
+  and POST get 405, ``infer`` on a decoupled model 400 (Triton: 501), a generate body that does not fit the model's
+  inputs 400 naming the field (Triton: 500), and a 500 that is Triton's own parse error becomes 400.
 
 Everything else is passed through unchanged, streamed in both directions' response side (SSE of
 ``generate_stream`` included). Built on aiohttp (server and client); Triton itself stays on loopback.
@@ -31,6 +34,7 @@ from typing import Callable
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
 from stepaudio_server.body_check import GENERATE, INFER, OTHER, BodyCheck, CheckPool, refusal
+from stepaudio_server.model_facts import ModelFacts
 
 # /v2/models/<name>[/versions/<v>]/<action>
 _MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?(?:/(?P<action>[^/]+))?$")
@@ -43,13 +47,21 @@ ADMIN_HEADER = "stepaudio-admin-key"  # Triton's restricted-API header (the laun
 # Set by the guard itself, never taken from a client.
 _REWRITTEN = {HEADER_LENGTH.lower(), ADMIN_HEADER, "content-encoding"}
 _DIGITS = re.compile(r"^[0-9]{1,12}$")
+# Triton's HTTP API is GET and POST only; anything else (HEAD included) Triton answers with a 5xx or no answer.
+_METHODS = ("GET", "POST")
+# A 500 whose message is one of these comes from Triton's request parsing (TritonJson reports every parse
+# failure as INTERNAL), never from a model: the client's body was at fault (docs/hardening.md#the-guard).
+_PARSE_ERRORS = re.compile(r"Unable to parse|The document is empty|attempt to access JSON|failed to parse|"
+                           r"Invalid value|Missing a name|Missing a colon|Missing a comma|Incorrect hex|"
+                           r"Invalid encoding|Terminate parsing|unexpected|The document root")
+_MAX_ERROR_BYTES = 64 * 1024
 
 
 @dataclass
 class GuardLimits:
     max_body_bytes: int = 64 * 1024 * 1024  # a 10-minute 16 kHz float32 prompt as binary tensor is ~38 MB
     max_json_depth: int = 32  # a tensor of 8 dims inside {"inputs":[{"data":...}]} needs 11
-    max_json_string_bytes: int = 1024 * 1024  # Triton 2.51 crashes on one JSON string of 8 MB (4 MB survives)
+    max_json_string_bytes: int = 1024 * 1024  # Triton crashes on one JSON string of 8 MB (4 MB survives)
     max_json_object_keys: int = 1024  # ... and on a generate body of 5.6 M keys
     upstream_timeout_s: float = 3600.0  # long streams are legitimate; Triton enforces its own per-model limits
     max_body_bytes_in_flight: int = 256 * 1024 * 1024  # bodies being read/checked/sent at once; beyond: 503
@@ -153,10 +165,11 @@ class HttpGuard:
         internal_models: Callable[[], set[str]],
         admin_key: str | None = None,
         upstream_admin_key: str | None = None,
+        model_facts: Callable[[], dict[str, ModelFacts]] = dict,
     ):
         limits.validate()
         self.upstream, self.host, self.port, self.limits = upstream.rstrip("/"), host, port, limits
-        self.down_models, self.internal_models = down_models, internal_models
+        self.down_models, self.internal_models, self.model_facts = down_models, internal_models, model_facts
         self.admin_key, self.upstream_admin_key = admin_key, upstream_admin_key
         self.requests = RequestRing()
         self.draining = False
@@ -250,8 +263,14 @@ class HttpGuard:
             return _error(400, "not ready: " + "; ".join(f"{m}: {why}" for m, why in sorted(down.items())))
         if action == "ready" and model in down:
             return _error(400, f"model {model} is not ready: {down[model]}")
+        if request.method not in _METHODS:
+            return _error(405, f"method {request.method} is not supported; use GET or POST",
+                          {"Allow": ", ".join(_METHODS)})
         if action in _INFER_ACTIONS and model in self.internal_models():
             return _error(403, f"model {model} is internal; send requests to the public models that feed it")
+        facts = self.model_facts().get(model) if action in _INFER_ACTIONS else None
+        if action == "infer" and facts is not None and facts.decoupled:
+            return _error(400, f"model {model} is decoupled (it streams): use generate_stream, or a gRPC stream")
         why = _framing_refusal(request)
         if why is not None:
             return _error(400, why)
@@ -264,6 +283,8 @@ class HttpGuard:
         if not request.can_read_body:
             if header_length is not None:
                 return _error(400, f"{HEADER_LENGTH} without a body")
+            if action in _INFER_ACTIONS:
+                return _error(400, "empty body: send a JSON object")
             return await self._forward(request, b"", None)
 
         declared = request.content_length if request.content_length is not None else self.limits.max_body_bytes
@@ -282,10 +303,11 @@ class HttpGuard:
                 return _error(400, f"{HEADER_LENGTH} ({json_length}) exceeds the body ({len(body)} bytes)")
             why = await self._check(body, BodyCheck(kind, json_length, self.limits.max_json_depth,
                                                     self.limits.max_json_string_bytes,
-                                                    self.limits.max_json_object_keys))
+                                                    self.limits.max_json_object_keys,
+                                                    facts.inputs if kind == GENERATE and facts else None))
             if why is not None:
                 return _error(*why) if isinstance(why, tuple) else _error(400, why)
-            return await self._forward(request, body, json_length)
+            return await self._forward(request, body, json_length, client_body=action in _INFER_ACTIONS)
         finally:
             self._body_bytes_in_flight -= declared
 
@@ -314,7 +336,8 @@ class HttpGuard:
             headers[ADMIN_HEADER] = self.upstream_admin_key
         return headers
 
-    async def _forward(self, request: web.Request, body: bytes, json_length: int | None) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, body: bytes, json_length: int | None,
+                       client_body: bool = False) -> web.StreamResponse:
         url = self.upstream + request.path_qs
         response_started = False
         try:
@@ -322,6 +345,13 @@ class HttpGuard:
             # asked for it (perf_analyzer's libcurl) cannot read the compressed body passed through.
             async with self._session.request(request.method, url, headers=self._upstream_headers(request, json_length),
                                              data=body or None, skip_auto_headers=("Accept-Encoding",)) as upstream:
+                if client_body and upstream.status == 500:
+                    # Errors come whole, before any streamed response (a 500 is never SSE).
+                    raw = await upstream.content.read(_MAX_ERROR_BYTES)
+                    message = _parse_error(raw)
+                    if message is not None:
+                        return _error(400, f"the request could not be parsed: {message}")
+                    return web.Response(status=500, body=raw, content_type="application/json")
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for key, value in upstream.headers.items():
                     if key.lower() not in _HOP_HEADERS:
@@ -339,3 +369,16 @@ class HttpGuard:
             if response_started:
                 raise  # headers already sent: the connection is cut, the only honest signal left
             return _error(503, f"inference server unavailable: {type(exc).__name__}")
+
+
+
+def _parse_error(raw: bytes) -> str | None:
+    """The message of an upstream 500 when it is Triton's parse error for the client's body, else None (a real
+    internal error, such as our models' "internal error: ..." or a dead stub: passed through as it is)."""
+    try:
+        message = json.loads(raw).get("error", "")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(message, str) or message.startswith("internal error:") or not _PARSE_ERRORS.search(message):
+        return None
+    return message

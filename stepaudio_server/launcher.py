@@ -5,7 +5,8 @@
 
 Where the server comes from:
 - a system ``tritonserver`` on PATH (an NGC Triton container): used as is, with its own backends;
-- otherwise the Triton 2.51 build inside the ``nvidia-pytriton`` wheel, set up exactly as
+- otherwise the Triton build inside the ``nvidia-pytriton`` wheel (its version:
+  ``stepaudio_contract.compat.PYTRITON_SERVER``), set up exactly as
   ``docs/triton-on-cpu.md#launch-recipe`` measured: a backend directory of our own with *copies* of
   ``libtriton_python.so``, the stub and ``triton_python_backend_utils.py``; the venv's ``bin`` first on PATH (the
   stub finds the venv through ``python3``); ``LD_LIBRARY_PATH`` = Python's LIBDIR + the wheel's ``nvidia_pytriton.libs``.
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from stepaudio_server.files import backends_dir
 from stepaudio_server.http_guard import ADMIN_HEADER, GuardLimits, HttpGuard
+from stepaudio_server.model_facts import ModelFacts
 from stepaudio_server.supervisor import StubSupervisor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -269,6 +271,7 @@ class TritonServer:
     grpc_admin_key_file: Path | None = field(default=None, init=False)
     supervisor: StubSupervisor | None = field(default=None, init=False, repr=False)
     internal_models: set[str] = field(default_factory=set, init=False)
+    model_facts: dict[str, ModelFacts] = field(default_factory=dict, init=False)
     _guard: HttpGuard | None = field(default=None, init=False, repr=False)
     _workdir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
     _shm_before: set[str] = field(default_factory=set, init=False, repr=False)
@@ -334,7 +337,7 @@ class TritonServer:
         ]
         if not self.open_admin_api:
             apis = ",".join(ADMIN_APIS)
-            # Triton 2.51 takes these keys on its command line only: an ephemeral key, never the operator's.
+            # Triton takes these keys on its command line only: an ephemeral key, never the operator's.
             cmd += [f"--http-restricted-api={apis}:{ADMIN_HEADER}={self.grpc_admin_key}",
                     f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={self.grpc_admin_key}"]
         if config_name:
@@ -374,13 +377,15 @@ class TritonServer:
         )
         try:
             self._wait_ready(timeout, on_models_ready)
-            self.internal_models = self._internal_models()
+            self.model_facts = self._model_facts()
+            self.internal_models = {name for name, facts in self.model_facts.items() if facts.internal}
             if self.supervise:
                 self.supervisor = StubSupervisor(self.process.pid, self.reload_model, log=self._event_log()).start()
             self._guard = HttpGuard(
                 f"http://{self.triton_http_url}", self.host, self.http_port, self.guard_limits,
                 down_models=self.down_models, internal_models=lambda: self.internal_models,
                 admin_key=self.admin_key, upstream_admin_key=self.grpc_admin_key,
+                model_facts=lambda: self.model_facts,
             ).start()
         except BaseException:
             self.stop()
@@ -441,18 +446,16 @@ class TritonServer:
         if status != 200:
             raise ServerError(f"reloading {model} failed ({status}): {body.decode(errors='replace')}")
 
-    def _internal_models(self) -> set[str]:
-        """Models whose config says ``parameters { key: "access" value: { string_value: "internal" } }``."""
+    def _model_facts(self) -> dict[str, ModelFacts]:
+        """Each loaded model's facts the guard uses (internal access, decoupled, inputs), from its loaded config."""
         status, body = self._get("/v2/repository/index", method="POST", body=b"{}")
         names = [entry["name"] for entry in json.loads(body)] if status == 200 else []
-        internal = set()
+        facts = {}
         for name in names:
             status, body = self._get(f"/v2/models/{name}/config")
             if status == 200:
-                access = json.loads(body).get("parameters", {}).get("access", {}).get("string_value")
-                if access == "internal":
-                    internal.add(name)
-        return internal
+                facts[name] = ModelFacts.from_config(json.loads(body))
+        return facts
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not Path(self.log_path).exists():

@@ -1,7 +1,7 @@
 """Stub supervision: find each model instance's python stub process, notice when one dies, reload its model.
 
-Triton 2.51's python backend never restarts a dead stub (the non-decoupled restart was removed upstream in 24.06)
-and its readiness endpoints keep answering 200 while every request routed to that instance fails with
+Triton's python backend never restarts a dead stub (stepaudio_contract/compat.py: supervisor; the non-decoupled
+restart was removed upstream in 24.06) and its readiness endpoints keep answering 200 while every request routed to that instance fails with
 "Stub process '<instance>' is not healthy". The supervisor closes that gap from outside the server:
 
 - every ``interval_s`` it lists the server's stub processes from ``/proc`` (a stub's argv carries its model file,

@@ -12,7 +12,7 @@ from typing import Annotated, AsyncIterator
 import numpy as np
 from fastapi import Depends, Request
 
-from gateway.audio import decode_audio
+from gateway.audio import AudioDurationError, DecodeLimits, decode_audio
 from gateway.config import Settings
 from gateway.errors import APIError
 from gateway.limits import Auth, AuthFailures, Lease, Limiter
@@ -89,19 +89,27 @@ async def uploaded_voice(state: GatewayState, owner: str, voice_id: str | None, 
 
 def checked_audio(settings: Settings, data: bytes, param: str) -> tuple[np.ndarray, int]:
     """(1 × samples float32, rate) of an uploaded file within the size and duration limits; decoding itself stops
-    at the served prompt limit (``gateway/audio.py`` ``DecodeLimits``), so memory stays bounded whatever the file
-    claims; the gateway's own (lower) duration range is checked on the result."""
+    at the gateway's duration limit (``gateway/audio.py`` ``DecodeLimits``, never past the served prompt limit), so
+    memory stays bounded whatever the file claims. Every duration refusal has one wording, whether the header, the
+    decoder's cap or the decoded length found it."""
     if len(data) > settings.max_upload_bytes:
         raise APIError(413, f"audio file is larger than {settings.max_upload_bytes} bytes", code="upload_too_large",
                        param=param)
+
+    def out_of_range(length: str) -> APIError:
+        return APIError(400, f"audio is {length}; allowed {settings.min_upload_seconds:g}–"
+                        f"{settings.max_upload_seconds:g} s", code="invalid_audio_duration", param=param)
+
     try:
-        wave, rate = decode_audio(data)
+        wave, rate = decode_audio(data, DecodeLimits(max_seconds=min(settings.max_upload_seconds, DecodeLimits.max_seconds)))
+    except AudioDurationError as exc:
+        length = f"longer than {exc.max_seconds:g} s" if exc.seconds is None else f"{exc.seconds:.2f} s"
+        raise out_of_range(length) from exc
     except ValueError as exc:
         raise APIError(400, str(exc), code="invalid_audio", param=param) from exc
     seconds = wave.shape[1] / rate
     if not settings.min_upload_seconds <= seconds <= settings.max_upload_seconds:
-        raise APIError(400, f"audio is {seconds:.2f} s; allowed {settings.min_upload_seconds:g}–"
-                       f"{settings.max_upload_seconds:g} s", code="invalid_audio_duration", param=param)
+        raise out_of_range(f"{seconds:.2f} s")
     if not np.all(np.isfinite(wave)):
         raise APIError(400, "audio holds NaN or infinite samples", code="invalid_audio", param=param)
     return wave, rate

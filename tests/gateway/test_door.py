@@ -4,6 +4,7 @@ metrics under made-up methods, Origin/Host checks, named keys sharing voices (is
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
@@ -78,7 +79,8 @@ def test_the_realtime_socket_refuses_a_foreign_origin(gateway):
 
     with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
         asyncio.run(attempt("https://attacker.example"))
-    assert refused.value.response.status_code == 403
+    assert refused.value.response.status_code == 403  # with OpenAI's JSON error (the WebSocket denial response)
+    assert json.loads(refused.value.response.body)["error"]["code"] == "forbidden_origin"
     asyncio.run(attempt(gateway.url))  # the gateway's own page may open it
 
 

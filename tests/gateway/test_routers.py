@@ -151,18 +151,24 @@ def test_without_keys_only_loopback_hosts_and_own_origins_pass(tmp_path):
 
 
 def test_with_keys_the_websocket_checks_its_origin(tmp_path):
-    from starlette.websockets import WebSocketDisconnect
+    from starlette.testclient import WebSocketDenialResponse, httpx
 
     client = TestClient(full_app(tmp_path, api_keys=(KEY,)))  # its WebSocket requests say Host: testserver
     headers = {"origin": "http://evil.example", **AUTH}
-    with pytest.raises(WebSocketDisconnect) as refused:
+    # The handshake is refused with an HTTP answer in OpenAI's shape (the ASGI WebSocket denial response).
+    with pytest.raises(WebSocketDenialResponse) as refused:
         with client.websocket_connect("/v1/realtime", headers=headers):
             pass
-    assert refused.value.code == 1008
-    with pytest.raises(WebSocketDisconnect) as unauthenticated:
+    assert refused.value.status_code == 403 and refused.value.json()["error"]["code"] == "forbidden_origin"
+    with pytest.raises(WebSocketDenialResponse) as unauthenticated:
         with client.websocket_connect("/v1/realtime", headers={"origin": "http://testserver"}):
             pass
-    assert unauthenticated.value.code == 1008 and "API key" in unauthenticated.value.reason
+    assert unauthenticated.value.status_code == 401 and "API key" in unauthenticated.value.json()["error"]["message"]
+    with pytest.raises(WebSocketDenialResponse) as two_keys:  # which one would count is ambiguous: neither does
+        with client.websocket_connect("/v1/realtime", headers=httpx.Headers([("authorization", "Bearer wrong"),
+                                                                             ("authorization", f"Bearer {KEY}")])):
+            pass
+    assert two_keys.value.status_code == 401 and "send one Authorization" in two_keys.value.json()["error"]["message"]
     # HTTP with a key from another origin stays allowed (server-side OpenAI clients send none, browsers' need CORS)
     assert client.get("/v1/models", headers=headers).status_code == 200
 

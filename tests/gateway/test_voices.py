@@ -130,8 +130,10 @@ def test_hostile_uploads_are_refused_within_the_memory_bound(start_gateway):
     udp.setblocking(False)
     port = udp.getsockname()[1]
     hostile = {
-        "10 min 48 kHz stereo flac": (flac(600.0), "at most 10 s"),  # ≈ 460 MB of float32 decoded whole before
-        "the same, total_samples 0": (with_total_samples(flac(600.0), 0), "longer than 10 s"),
+        # ≈ 460 MB of float32 decoded whole before; refused by its header now, in the one duration wording
+        "10 min 48 kHz stereo flac": (flac(600.0), "audio is 600.00 s; allowed 0.5–10 s"),
+        # no length in the header: the decoder stops at the gateway's 10 s, and the wording stays the same
+        "the same, total_samples 0": (with_total_samples(flac(600.0), 0), "audio is longer than 10 s; allowed 0.5–10 s"),
         "sdp": (f"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
                 f"m=audio {port} RTP/AVP 0\r\n".encode(), "could not decode"),
         "hls": (f"#EXTM3U\n#EXTINF:10,\nhttp://127.0.0.1:{port}/a.ts\n".encode(), "could not decode"),
@@ -140,6 +142,8 @@ def test_hostile_uploads_are_refused_within_the_memory_bound(start_gateway):
         start = time.monotonic()
         response = upload(http, data, "x.wav")
         assert response.status_code == 400 and message in response.json()["error"]["message"], (name, response.text)
+        expected_code = "invalid_audio_duration" if "allowed" in message else "invalid_audio"
+        assert response.json()["error"]["code"] == expected_code, (name, response.text)
         assert time.monotonic() - start < 10, name  # a refusal, not a wait on a socket
     with pytest.raises(BlockingIOError):
         udp.recv(1)
@@ -151,7 +155,12 @@ def test_hostile_uploads_are_refused_within_the_memory_bound(start_gateway):
 def test_voice_quota_per_owner(start_gateway):
     import httpx2 as httpx
 
-    gateway = start_gateway("--max-voices", "2", "--max-voice-bytes", "300000")  # 2 s at 16 kHz = 128000 bytes
+    def stored_bytes(seconds: float) -> int:  # float32 samples as the store keeps them (synthetic_voice pads silence)
+        return synthetic_voice(seconds, seed=0, sample_rate=16000).size * 4
+
+    quota = 2 * stored_bytes(2.0)  # two 2 s voices fit exactly; a 2 s and a 3 s do not
+    assert stored_bytes(2.0) + stored_bytes(3.0) > quota >= stored_bytes(2.0) + stored_bytes(1.0)
+    gateway = start_gateway("--max-voices", "2", "--max-voice-bytes", str(quota))
     http = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
     first, second = (upload(http, wav_file(2.0, seed=s)) for s in (1, 2))
     assert first.status_code == second.status_code == 201
@@ -159,8 +168,8 @@ def test_voice_quota_per_owner(start_gateway):
     assert third.status_code == 429 and third.json()["error"]["code"] == "voice_quota_exceeded", third.text
     assert "at most 2 voices" in third.json()["error"]["message"]
     assert http.delete(f"/v1/audio/voices/{first.json()['id']}").status_code == 200
-    too_big = upload(http, wav_file(3.0))  # 128000 + 192000 bytes > 300000
-    assert too_big.status_code == 429 and "300000 allowed" in too_big.json()["error"]["message"], too_big.text
+    too_big = upload(http, wav_file(3.0))
+    assert too_big.status_code == 429 and f"{quota} allowed" in too_big.json()["error"]["message"], too_big.text
     assert upload(http, wav_file(1.0)).status_code == 201
     listed = [v for v in http.get("/v1/audio/voices").json()["data"] if v["type"] == "uploaded"]
     assert len(listed) == 2 and second.json() in listed

@@ -17,6 +17,7 @@ from aiohttp import web
 from stepaudio_server.body_check import GENERATE, INFER, OTHER, BodyCheck, deeper_than, refusal
 from stepaudio_server.http_guard import ADMIN_HEADER, GuardLimits, HttpGuard
 from stepaudio_server.launcher import free_port
+from stepaudio_server.model_facts import InputFact, ModelFacts, generate_refusal
 
 
 @pytest.mark.parametrize(
@@ -99,8 +100,15 @@ class Upstream:
             await asyncio.sleep(1.5)
             return web.json_response({})
 
+        async def failing(request):
+            # Triton's parse error (TritonJson reports it as INTERNAL) versus a model's own internal error.
+            message = ("Unable to parse 'TEXT': attempt to access JSON non-string as string"
+                       if request.match_info["model"] == "parse_fail" else "internal error: RuntimeError: boom")
+            return web.json_response({"error": message}, status=500)
+
         async def main():
             app = web.Application(client_max_size=1 << 30)
+            app.router.add_route("*", "/v2/models/{model:(parse|model)_fail}/{action}", failing)
             app.router.add_route("*", "/stream", stream)
             app.router.add_route("*", "/slow", slow)
             app.router.add_route("*", "/{tail:.*}", echo)
@@ -280,3 +288,110 @@ def test_draining_refuses_new_requests_and_waits_for_running_ones(guarded):
     finally:
         guard.draining = False
         slow.join()
+
+
+# tts_stream's inputs, as its rendered config declares them (max_batch_size 0, decoupled).
+_STREAM_FACTS = ModelFacts.from_config({
+    "max_batch_size": 0, "model_transaction_policy": {"decoupled": True},
+    "input": [{"name": "TEXT", "data_type": "TYPE_STRING", "dims": ["1"], "optional": True},
+              {"name": "MAX_NEW_TOKENS", "data_type": "TYPE_INT32", "dims": [1], "optional": True},
+              {"name": "TEMPERATURE", "data_type": "TYPE_FP32", "dims": [1], "optional": True},
+              {"name": "PROMPT_AUDIO", "data_type": "TYPE_FP32", "dims": [-1], "optional": True},
+              {"name": "REPLY_AUDIO", "data_type": "TYPE_BOOL", "dims": [1], "optional": True}]})
+_BATCHING_FACTS = ModelFacts.from_config({
+    "max_batch_size": 4, "parameters": {"access": {"string_value": "internal"}},
+    "input": [{"name": "AUDIO", "data_type": "TYPE_FP32", "dims": [-1]}]})
+
+
+def test_model_facts_read_the_loaded_config():
+    assert _STREAM_FACTS.decoupled and not _STREAM_FACTS.internal
+    assert _STREAM_FACTS.inputs[0] == InputFact("TEXT", "TYPE_STRING", 1, True)
+    assert _BATCHING_FACTS.internal and not _BATCHING_FACTS.decoupled
+    assert _BATCHING_FACTS.inputs == (InputFact("AUDIO", "TYPE_FP32", 2, False),)  # the batch dimension counts
+
+
+@pytest.mark.parametrize("document, why", [
+    ({"TEXT": "你好", "MAX_NEW_TOKENS": 20, "TEMPERATURE": 1, "PROMPT_AUDIO": [0.5, 1], "REPLY_AUDIO": True}, None),
+    ({"TEXT": ["hi"], "parameters": {"seed": 1, "stream": False}, "stepaudio_error_codes": True}, None),
+    ({"TEXT": {"a": 1}}, "'TEXT' must hold STRING"),
+    ({"TEXT": "hi", "MAX_NEW_TOKENS": ""}, "'MAX_NEW_TOKENS' must hold INT32"),
+    ({"MAX_NEW_TOKENS": 1.5}, "'MAX_NEW_TOKENS' must hold INT32"),
+    ({"MAX_NEW_TOKENS": True}, "'MAX_NEW_TOKENS' must hold INT32"),
+    ({"TEMPERATURE": "hot"}, "'TEMPERATURE' must hold FP32"),
+    ({"REPLY_AUDIO": 1}, "'REPLY_AUDIO' must hold BOOL"),
+    ({"PROMPT_AUDIO": [[0.5]]}, "'PROMPT_AUDIO' nests deeper"),
+    ({"PROMPT_AUDIO": [0.5, None]}, "'PROMPT_AUDIO' must hold FP32"),
+    ({"parameters": {"a": [1]}}, "'parameters' must be an object"),
+    ({"parameters": 3}, "'parameters' must be an object"),
+    ({"NOT_AN_INPUT": {"a": 1}}, "'NOT_AN_INPUT' is not an input"),
+])
+def test_generate_bodies_must_fit_the_models_inputs(document, why):
+    found = generate_refusal(document, _STREAM_FACTS.inputs)
+    assert (found is None) if why is None else (found is not None and why in found), found
+
+
+def test_generate_needs_the_required_inputs():
+    assert "missing required input(s): AUDIO" in generate_refusal({}, _BATCHING_FACTS.inputs)
+    assert generate_refusal({"AUDIO": [[0.1, 0.2]]}, _BATCHING_FACTS.inputs) is None
+
+
+@pytest.fixture(scope="module")
+def guarded_with_facts():
+    upstream = Upstream()
+    facts = {"tts_stream": _STREAM_FACTS, "parse_fail": ModelFacts(False, False, ()),
+             "model_fail": ModelFacts(False, False, ())}
+    guard = HttpGuard(f"http://127.0.0.1:{upstream.port}", "127.0.0.1", free_port(), GuardLimits(max_body_bytes=4096),
+                      down_models=dict, internal_models=set, model_facts=lambda: facts).start()
+    yield guard, upstream
+    guard.stop()
+
+
+def _raw(guard, method, path, body=b"") -> tuple[int, bytes, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", guard.port, timeout=10)
+    connection.request(method, path, body=body, headers={"Content-Length": str(len(body))})
+    response = connection.getresponse()
+    answer = response.status, response.read(), dict(response.headers)
+    connection.close()
+    return answer
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"])
+def test_methods_triton_does_not_serve_get_a_json_405(guarded_with_facts, method):
+    guard, upstream = guarded_with_facts
+    before = len(upstream.seen)
+    status, body, headers = _raw(guard, method, "/V2/MODELS/FLOW_DECODER")
+    assert status == 405 and headers["Allow"] == "GET, POST" and len(upstream.seen) == before
+    if method != "HEAD":
+        assert "is not supported" in json.loads(body)["error"]
+
+
+def test_infer_on_a_decoupled_model_is_a_400(guarded_with_facts):
+    guard, upstream = guarded_with_facts
+    before = len(upstream.seen)
+    status, body, _ = _raw(guard, "POST", "/v2/models/tts_stream/versions/1/infer", b'{"inputs": []}')
+    assert status == 400 and "decoupled" in json.loads(body)["error"] and len(upstream.seen) == before
+    status, _, _ = _raw(guard, "POST", "/v2/models/tts_stream/generate_stream", b'{"TEXT": "hi"}')
+    assert status == 200 and upstream.seen[-1][0] == "/v2/models/tts_stream/generate_stream"
+
+
+@pytest.mark.parametrize("path, body, why", [
+    ("/v2/models/tts_stream/versions/1/generate", b'{"TEXT":{"a":1},"SPEAKER":"Tingting"}', "'TEXT'"),
+    ("/v2/models/tts_stream/generate_stream", b'{"TEXT": "hi", "MAX_NEW_TOKENS": ""}', "'MAX_NEW_TOKENS'"),
+    ("/v2/models/tts_stream/generate_stream", b"", "empty body"),
+    ("/v2/models/unknown_model/infer", b"", "empty body"),
+])
+def test_generate_bodies_that_do_not_fit_are_refused_before_triton(guarded_with_facts, path, body, why):
+    guard, upstream = guarded_with_facts
+    before = len(upstream.seen)
+    status, answer, _ = _raw(guard, "POST", path, body)
+    assert status == 400 and why in json.loads(answer)["error"] and len(upstream.seen) == before
+
+
+def test_only_tritons_parse_errors_turn_from_500_into_400(guarded_with_facts):
+    guard, _ = guarded_with_facts
+    status, body, _ = _raw(guard, "POST", "/v2/models/parse_fail/generate", b'{"TEXT": "hi"}')
+    assert status == 400 and "could not be parsed: Unable to parse" in json.loads(body)["error"]
+    status, body, _ = _raw(guard, "POST", "/v2/models/model_fail/generate", b'{"TEXT": "hi"}')
+    assert status == 500 and json.loads(body) == {"error": "internal error: RuntimeError: boom"}
+    status, body, _ = _raw(guard, "GET", "/v2/models/parse_fail/config")
+    assert status == 500  # not a client body: passed through as it is
