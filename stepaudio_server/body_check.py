@@ -141,6 +141,8 @@ def _refusal(body: bytes, check: BodyCheck) -> str | None:
     try:
         document = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
+        if "depth limit exceeded" in str(exc):  # orjson's own bound (1024) is above ours: say what was wrong
+            return f"JSON nesting deeper than {check.max_depth} levels"
         return f"the body is not valid JSON: {exc}"
     json_part.release()
     if check.kind != OTHER and not isinstance(document, dict):

@@ -402,6 +402,11 @@ class TritonServer:
         logger.setLevel(logging.INFO)
         return logger
 
+    def refuse_new_requests(self) -> None:
+        """Answer every new HTTP request 503 from now on (safe in a signal handler: one attribute set)."""
+        if self._guard is not None:
+            self._guard.draining = True
+
     def drain(self, timeout_s: float) -> int:
         """Stop taking new HTTP requests (503, readiness false) and let those in flight finish, up to
         ``timeout_s``; returns how many were cut. gRPC clients get Triton's own drain at stop."""
@@ -638,10 +643,13 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     stopping = False
+    running: list[TritonServer] = []  # the server being served, for the signal handler
 
     def request_stop(signum, _frame):
         nonlocal stopping
         stopping = True
+        for server in running:
+            server.refuse_new_requests()  # at once: the main loop notices ``stopping`` only at its next poll
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
@@ -649,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             server = new_server()
+            running[:] = [server]
             try:
                 server.start(timeout=args.timeout)
             except ServerError as exc:

@@ -39,7 +39,8 @@ def _header(*sizes: int, outputs: str = "") -> bytes:
 
 
 @pytest.mark.parametrize("body, check, why", [
-    (b'{"a":' + b"[" * 2000, BodyCheck(GENERATE, None, 32), "not valid JSON"),  # orjson's own bound: 1024
+    (b'{"a":' + b"[" * 2000, BodyCheck(GENERATE, None, 32), "nesting deeper than 32"),  # orjson's bound: 1024
+    (b'{"a":' + b"[" * 2000, BodyCheck(INFER, None, 32), "nesting deeper than 32"),
     (b'{"a":' + b"[" * 40 + b"]" * 40 + b"}", BodyCheck(GENERATE, None, 32), "nesting deeper than 32"),
     (b'"\\' * 5000, BodyCheck(GENERATE, None, 32), "not valid JSON"),
     (b'{"a":"\xff"}', BodyCheck(GENERATE, None, 32), "not valid JSON"),
