@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from stepaudio_server.launcher import ADMIN_HEADER, TritonServer
 from stepaudio_server.supervisor import list_stubs
+from tests.server.front_door_helpers import post
 from tests.server.helpers import grpc_input, http_input
 
 pytestmark = pytest.mark.server
@@ -28,15 +29,6 @@ PROMPT, LONG_SEED = np.array([1, 4, 300, 301, 302], np.int32), 1
 
 # The body that crashed Triton 2.51 (SIGSEGV in its JSON parser): ~100 kB of nesting in one string field.
 CRASH_BODY = b'{"TEXT":' + b"[" * 50_000 + b"]" * 50_000 + b',"SPEAKER":"Tingting"}'
-
-
-def post(url: str, path: str, body: bytes, headers: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"http://{url}{path}", data=body, method="POST", headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def ready(server: TritonServer, path: str = "/v2/health/ready") -> int:
