@@ -20,3 +20,12 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def attach_log_tails(item, report, fixture_names: tuple[str, ...], lines: int = 40) -> None:
+    """A failed test's report carries the log tails of the server/gateway fixtures it used (CI keeps no temp folders)."""
+    if report.failed and hasattr(item, "funcargs"):
+        for name in fixture_names:
+            process = item.funcargs.get(name)
+            if process is not None:
+                report.sections.append((f"{name} log (last {lines} lines)", process.log_tail(lines)))

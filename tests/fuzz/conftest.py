@@ -10,6 +10,7 @@ import pytest
 
 from gateway.process import GatewayProcess
 from tests.fuzz.harness import Stack
+from tests.helpers import attach_log_tails
 
 API_KEY = "fuzz-key-1"
 GATEWAY_ARGS = ["--max-new-tokens", "8", "--max-new-tokens-limit", "64", "--chat-max-tokens", "4",
@@ -44,9 +45,4 @@ def fuzz_stack(triton_server, fuzz_gateway) -> Stack:
 def pytest_runtest_makereport(item, call):
     """A failed fuzz test carries the gateway's and the server's log tails."""
     outcome = yield
-    report = outcome.get_result()
-    if report.failed and hasattr(item, "funcargs"):
-        for name in ("fuzz_gateway", "triton_server"):
-            process = item.funcargs.get(name)
-            if process is not None:
-                report.sections.append((f"{name} log (last 40 lines)", process.log_tail(40)))
+    attach_log_tails(item, outcome.get_result(), ("fuzz_gateway", "triton_server"))

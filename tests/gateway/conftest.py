@@ -11,6 +11,7 @@ import pytest
 
 from gateway.process import GatewayProcess
 from tests.gateway.helpers import API_KEY, TOKENS
+from tests.helpers import attach_log_tails
 
 # Small caps keep the tiny models' requests short; limits small enough to test.
 TEST_ARGS = ["--max-new-tokens", str(TOKENS), "--max-new-tokens-limit", "2000", "--chat-max-tokens", "8",
@@ -61,9 +62,4 @@ def http(gateway):
 def pytest_runtest_makereport(item, call):
     """A failed gateway test carries the gateway's and the server's log tails (CI keeps no temp folders)."""
     outcome = yield
-    report = outcome.get_result()
-    if report.failed and hasattr(item, "funcargs"):
-        for name in ("gateway", "triton_server"):
-            process = item.funcargs.get(name)
-            if process is not None:
-                report.sections.append((f"{name} log (last 40 lines)", process.log_tail(40)))
+    attach_log_tails(item, outcome.get_result(), ("gateway", "triton_server"))
