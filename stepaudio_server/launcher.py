@@ -53,6 +53,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Every python-based backend names its stubs' regions triton_<backend>_backend_shm_region_<uuid>.
 _SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
 _LOADED_MODEL = re.compile(r"successfully loaded '([^']+)'")  # Triton's log line as each model becomes ready
+# Lines of a server log that say why the process ended (Triton's signal handler, an uncaught C++ exception, a
+# stub's faulthandler): what an exit report quotes, since the last lines are the stubs' own exit noise.
+_CRASH_LINE = re.compile(r"Signal \(\d+\) received|terminate called|what\(\):|Fatal Python error|Aborted|"
+                         r"Segmentation fault|std::bad_alloc|\*\*\* |out of memory|Killed")
 # Triton's restricted-API header (ADMIN_HEADER): these endpoint groups answer only requests that carry it.
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # how gRPC clients must spell a restricted-protocol header
@@ -101,6 +105,16 @@ def read_admin_key_file(path: Path) -> str:
     if len(key) < 16:
         raise ServerError(f"the admin key in {path} is shorter than 16 characters")
     return key
+
+
+def describe_exit(returncode: int) -> str:
+    """``code 1`` or ``signal SIGSEGV`` (Popen's negative return codes)."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            pass
+    return f"code {returncode}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -185,8 +199,8 @@ class _LoadCounter:
     """Models loaded so far, from the lines Triton appends to its log (at startup Triton loads every model before
     its HTTP/gRPC endpoints answer, so the API cannot tell); each call reads only what is new."""
 
-    def __init__(self, log_path: Path, repository: Path):
-        self.log_path, self.offset, self.loaded = Path(log_path), 0, set()
+    def __init__(self, log_path: Path, repository: Path, offset: int = 0):
+        self.log_path, self.offset, self.loaded = Path(log_path), offset, set()
         self.total = len(list(Path(repository).glob("*/config.pbtxt")))
 
     def __call__(self) -> tuple[int, int]:
@@ -276,6 +290,7 @@ class TritonServer:
     _workdir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
     _shm_before: set[str] = field(default_factory=set, init=False, repr=False)
     _log_file: object = field(default=None, init=False, repr=False)
+    _log_start: int = field(default=0, init=False, repr=False)  # where this start's lines begin in log_path
 
     @property
     def http_url(self) -> str:
@@ -365,7 +380,9 @@ class TritonServer:
         binary = locate_server(Path(self._workdir.name))
         if self.log_path is None:
             self.log_path = Path(self._workdir.name) / "server.log"
-        self._log_file = open(self.log_path, "w")
+        # Appended, never truncated: a restart keeps the lines that say why the last server ended.
+        self._log_file = open(self.log_path, "a")
+        self._log_start = self._log_file.tell()
         self._shm_before = set(glob.glob(_SHM_GLOB))
         self.process = subprocess.Popen(
             self.command(binary),
@@ -462,6 +479,25 @@ class TritonServer:
                 facts[name] = ModelFacts.from_config(json.loads(body))
         return facts
 
+    def exit_report(self, lines: int = 12) -> list[str]:
+        """How the server process ended (exit code or signal) and the log lines of this start that say why;
+        empty while it runs."""
+        if self.process is None or self.process.poll() is None:
+            return []
+        report = [f"tritonserver (pid {self.process.pid}) exited with {describe_exit(self.process.returncode)}"]
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(self._log_start)
+                text = log_file.read().decode(errors="replace")
+        except OSError:
+            return report
+        return report + [line for line in text.splitlines() if _CRASH_LINE.search(line)][:lines]
+
+    def restart(self, timeout: float = 300.0) -> TritonServer:
+        """Stop what is left of this server and start it again on the same ports (clients reconnect)."""
+        self.stop()
+        return self.start(timeout=timeout)
+
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not Path(self.log_path).exists():
             return ""
@@ -490,7 +526,7 @@ class TritonServer:
     def _wait_ready(self, timeout: float, on_models_ready: Callable[[int, int], None] | None = None) -> None:
         """``timeout`` bounds the time without progress: a 130B model over 8 GPUs may take far longer than a
         fixed bound to load, but a load that stalls is still noticed."""
-        progress = LoadProgress(_LoadCounter(self.log_path, self.model_repository), timeout)
+        progress = LoadProgress(_LoadCounter(self.log_path, self.model_repository, self._log_start), timeout)
         reported = None
 
         def report() -> None:
@@ -633,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             model_config_name=args.model_config_name,
             response_cache_bytes=args.response_cache_bytes,
-            log_path=args.log_file,
+            log_path=args.log_file or run_dir / "server.log",  # one log for every restart
             log_verbose=args.log_verbose,
             admin_key=admin_key,
             open_admin_api=args.open_admin_api,
@@ -681,14 +717,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"drained ({cut} request(s) cut at the {args.drain_timeout_s:.0f} s drain timeout)"
                           if cut else "drained", flush=True)
             finally:
-                code = server.process.returncode if server.process and server.process.poll() is not None else None
-                if code is not None:
+                exit_report = server.exit_report()
+                if exit_report:
                     report = server.crash_report()
                 server.stop()
             if stopping:
                 print("stopped", flush=True)
                 return 0
-            print(f"tritonserver exited with code {code}", file=sys.stderr, flush=True)
+            print(exit_report[0], file=sys.stderr, flush=True)
+            for line in exit_report[1:]:
+                print(f"  its log: {line}", file=sys.stderr, flush=True)
             for line in report or ["no HTTP request had reached it"]:
                 print(f"  before the exit, {line}", file=sys.stderr, flush=True)
             now = time.monotonic()

@@ -45,11 +45,38 @@ def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
     return repo
 
 
+SERVER_START_TIMEOUT_S = 300  # a busy 2-core machine can take minutes to load every model
+_session_servers: list[TritonServer] = []  # the running session server, for the healing hook below
+
+
 @pytest.fixture(scope="session")
 def triton_server(model_repository, tmp_path_factory):
     log = tmp_path_factory.mktemp("server_log") / "server.log"
     # A small body limit, so the test of the limit sends 16 MiB, not the production 64.
     limits = GuardLimits(max_body_bytes=16 * 1024 * 1024)
     server = TritonServer(model_repository, log_path=log, guard_limits=limits)
-    with sigterm_interrupts(), server.start(timeout=300):  # a busy 2-core machine can take minutes to load every model
-        yield server
+    with sigterm_interrupts(), server.start(timeout=SERVER_START_TIMEOUT_S):
+        _session_servers.append(server)
+        try:
+            yield server
+        finally:
+            _session_servers.remove(server)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A session server that died in an earlier test is started again (same ports) before the next test that
+    uses it, as the launcher restarts it in production: the test it died in fails with its exit report
+    (``tests.helpers.attach_log_tails``), the rest of the session is not lost with it."""
+    if "triton_server" not in getattr(item, "fixturenames", ()):
+        return
+    for server in _session_servers:
+        report = server.exit_report()
+        if report:
+            item.config.pluginmanager.get_plugin("terminalreporter").write_line(
+                "\n".join(["session tritonserver died; restarting it:", *report]), red=True)
+            try:
+                server.restart(timeout=SERVER_START_TIMEOUT_S)
+            except BaseException:
+                _session_servers.remove(server)  # one failed restart: the later tests fail fast, not 300 s each
+                raise

@@ -28,4 +28,6 @@ def attach_log_tails(item, report, fixture_names: tuple[str, ...], lines: int = 
         for name in fixture_names:
             process = item.funcargs.get(name)
             if process is not None:
+                if exit_report := getattr(process, "exit_report", lambda: [])():
+                    report.sections.append((f"{name} exited", "\n".join(exit_report)))
                 report.sections.append((f"{name} log (last {lines} lines)", process.log_tail(lines)))

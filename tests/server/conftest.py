@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stepaudio_server.launcher import TritonServer
-from tests.helpers import sigterm_interrupts
+from tests.helpers import attach_log_tails, sigterm_interrupts
 from tests.server.helpers import write_smoke_onnx
 
 SMOKE_REPOSITORY = Path(__file__).parent / "smoke_repository"
@@ -79,9 +79,4 @@ def smoke_grpc(smoke_server):
 def pytest_runtest_makereport(item, call):
     """A failed live-server test carries the server log's tail in its report (CI keeps no temp folders)."""
     outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for name in ("triton_server", "smoke_server"):
-            server = item.funcargs.get(name) if hasattr(item, "funcargs") else None
-            if server is not None:
-                report.sections.append((f"{name} log (last 60 lines)", server.log_tail(60)))
+    attach_log_tails(item, outcome.get_result(), ("triton_server", "smoke_server"), 60)

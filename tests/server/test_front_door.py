@@ -138,7 +138,8 @@ def test_restarts_are_budgeted_per_window_and_a_crash_names_the_request_before_i
         launcher.wait_for("Ctrl-C to stop", 120)
         assert post(launcher.http_url, "/v2/models/smoke_scale/infer", SMALL_INFER)[0] == 200
         os.kill(launcher.tritonserver_pid(), signal.SIGSEGV)
-        launcher.wait_for("exited with code -11", 30)
+        launcher.wait_for("exited with signal SIGSEGV", 30)
+        launcher.wait_for("its log: Signal (11) received", 5)  # the server's own line, quoted from its log
         assert "POST /v2/models/smoke_scale/infer (%d body bytes)" % len(SMALL_INFER) in \
             launcher.wait_for("before the exit, finished:", 5)
         first = time.monotonic()

@@ -111,6 +111,31 @@ def test_failed_model_load_is_reported_with_its_error(tmp_path):
     assert "deliberate test failure" in info.value.failures["smoke_broken"]
 
 
+def test_a_crashed_server_says_why_and_restarts_on_its_ports_with_its_log_kept(tmp_path):
+    import shutil
+    import signal
+    import urllib.request
+
+    model_repository = tmp_path / "crash_repository"
+    shutil.copytree(Path(__file__).parent / "smoke_repository" / "smoke_offset", model_repository / "smoke_offset")
+    server = TritonServer(model_repository, log_path=tmp_path / "server.log")
+    with server.start(timeout=120):
+        assert server.exit_report() == []
+        first_pid, ports = server.process.pid, (server.http_port, server.grpc_port)
+        os.kill(first_pid, signal.SIGSEGV)
+        server.process.wait(30)
+        report = server.exit_report()
+        assert report[0] == f"tritonserver (pid {first_pid}) exited with signal SIGSEGV"
+        assert any("Signal (11) received" in line for line in report[1:])
+        server.restart(timeout=120)
+        assert (server.http_port, server.grpc_port) == ports and server.process.pid != first_pid
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=10) as response:
+            assert response.status == 200
+        assert server.exit_report() == []  # the new start's lines only
+    log = (tmp_path / "server.log").read_text()
+    assert "Signal (11) received" in log and log.count("Started GRPCInferenceService") == 2
+
+
 def test_cli_starts_prints_urls_and_stops_cleanly_on_sigterm(tmp_path):
     import shutil
     import signal
