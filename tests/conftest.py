@@ -45,8 +45,28 @@ def model_repository(tmp_path_factory, tiny_checkpoints) -> Path:
     return repo
 
 
+def machine_facts() -> str:
+    """CPUs, memory and /dev/shm of the machine the run was on."""
+    import shutil
+
+    with open("/proc/cpuinfo") as cpuinfo:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    shm = shutil.disk_usage("/dev/shm")
+    return (f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {model}; {memory / 2**30:.1f} GiB; "
+            f"/dev/shm {shm.free / 2**30:.1f} of {shm.total / 2**30:.1f} GiB free")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """At the end of the run, where a CI log's tail keeps it: the machine, and every session-server restart."""
+    terminalreporter.write_line(f"machine: {machine_facts()}")
+    for line in _server_restarts:
+        terminalreporter.write_line(line, red=True)
+
+
 SERVER_START_TIMEOUT_S = 300  # a busy 2-core machine can take minutes to load every model
 _session_servers: list[TritonServer] = []  # the running session server, for the healing hook below
+_server_restarts: list[str] = []  # what each restart said, repeated in the run's summary
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +93,8 @@ def pytest_runtest_setup(item):
     for server in _session_servers:
         report = server.exit_report()
         if report:
-            item.config.pluginmanager.get_plugin("terminalreporter").write_line(
-                "\n".join(["session tritonserver died; restarting it:", *report]), red=True)
+            _server_restarts.append("\n  ".join([f"session tritonserver died before {item.nodeid}; restarted:", *report]))
+            item.config.pluginmanager.get_plugin("terminalreporter").write_line(_server_restarts[-1], red=True)
             try:
                 server.restart(timeout=SERVER_START_TIMEOUT_S)
             except BaseException:
