@@ -1,26 +1,28 @@
-"""Concurrent streaming TTS: N ``tts_stream`` requests at once against a live server.
+"""Concurrent streaming TTS: N ``tts_stream`` requests at once against a live server, for each N given.
 
-    python bench/bench_tts_stream.py [--model-repository build/model_repository] [--streams 8] [--max-new-tokens 150]
+    python bench/bench_tts_stream.py [--model-repository build/model_repository] [--streams 1,4,8]
+                                     [--rounds 3] [--max-new-tokens 150] [--out build/bench/tts_stream.json]
 
 Starts the server on the rendered repository (``make demo`` renders ``build/model_repository``), sends one warm-up
-stream, then N streams at once over gRPC (each its own seed). Prints the wall time, the aggregate real-time factor
-(wall time / seconds of audio of all streams), first-chunk latency, and how many executions ``flow_decoder`` and
-``vocoder`` needed for their calls (fewer executions than calls = the streams' decoder calls were batched).
+stream, then for each N, ``--rounds`` rounds of N streams at once over gRPC (each its own seed). Prints per N the
+wall time, the aggregate real-time factor (wall time / seconds of audio of all streams), first-chunk p50/p95,
+underruns (a chunk that arrived after the audio before it had finished playing, ``bench/playback.py``) and how many
+executions ``flow_decoder`` and ``vocoder`` needed for their calls (fewer executions than calls = batched).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.playback import continuity, percentiles_ms  # noqa: E402
 from clients.tts import synthesize  # noqa: E402
 from stepaudio_server.launcher import TritonServer  # noqa: E402
 
@@ -63,36 +65,56 @@ def settled_decoder_counts(url: str, quiet_s: float = 0.3, timeout_s: float = 10
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=Path("build/model_repository"))
-    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--streams", default="1,4,8", help="comma-separated concurrencies")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of N concurrent streams per N")
     parser.add_argument("--max-new-tokens", type=int, default=150)
+    parser.add_argument("--out", type=Path, default=Path("build/bench/tts_stream.json"))
     args = parser.parse_args(argv)
     if not args.model_repository.is_dir():
         print(f"error: {args.model_repository} is not a rendered repository (run make demo)", file=sys.stderr)
         return 2
+    concurrencies = [int(n) for n in args.streams.split(",")]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"max_new_tokens": args.max_new_tokens, "rounds": args.rounds, "by_streams": {}}
 
-    with TritonServer(args.model_repository, log_path=Path("build/bench/tts_stream_server.log")) as server:
+    with TritonServer(args.model_repository, log_path=args.out.with_suffix(".server.log")) as server:
         url = server.grpc_url
 
         def one(seed: int) -> dict:
             wave, rate, timing = synthesize(stream_args(url, seed, args.max_new_tokens))
-            return timing | {"audio_s": wave.size / rate}
+            return {"continuity": continuity(timing["arrivals"], rate), "audio_s": wave.size / rate}
 
-        warm = one(10_000)
-        print(f"one stream: first chunk {warm['first_chunk_s'] * 1000:.0f} ms, {warm['audio_s']:.2f} s audio "
-              f"in {warm['latency_s']:.2f} s")
-        before = decoder_counts(url)
-        start = time.perf_counter()
-        with ThreadPoolExecutor(args.streams) as pool:
-            results = list(pool.map(one, range(args.streams)))
-        wall = time.perf_counter() - start
-        after = settled_decoder_counts(url)
-    audio = sum(r["audio_s"] for r in results)
-    firsts = [r["first_chunk_s"] * 1000 for r in results]
-    print(f"{args.streams} streams at once: wall {wall:.1f} s for {audio:.1f} s of audio, aggregate RTF {wall / audio:.2f}, "
-          f"first chunk median {np.median(firsts):.0f} ms (max {max(firsts):.0f} ms)")
-    for model in DECODER_MODELS:
-        calls, executions = (after[model][i] - before[model][i] for i in (0, 1))
-        print(f"{model}: {calls} calls in {executions} executions")
+        warm = one(10_000)["continuity"]
+        print(f"warm-up stream: first chunk {warm.first_audio_s * 1000:.0f} ms, {warm.audio_s:.2f} s audio")
+        seed = 0
+        for streams in concurrencies:
+            before = decoder_counts(url)
+            results, wall = [], 0.0
+            for _ in range(args.rounds):
+                start = time.perf_counter()
+                with ThreadPoolExecutor(streams) as pool:
+                    results += list(pool.map(one, range(seed, seed + streams)))
+                wall += time.perf_counter() - start
+                seed += streams
+            after = settled_decoder_counts(url)
+            heard = [r["continuity"] for r in results]
+            audio = sum(c.audio_s for c in heard)
+            row = {"streams": streams, "requests": len(heard), "wall_s": round(wall, 2), "rtf": round(wall / audio, 3),
+                   "first_chunk_ms": percentiles_ms([c.first_audio_s for c in heard]),
+                   "streams_with_underruns": sum(1 for c in heard if c.underruns),
+                   "underruns": sum(c.underruns for c in heard),
+                   "worst_gap_ms": round(max(c.worst_gap_s for c in heard) * 1000, 1),
+                   "decoder_calls_per_execution": {
+                       m: round((after[m][0] - before[m][0]) / max(1, after[m][1] - before[m][1]), 2)
+                       for m in DECODER_MODELS}}
+            report["by_streams"][streams] = row
+            first = row["first_chunk_ms"]
+            print(f"{streams} at once ×{args.rounds}: RTF {row['rtf']:.2f}, first chunk p50 {first['p50']:.0f} ms "
+                  f"p95 {first['p95']:.0f} ms, underruns {row['underruns']} in {row['streams_with_underruns']} of "
+                  f"{len(heard)} streams (worst gap {row['worst_gap_ms']:.0f} ms), decoder calls per execution "
+                  + ", ".join(f"{m} {v}" for m, v in row["decoder_calls_per_execution"].items()), flush=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
     return 0
 
 

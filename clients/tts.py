@@ -57,15 +57,17 @@ def synthesize(args) -> tuple[np.ndarray, int, dict]:
         events = triton_io.grpc_stream(triton_io.client(args.url, "grpc"), "tts_stream", tensors, ["WAVEFORM", "SAMPLE_RATE"])
     else:
         events = triton_io.http_generate_stream(args.url, "tts_stream", triton_io.json_payload(tensors))
-    chunks, first, rate = [], None, 22050
+    chunks, arrivals, first, rate = [], [], None, 22050
     for event in events:
         chunk = np.asarray(event["WAVEFORM"], dtype=np.float32).reshape(-1)
         rate = int(np.asarray(event["SAMPLE_RATE"]).reshape(-1)[0])
+        arrivals.append((time.perf_counter() - start, chunk.size))
         if first is None and chunk.size:
-            first = time.perf_counter() - start
+            first = arrivals[-1][0]
         chunks.append(chunk)
     wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return wave, rate, {"first_chunk_s": first, "latency_s": time.perf_counter() - start, "chunks": len(chunks)}
+    return wave, rate, {"first_chunk_s": first, "latency_s": time.perf_counter() - start, "chunks": len(chunks),
+                        "arrivals": arrivals}  # (s since the request, samples) per chunk: bench/playback.py
 
 
 def main(argv: list[str] | None = None) -> int:
