@@ -94,6 +94,11 @@ DEFAULTS: dict[str, str] = {
     # single request's token2wav latency falls almost in proportion (docs/performance.md: 2 threads in-process).
     "decoder_cpu_threads": "1",
     "batch_queue_delay_us": "20000",
+    # flow_decoder / vocoder (and the music pair): 0 = "batch what is queued". Their one instance is busy under load,
+    # so calls that arrive meanwhile wait anyway and run as one batch; an idle decoder starts a call at once instead
+    # of holding a stream's first chunk for the delay (each chunk makes one call to each: 2 waits per chunk).
+    # bench/bench_tts_stream.py measures both settings (docs/performance.md).
+    "decoder_queue_delay_us": "0",
     "decoder_gpu_instances": "2",
     # Work per request a served flow_decoder / vocoder accepts (CPU backend's feed validator): a default tts request
     # (4096 generated ids) with a 30 s voice prompt (1250 ids, 2584 mel frames) needs 5346 ids and 11050 frames.
