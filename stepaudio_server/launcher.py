@@ -111,9 +111,11 @@ def describe_exit(returncode: int) -> str:
     """``code 1`` or ``signal SIGSEGV`` (Popen's negative return codes)."""
     if returncode < 0:
         try:
-            return f"signal {signal.Signals(-returncode).name}"
+            name = signal.Signals(-returncode).name
         except ValueError:
-            pass
+            return f"code {returncode}"
+        # A SIGKILL leaves no line in the server's log: the OOM killer's are in the kernel log and the cgroup's count.
+        return f"signal {name}" + (" (the kernel's OOM killer, or another process)" if name == "SIGKILL" else "")
     return f"code {returncode}"
 
 

@@ -55,7 +55,32 @@ def machine_facts() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     shm = shutil.disk_usage("/dev/shm")
     return (f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {model}; {memory / 2**30:.1f} GiB; "
-            f"/dev/shm {shm.free / 2**30:.1f} of {shm.total / 2**30:.1f} GiB free")
+            f"/dev/shm {shm.free / 2**30:.1f} of {shm.total / 2**30:.1f} GiB free; {_cgroup_memory()}")
+
+
+def _cgroup_memory() -> str:
+    """The run's memory cgroup (v1 or v2): limit, peak and how many processes its OOM killer killed."""
+    def read(*paths: str) -> str | None:
+        for path in paths:
+            try:
+                return Path(path).read_text()
+            except OSError:
+                continue
+        return None
+
+    v1, v2 = "/sys/fs/cgroup/memory/", "/sys/fs/cgroup/"
+    limit = read(v1 + "memory.limit_in_bytes", v2 + "memory.max")
+    peak = read(v1 + "memory.max_usage_in_bytes", v2 + "memory.peak")
+    events = read(v1 + "memory.oom_control", v2 + "memory.events") or ""
+    kills = next((line.split()[1] for line in events.splitlines() if line.startswith("oom_kill ")), "?")
+
+    def gib(text: str | None) -> str:
+        value = (text or "").strip()
+        if not value.isdigit():
+            return value or "?"
+        return "none" if int(value) >= 2**60 else f"{int(value) / 2**30:.1f} GiB"
+
+    return f"memory cgroup limit {gib(limit)}, peak {gib(peak)}, OOM kills {kills}"
 
 
 def pytest_terminal_summary(terminalreporter):
