@@ -33,7 +33,7 @@ def fuzz_gateway(triton_server, tmp_path_factory):
         yield process
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: a session server restarted after a crash (tests/conftest.py) is a new process
 def fuzz_stack(triton_server, fuzz_gateway) -> Stack:
     return Stack(guard_address=(triton_server.host, triton_server.http_port),
                  gateway_address=("127.0.0.1", fuzz_gateway.port),
