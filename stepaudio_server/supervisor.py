@@ -45,6 +45,7 @@ from typing import Callable
 STUB_EXECUTABLE = "triton_python_backend_stub"
 MAX_DESCENDANTS = 64  # remembered per stub: bounds one scan's work (vLLM TP 8: engine core + 8 workers + helpers)
 MAX_ANCESTRY = 64  # ppid links followed to see whether a leftover now lives under a live stub
+KILL_WAIT_S = 10.0  # for a SIGKILLed leftover to finish exiting before the load goes on
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,12 @@ def process_table() -> dict[int, Proc]:
         if entry.isdigit() and (stat := _read(f"/proc/{entry}/stat")) is not None:
             table[int(entry)] = _proc(int(entry), stat)
     return table
+
+
+def _alive_as(pid: int, start: int) -> bool:
+    """``pid`` is still the process that started at ``start`` and is not a zombie yet (it may be exiting)."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat is not None and _stat_fields(stat)[0] != b"Z" and _proc(pid, stat).start == start
 
 
 def kill_if_same(pid: int, start: int) -> bool:
@@ -246,7 +253,7 @@ class StubSupervisor:
         alive with the same start time and not now under a live stub of this server. Returns how many."""
         table = table if table is not None else process_table()
         live = {stub.pid for stub in list_stubs(self.server_pid, table) if not stub.exited}
-        killed = 0
+        killed: dict[int, int] = {}
         with self._procs_lock:
             gone = [key for key in self._tracked
                     if (proc := table.get(key[0])) is None or proc.start != key[1] or proc.exited]
@@ -257,11 +264,23 @@ class StubSupervisor:
                     if proc is None or proc.start != start or self._under(proc, live, table):
                         continue
                     if kill_if_same(pid, start):
-                        killed += 1
+                        killed[pid] = start
                         self.killed.append((pid, proc.name, tracked.model))
                         self.log.warning("model %s: killed pid %d (%s), left running by the dead stub %d of "
                                          "instance %s", tracked.model, pid, proc.name, key[0], tracked.instance)
-        return killed
+        self._await_dead(killed)
+        return len(killed)
+
+    def _await_dead(self, processes: dict[int, int]) -> None:
+        """Until the killed processes are zombies or gone: SIGKILL only asks, and a process frees its (GPU) memory
+        while it exits, which on a busy machine can start after the next load would."""
+        deadline = time.monotonic() + KILL_WAIT_S
+        while processes and time.monotonic() < deadline:
+            processes = {pid: start for pid, start in processes.items() if _alive_as(pid, start)}
+            if processes:
+                time.sleep(0.02)
+        for pid in processes:
+            self.log.error("pid %d still exits %.0f s after SIGKILL; loading anyway", pid, KILL_WAIT_S)
 
     @staticmethod
     def _under(proc: Proc, live: set[int], table: dict[int, Proc]) -> bool:
