@@ -293,6 +293,9 @@ class TritonServer:
     _shm_before: set[str] = field(default_factory=set, init=False, repr=False)
     _log_file: object = field(default=None, init=False, repr=False)
     _log_start: int = field(default=0, init=False, repr=False)  # where this start's lines begin in log_path
+    # An unload-first heal's configs, read while the models were loaded (an unloaded model's config cannot be):
+    # model → its config, and the ensembles built on it.
+    _heal_configs: dict[str, dict] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def http_url(self) -> str:
@@ -399,7 +402,9 @@ class TritonServer:
             self.model_facts = self._model_facts()
             self.internal_models = {name for name, facts in self.model_facts.items() if facts.internal}
             if self.supervise:
-                self.supervisor = StubSupervisor(self.process.pid, self.reload_model, log=self._event_log()).start()
+                self.supervisor = StubSupervisor(
+                    self.process.pid, self.reload_model, log=self._event_log(), unload_model=self.unload_model,
+                    load_model=self.load_model, unload_first=self._unloads_first).start()
             self._guard = HttpGuard(
                 f"http://{self.triton_http_url}", self.host, self.http_port, self.guard_limits,
                 down_models=self.down_models, internal_models=lambda: self.internal_models,
@@ -458,17 +463,90 @@ class TritonServer:
 
     def reload_model(self, model: str, timeout: float = 300.0) -> None:
         """Replace every instance of ``model``: its own config is loaded again as an override with a changed
-        parameter (a plain load of an unchanged model is a no-op in Triton)."""
+        parameter (a plain load of an unchanged model is a no-op in Triton). Load first: the new instances start
+        before the old ones stop (the heal of a model off the GPU; ``unload_model`` + ``load_model`` on it)."""
+        self._load_config(model, self._config(model), timeout)
+
+    def _config(self, model: str) -> dict:
         status, config = self._get(f"/v2/models/{model}/config")
         if status != 200:
             raise ServerError(f"reading the config of {model} failed ({status}): {config.decode(errors='replace')}")
-        config = json.loads(config)
-        # Identical configs only update instances in place (none is replaced); a changed parameter reloads all.
-        config.setdefault("parameters", {})["stepaudio_reload"] = {"string_value": str(time.time_ns())}
-        override = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
+        return json.loads(config)
+
+    def _load_config(self, model: str, config: dict | None, timeout: float) -> None:
+        """Load ``model`` with ``config`` as an override, changed so that a loaded model is replaced; None: a plain
+        load from the repository."""
+        override = b"{}"
+        if config is not None:
+            config = dict(config, parameters=dict(config.get("parameters", {})))
+            # Identical configs only update instances in place (none is replaced); a changed parameter reloads all.
+            config["parameters"]["stepaudio_reload"] = {"string_value": str(time.time_ns())}
+            override = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
         status, body = self._get(f"/v2/repository/models/{model}/load", method="POST", body=override, timeout=timeout)
         if status != 200:
             raise ServerError(f"reloading {model} failed ({status}): {body.decode(errors='replace')}")
+
+    def _unloads_first(self, model: str) -> bool:
+        """The heal's order for ``model``, from its loaded config (model_facts.unload_before_reload)."""
+        facts = self.model_facts.get(model)
+        return facts is not None and facts.unload_first
+
+    def _dependents(self, model: str) -> list[str]:
+        """The ensembles built on ``model``, directly or through another ensemble, innermost first."""
+        found: list[str] = []
+        frontier = [model]
+        while frontier:
+            name = frontier.pop(0)
+            for other, facts in sorted(self.model_facts.items()):
+                if name in facts.composing and other not in found and other != model:
+                    found.append(other)
+                    frontier.append(other)
+        return found
+
+    def _ready(self, model: str) -> bool:
+        return self._get(f"/v2/models/{model}/ready")[0] == 200
+
+    def unload_model(self, model: str, timeout: float = 300.0) -> None:
+        """Unload ``model`` and return once Triton reports it unloaded (its unload API returns before that).
+
+        ``unload_dependents`` is false: in Triton 2.51 it makes the unload of an ensemble take the composing models
+        loaded along with it (core model_repository_manager.cc: RemoveNodes' cascading removal runs upstream), which
+        is not what is asked here. Unloading a composing model takes the ensembles built on it down whatever the
+        flag says (their dependency check fails: "contains models that are not available"), so their configs are
+        kept now and ``load_model`` makes sure they come back."""
+        for name in [model, *self._dependents(model)]:
+            if name not in self._heal_configs and self._ready(name):
+                self._heal_configs[name] = self._config(name)
+        body = json.dumps({"parameters": {"unload_dependents": False}}).encode()
+        status, answer = self._get(f"/v2/repository/models/{model}/unload", method="POST", body=body, timeout=timeout)
+        if status != 200:
+            raise ServerError(f"unloading {model} failed ({status}): {answer.decode(errors='replace')}")
+        deadline = time.monotonic() + timeout
+        while (states := self._states(model)) & {"READY", "LOADING", "UNLOADING"}:
+            if time.monotonic() > deadline:
+                raise ServerError(f"{model} is still {', '.join(sorted(states))} {timeout:.0f} s after its unload")
+            time.sleep(0.2)
+
+    def _states(self, model: str) -> set[str]:
+        """The states Triton's repository index gives ``model``'s versions (READY, UNLOADING, UNAVAILABLE ...)."""
+        status, body = self._get("/v2/repository/index", method="POST", body=b"{}")
+        if status != 200:
+            raise ServerError(f"reading the repository index failed ({status}): {body.decode(errors='replace')}")
+        return {str(entry.get("state", "")) for entry in json.loads(body) if entry.get("name") == model}
+
+    def load_model(self, model: str, timeout: float = 300.0) -> None:
+        """Load ``model`` after ``unload_model`` with the config it served, then any ensemble built on it that is
+        not ready again. Triton's dependency graph normally reloads those as part of the model's load (the
+        ensemble waits on the missing model and is re-checked when it is added); an ensemble that did not come
+        back is loaded with its own config, changed so that Triton cannot take the load for a no-op."""
+        self._load_config(model, self._heal_configs.get(model), timeout)
+        self._heal_configs.pop(model, None)
+        for dependent in self._dependents(model):
+            if not self._ready(dependent):
+                self._load_config(dependent, self._heal_configs.get(dependent), timeout)
+                if not self._ready(dependent):
+                    raise ServerError(f"{dependent} (built on {model}) is not ready after loading it again")
+            self._heal_configs.pop(dependent, None)
 
     def _model_facts(self) -> dict[str, ModelFacts]:
         """Each loaded model's facts the guard uses (internal access, decoupled, inputs), from its loaded config."""

@@ -3,7 +3,9 @@ repository is the truth; ``stepaudio_contract.specs`` declared the same tensors 
 
 The guard uses these facts to refuse, before Triton parses a byte, requests that Triton would answer with a 5xx
 although the client is at fault (docs/hardening.md#the-guard): ``infer`` on a decoupled model (Triton: 501) and a
-``generate`` body whose values do not fit the model's inputs (Triton: 500 from its JSON accessors).
+``generate`` body whose values do not fit the model's inputs (Triton: 500 from its JSON accessors). The stub
+supervisor uses two more: whether a heal must unload the model before loading it again (``unload_before_reload``)
+and which models an ensemble is built of (to find the ensembles a heal takes down).
 """
 
 from __future__ import annotations
@@ -21,11 +23,33 @@ class InputFact:
     optional: bool
 
 
+def unload_before_reload(config: dict) -> bool:
+    """Whether healing this model must unload it before loading it again, from its loaded config.
+
+    Triton's reload of a loaded model (a load with a changed config) starts the new instances before it stops the
+    old ones: no outage, but twice the model's memory while both exist. On a GPU that second copy does not fit
+    (a vLLM engine takes a fixed share of each GPU it spans and refuses to start when less is free; a native
+    engine's weights and KV cache are sized to the GPU), so a model placed on a GPU heals unload first, with an
+    outage; a CPU model keeps the load-first heal. On a GPU means: an instance group of kind ``KIND_GPU`` (Triton
+    reports the kind it resolved, KIND_GPU where the config left it out on a GPU server), or the vLLM engine
+    (``parameters.engine`` ``vllm``: a ``KIND_MODEL`` instance whose engine places itself on the GPUs), or a
+    TensorRT plan (GPU only). The placement plan (export/placement.py) renders exactly these."""
+    groups = config.get("instance_group") or []
+    if any(isinstance(group, dict) and group.get("kind") == "KIND_GPU" for group in groups):
+        return True
+    engine = config.get("parameters", {}).get("engine", {})
+    if isinstance(engine, dict) and engine.get("string_value") == "vllm":
+        return True
+    return config.get("platform") == "tensorrt_plan" or config.get("backend") == "tensorrt"
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     internal: bool
     decoupled: bool
     inputs: tuple[InputFact, ...]
+    unload_first: bool = False  # a heal unloads before it loads (unload_before_reload)
+    composing: tuple[str, ...] = ()  # an ensemble's step models
 
     @classmethod
     def from_config(cls, config: dict) -> ModelFacts:
@@ -37,7 +61,11 @@ class ModelFacts:
             for tensor in config.get("input", []) if isinstance(tensor, dict) and "name" in tensor)
         access = config.get("parameters", {}).get("access", {}).get("string_value")
         decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
-        return cls(internal=access == "internal", decoupled=decoupled, inputs=inputs)
+        steps = config.get("ensemble_scheduling", {}).get("step", [])
+        composing = tuple(dict.fromkeys(str(step["model_name"]) for step in steps
+                                        if isinstance(step, dict) and "model_name" in step))
+        return cls(internal=access == "internal", decoupled=decoupled, inputs=inputs,
+                   unload_first=unload_before_reload(config), composing=composing)
 
 
 def _element_fits(value: object, data_type: str) -> bool:
