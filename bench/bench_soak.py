@@ -82,7 +82,7 @@ def one_stream(url: str, seed: int, kind: str, tokens: int) -> tuple[str, float 
     client = grpcclient.InferenceServerClient(url.split("|")[0])
     responses: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    started, first = time.perf_counter(), None
+    started, first, finished = time.perf_counter(), None, False
     try:
         client.async_stream_infer("tts_stream", [
             _input("TEXT", np.array([text.encode()], dtype=np.object_)),
@@ -104,9 +104,10 @@ def one_stream(url: str, seed: int, kind: str, tokens: int) -> tuple[str, float 
                 if kind == "cancel":
                     return "cancelled", first
             if result.get_response().parameters["triton_final_response"].bool_param:
+                finished = True
                 return "ok", first
     finally:
-        client.stop_stream(cancel_requests=True)
+        client.stop_stream(cancel_requests=not finished)  # a finished call is closed (compat.py: in_band_grpc_cancel)
         client.close()
 
 

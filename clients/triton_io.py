@@ -39,6 +39,7 @@ def grpc_stream(conn, model: str, tensors: dict[str, np.ndarray], outputs: list[
     """Responses of a decoupled model as dicts of the outputs each one carries; ends at the final response."""
     responses: queue.Queue = queue.Queue()
     conn.start_stream(callback=lambda result, error: responses.put((result, error)))
+    finished = False
     try:
         conn.async_stream_infer(model, inputs("grpc", tensors), enable_empty_final_response=True)
         while True:
@@ -48,12 +49,16 @@ def grpc_stream(conn, model: str, tensors: dict[str, np.ndarray], outputs: list[
             response = result.get_response()
             present = {o.name for o in response.outputs}
             values = {name: result.as_numpy(name) for name in outputs if name in present}
+            finished = response.parameters["triton_final_response"].bool_param
             if values:
                 yield values
-            if response.parameters["triton_final_response"].bool_param:
+            if finished:
                 return
     finally:
-        conn.stop_stream(cancel_requests=True)
+        # After the final response the call is closed, never cancelled: a cancel that meets Triton 2.51 still
+        # completing the call can crash the server (stepaudio_contract/compat.py: in_band_grpc_cancel). A stream
+        # left early is cancelled, so that its work stops.
+        conn.stop_stream(cancel_requests=not finished)
 
 
 def json_payload(tensors: dict[str, np.ndarray]) -> dict:

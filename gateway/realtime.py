@@ -33,6 +33,7 @@ from stepaudio_contract.limits import REALTIME_MAX_CHUNK_SECONDS, REALTIME_MAX_R
 log = logging.getLogger("gateway.realtime")
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 MODEL = "realtime_session"
+FINISH_TIMEOUT_S = 10.0  # after the sequence's end, how long its gRPC call may take to end before it is cancelled
 
 
 @dataclass
@@ -140,13 +141,18 @@ class Bridge:
             yield request
 
     async def run(self) -> None:
+        import grpc
+
         responses = self.triton.client.stream_infer(self._requests())
         reader = asyncio.create_task(self._read())
+        ended = False  # the gRPC call is over (finished or failed): nothing of it is left to cancel
+        shutting_down = False
         try:
             while True:
                 try:
                     result, error = await asyncio.wait_for(anext(responses), self.limits.stall_timeout_s)
                 except StopAsyncIteration:
+                    ended = True
                     break
                 except asyncio.TimeoutError:
                     log.warning("realtime stream %d sent nothing for %g s: closing the socket", self.sequence_id,
@@ -170,18 +176,37 @@ class Bridge:
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - Triton went away: tell the client, close
             current = asyncio.current_task()
             if isinstance(exc, asyncio.CancelledError) and current is not None and current.cancelling():
+                shutting_down = True
                 raise  # this handler is being cancelled (shutdown), not the gRPC call (grpc.aio raises the same)
+            ended = isinstance(exc, (asyncio.CancelledError, grpc.aio.AioRpcError))
             log.warning("realtime stream failed: %r", exc)
             self.close_code = 1011
             await self._send(_error(f"the session's server stream failed: {type(exc).__name__}", "upstream_error",
                                     "server_error"))
         finally:
-            reader.cancel()  # its own finally ends the sequence if the client did not
+            reader.cancel()  # its own finally ends the sequence if the client did not, and the request side
             try:
                 await reader
             except BaseException:  # noqa: BLE001 - cancelled or failed: the sequence end is what matters
                 pass
-            responses.cancel()
+            if ended or shutting_down:
+                responses.cancel()  # a no-op for a call that is over; at shutdown nothing waits
+            else:
+                await self._finish(responses)
+
+    async def _finish(self, responses) -> None:
+        """Let the gRPC call end on its own: the request side is closed, so Triton ends it once the sequence's last
+        request is answered. Cancelling a call Triton is still answering can crash a 2.51 server (compat.py:
+        ``in_band_grpc_cancel``), so the cancel is only the fallback for a call that does not end in time."""
+        try:
+            async with asyncio.timeout(FINISH_TIMEOUT_S):
+                async for _ in responses:
+                    pass
+        except Exception as exc:  # noqa: BLE001 - timed out or failed: the fallback below
+            log.warning("realtime stream %d did not end within %g s of its sequence end (%s): cancelling it",
+                        self.sequence_id, FINISH_TIMEOUT_S, type(exc).__name__)
+        finally:
+            responses.cancel()  # a no-op once the call has ended (and the fallback when cancelled meanwhile)
 
     async def _send(self, event: dict) -> None:
         try:

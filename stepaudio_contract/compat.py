@@ -99,6 +99,26 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         checked="not confirmed upstream: found neither the removal PR nor a restart feature in later releases.",
     ),
     Workaround(
+        name="in_band_grpc_cancel",
+        why="a client's cancellation of a gRPC call that Triton is still answering races the call's completion in "
+            "the gRPC front end (the state a cancellation notification finds may be gone) and can segfault the "
+            "whole server; the stream handler shares that cancellation code",
+        what_we_do="no gRPC call is cancelled once it has finished or is finishing: the realtime bridge closes its "
+                   "request side after the sequence's end and waits for the call to end (gateway/realtime.py), "
+                   "clients close a stream after its final response (clients/triton_io.py); and the gateway "
+                   "never cancels a running stream of a model that takes CANCEL (tts_stream): the request carries "
+                   "a secret cancel token, a client that leaves gets CANCEL = token sent to the model and the "
+                   "stream read to its end in the background (gateway/triton.py); other streams a client leaves "
+                   "are cancelled as before",
+        upstream_fix="server PR #7840 'gRPC segfault due to Low Request Cancellation Timeout' and PR #8078 'Fix "
+                     "gRPC cancellation race condition'",
+        fixed_in="2.57",
+        checked="both commits read in the server's git history: 3032c435e (#7840) is first in tag v2.53.0 and "
+                "42811e0cd (#8078) first in v2.57.0; both change HandleCancellation, which ModelStreamInferHandler "
+                "calls too. Not reproduced here: 26,094 tts_stream streams cancelled at random moments on 2.51 "
+                "(2026-12-08) did not crash it.",
+    ),
+    Workaround(
         name="stalled_bls_streams",
         why="the decoupled streams of a stub that died are never ended, so their BLS callers and gRPC clients wait "
             "forever",
@@ -162,6 +182,10 @@ class TritonFeatures:
     @property
     def requested_outputs_only(self) -> bool:
         return self.needs("requested_outputs_only")
+
+    @property
+    def in_band_grpc_cancel(self) -> bool:
+        return self.needs("in_band_grpc_cancel")
 
 
 def workaround(name: str) -> Workaround:

@@ -29,9 +29,11 @@ def test_the_default_version_needs_every_workaround_and_a_fixed_one_only_the_unf
     assert old.needed == {w.name for w in compat.WORKAROUNDS}
     new = compat.TritonFeatures.for_version(FIXED + ".0")
     assert new.needed == {w.name for w in compat.WORKAROUNDS if w.fixed_in is None}
-    assert not (new.error_output or new.cancel_input or new.retired_iterators or new.requested_outputs_only)
+    assert not (new.error_output or new.cancel_input or new.retired_iterators or new.requested_outputs_only
+                or new.in_band_grpc_cancel)
     between = compat.TritonFeatures.for_version("2.53")  # PR #390 is in, PR #398 is not
     assert not between.retired_iterators and between.error_output and between.cancel_input
+    assert between.in_band_grpc_cancel and not compat.TritonFeatures.for_version("2.57").in_band_grpc_cancel
     assert compat.TritonFeatures.for_version(None).version == compat.DEFAULT_VERSION
     with pytest.raises(KeyError):
         old.needs("no_such_workaround")

@@ -83,6 +83,7 @@ def test_concurrency_limit_is_429_until_the_stream_ends(start_gateway):
 
 def test_client_disconnect_cancels_the_triton_stream(gateway, triton_server, http):
     llm = BatchCounts(triton_server, "tts_llm")
+    speech = BatchCounts(triton_server, "tts_stream")
     cancelled = metric(gateway, "gateway_triton_streams_cancelled_total", model="tts_stream")
     with http.stream("POST", "/v1/audio/speech", json={**SPEECH, "max_new_tokens": 2000}) as response:
         assert response.status_code == 200
@@ -92,6 +93,9 @@ def test_client_disconnect_cancels_the_triton_stream(gateway, triton_server, htt
     # tts_llm, so the LLM model counts two requests (the stream, then the cancel); a finished stream counts one.
     inferences, _ = llm.settle(2, timeout_s=30)
     assert inferences == 2
+    # On Triton 2.51 the gateway never cancels the running gRPC call (compat.py: in_band_grpc_cancel): it sends
+    # CANCEL with the stream's token, a second tts_stream request, and reads the stream to its end.
+    assert speech.settle(2, timeout_s=30)[0] == 2
     deadline = time.monotonic() + 10
     while metric(gateway, "gateway_triton_streams_cancelled_total", model="tts_stream") <= cancelled:
         assert time.monotonic() < deadline, "the gateway did not record the cancelled stream"

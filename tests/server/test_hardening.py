@@ -269,7 +269,7 @@ def _stream_outcome(grpc_url: str, seed: int, wait_s: float) -> tuple[str, int]:
     client = grpcclient.InferenceServerClient(grpc_url)
     responses: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    samples = 0
+    samples, finished = 0, False
     try:
         tensors = tts_inputs(seed=seed, batched=False, MAX_NEW_TOKENS=np.array([300], np.int32))
         client.async_stream_infer("tts_stream", [grpc_input(k, v) for k, v in tensors.items()], enable_empty_final_response=True)
@@ -283,9 +283,10 @@ def _stream_outcome(grpc_url: str, seed: int, wait_s: float) -> tuple[str, int]:
             if result.as_numpy("WAVEFORM") is not None:
                 samples += result.as_numpy("WAVEFORM").size
             if result.get_response().parameters["triton_final_response"].bool_param:
+                finished = True
                 return "ok", samples
     finally:
-        client.stop_stream(cancel_requests=True)
+        client.stop_stream(cancel_requests=not finished)  # a finished call is closed (compat.py: in_band_grpc_cancel)
         client.close()
 
 

@@ -40,7 +40,7 @@ def stream(grpc_client, tensors, cancel_after=None):
     """(chunks, error) from tts_stream; cancels the stream after ``cancel_after`` chunks when given."""
     responses: queue.Queue = queue.Queue()
     grpc_client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    chunks = []
+    chunks, finished = [], False
     try:
         grpc_client.async_stream_infer("tts_stream", [grpc_input(k, v) for k, v in tensors.items()],
                                        enable_empty_final_response=True)
@@ -50,12 +50,14 @@ def stream(grpc_client, tensors, cancel_after=None):
                 return chunks, error
             if result.as_numpy("WAVEFORM") is not None:
                 chunks.append(result.as_numpy("WAVEFORM"))
-            if cancel_after is not None and len(chunks) >= cancel_after:
+            finished = result.get_response().parameters["triton_final_response"].bool_param
+            if cancel_after is not None and len(chunks) >= cancel_after and not finished:
                 return chunks, None
-            if result.get_response().parameters["triton_final_response"].bool_param:
+            if finished:
                 return chunks, None
     finally:
-        grpc_client.stop_stream(cancel_requests=True)
+        # A finished call is closed, not cancelled (compat.py: in_band_grpc_cancel); cancelling is the test's choice.
+        grpc_client.stop_stream(cancel_requests=not finished)
 
 
 def test_ensemble_tts_audio_length_matches_the_generated_tokens(http_client):
