@@ -106,7 +106,7 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         what_we_do="no gRPC call is cancelled once it has finished or is finishing: the realtime bridge closes its "
                    "request side after the sequence's end and waits for the call to end (gateway/realtime.py), "
                    "clients close a stream after its final response (clients/triton_io.py); and the gateway "
-                   "never cancels a running stream of a model that takes CANCEL (tts_stream): the request carries "
+                   "never cancels a running stream of a model that takes CANCEL (tts_stream, voice_chat_stream): the request carries "
                    "a secret cancel token, a client that leaves gets CANCEL = token sent to the model and the "
                    "stream read to its end in the background (gateway/triton.py); other streams a client leaves "
                    "are cancelled as before",

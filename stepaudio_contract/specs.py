@@ -223,7 +223,7 @@ MODELS: dict[str, ModelIO] = {
     ),
     "voice_chat": ModelIO(inputs=CHAT_TURN_INPUTS, outputs=(REPLY_TEXT, USER_TRANSCRIPT, WAVEFORM, SAMPLE_RATE)),
     "voice_chat_stream": ModelIO(
-        inputs=CHAT_TURN_INPUTS, outputs=(TEXT_DELTA, USER_TRANSCRIPT, WAVEFORM, SAMPLE_RATE, ERROR)
+        inputs=(*CHAT_TURN_INPUTS, CANCEL), outputs=(TEXT_DELTA, USER_TRANSCRIPT, WAVEFORM, SAMPLE_RATE, ERROR)
     ),
     "chat_reply": ModelIO(
         inputs=(AUDIO_IDS.but(optional=True), TEXT.but(optional=True), HISTORY, *SAMPLING),

@@ -76,6 +76,14 @@ def cancel_token(request) -> str | None:
     return token
 
 
+class CancelFlag(threading.Event):
+    """What ``LiveStreams`` cancels for a model that is not an LLM stream itself (``tts_stream``,
+    ``voice_chat_stream``): set by a CANCEL naming the request's token; the model checks it at every step."""
+
+    def cancel(self) -> None:
+        self.set()
+
+
 class LiveStreams:
     """Running generations by cancel token, so their owner can cancel one with a second request.
 
@@ -197,6 +205,7 @@ def serve_generation(request, live: LiveStreams, workers: BoundedThreads, submit
 
 # What the LLM models import from here.
 __all__ = [
+    "CancelFlag",
     "LiveStreams",
     "answer_cancel",
     "cancel_token",

@@ -97,3 +97,22 @@ def test_reply_in_an_uploaded_voice(client, http, triton_server):
 def test_bad_chat_requests_are_refused(client, messages, extra, message):
     with pytest.raises(openai.BadRequestError, match=message):
         client.chat.completions.create(model="step-audio-chat", messages=messages, **extra)
+
+
+def test_a_chat_the_client_leaves_is_ended_with_cancel_not_a_grpc_cancel(start_gateway, triton_server):
+    """compat.py ``in_band_grpc_cancel``: the gateway sends voice_chat_stream CANCEL with the turn's token (a second
+    request to the model) instead of cancelling the running gRPC call; long caps keep the turn running."""
+    import httpx2 as httpx
+
+    from tests.gateway.helpers import API_KEY
+
+    gateway = start_gateway("--chat-max-tokens", "200", "--chat-tts-max-new-tokens", "400")
+    chats = BatchCounts(triton_server, "voice_chat_stream")
+    body = {"model": "step-audio-chat", "modalities": ["text", "audio"], "audio": {"voice": "Tingting", "format": "pcm16"},
+            "messages": [{"role": "user", "content": "你好"}], "stream": True, "seed": 1, "max_completion_tokens": 200}
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            assert next(response.iter_raw())
+    assert chats.settle(2, timeout_s=30)[0] == 2
+    assert httpx.get(gateway.url + "/health").json()["status"] == "ready"

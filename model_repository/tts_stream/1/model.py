@@ -11,7 +11,6 @@ the stream's cancel token (how a BLS caller such as ``realtime_session`` stops i
 ``bls.Stream.request_cancel``), after which the stream ends CANCELLED.
 """
 
-import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -31,7 +30,7 @@ from stepaudio_triton.adapter import (
     send_error,
     serve_decoupled,
 )
-from stepaudio_triton.generation import LiveStreams, answer_cancel, cancel_token
+from stepaudio_triton.generation import CancelFlag, LiveStreams, answer_cancel, cancel_token
 from stepaudio_triton.served_decoder import ServedToken2Wav
 from stepaudio_triton.threads import BoundedThreads
 
@@ -74,7 +73,7 @@ class TritonPythonModel:
     def _serve(self, request):
         sender = request.get_response_sender()
         llm_responses = token = None
-        cancelled = _CancelFlag()
+        cancelled = CancelFlag()
         try:
             token = cancel_token(request)
             if token is not None:
@@ -117,9 +116,3 @@ class TritonPythonModel:
             if token is not None:
                 self.live.discard(token)
 
-
-class _CancelFlag(threading.Event):
-    """What ``LiveStreams`` cancels: set by a CANCEL naming the stream's token."""
-
-    def cancel(self) -> None:
-        self.set()
