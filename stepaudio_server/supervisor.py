@@ -248,11 +248,14 @@ class StubSupervisor:
                         known[pid] = table[pid].start
                         frontier.extend(children.get(pid, ()))
 
-    def _reap(self, table: dict[int, Proc] | None = None) -> int:
+    def _reap(self, table: dict[int, Proc] | None = None, live: set[int] | None = None) -> int:
         """SIGKILL what the stubs gone since they were tracked left running: their remembered descendants still
-        alive with the same start time and not now under a live stub of this server. Returns how many."""
-        table = table if table is not None else process_table()
-        live = {stub.pid for stub in list_stubs(self.server_pid, table) if not stub.exited}
+        alive with the same start time and not now under a live stub of this server (``live``: the pids of the
+        stubs the caller's scan of ``table`` found running). Returns how many."""
+        if table is None:
+            table = process_table()
+        if live is None:
+            live = {stub.pid for stub in list_stubs(self.server_pid, table) if not stub.exited}
         killed: dict[int, int] = {}
         with self._procs_lock:
             gone = [key for key in self._tracked
@@ -323,7 +326,7 @@ class StubSupervisor:
             return
         table = process_table()
         alive = {s.pid for s in self.scan(table) if not s.exited}
-        self._reap(table)  # a dead stub's leftovers go before any heal of its model loads it again
+        self._reap(table, alive)  # a dead stub's leftovers go before any heal of its model loads it again
         with self._lock:  # heal threads replace their model's instances meanwhile
             known = {model: dict(instances) for model, instances in self._instances.items()}
         dead = {model: sorted(name for name, pid in instances.items() if pid not in alive)

@@ -87,6 +87,15 @@ def _settle(watched: StubSupervisor) -> None:
     assert not watched._healing
 
 
+def _attempt_gaps(watched, now: list[float], attempts: list[float]) -> list[float]:
+    """20 s of checks every 0.1 s of the fake clock ``now``; the gaps between the heal attempts recorded."""
+    for step in range(200):
+        now[0] = step * 0.1
+        watched._check()
+        _settle(watched)
+    return [round(b - a, 1) for a, b in zip(attempts, attempts[1:])]
+
+
 def test_a_failing_reload_backs_off_exponentially_up_to_the_cap(fake):
     now = [0.0]
     attempts: list[float] = []
@@ -99,12 +108,8 @@ def test_a_failing_reload_backs_off_exponentially_up_to_the_cap(fake):
                              clock=lambda: now[0])
     watched._baseline()
     fake.kill("tts")
-    for step in range(200):  # 20 s of checks every 0.1 s of the fake clock
-        now[0] = step * 0.1
-        watched._check()
-        _settle(watched)
     # Retries after 1, 2, 4, 4, 4 ... s, not at every check (the old supervisor: 200 attempts).
-    gaps = [round(b - a, 1) for a, b in zip(attempts, attempts[1:])]
+    gaps = _attempt_gaps(watched, now, attempts)
     assert gaps[:3] == [1.0, 2.0, 4.0] and set(gaps[3:]) == {4.0}, gaps
     assert "retrying in 4 s" in watched.down()["tts"]
     assert "tts_llm" not in watched.down()
@@ -226,11 +231,7 @@ def test_a_failing_unload_is_retried_with_the_backoff(stepped):
                              unload_first=lambda model: True)
     watched._baseline()
     stepped.kill_one("tts_llm")
-    for step in range(200):
-        now[0] = step * 0.1
-        watched._check()
-        _settle(watched)
-    gaps = [round(b - a, 1) for a, b in zip(attempts, attempts[1:])]
+    gaps = _attempt_gaps(watched, now, attempts)
     assert gaps[:3] == [1.0, 2.0, 4.0] and set(gaps[3:]) == {4.0}, gaps
     assert watched.down()["tts_llm"].startswith("unload failed: unload refused; retrying in 4 s")
     assert watched.restarts == {}

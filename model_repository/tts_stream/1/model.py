@@ -11,7 +11,6 @@ the stream's cancel token (how a BLS caller such as ``realtime_session`` stops i
 ``bls.Stream.request_cancel``), after which the stream ends CANCELLED.
 """
 
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
