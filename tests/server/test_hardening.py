@@ -78,8 +78,8 @@ def llm_stream(grpc_url: str, request_id: str, max_new_tokens: int, parameters: 
         client.close()
 
 
-def send_cancel(grpc_url: str, target: str) -> None:
-    """A CANCEL request to tts_llm, as any client could send it."""
+def send_cancel(grpc_url: str, target: str, model: str = "tts_llm") -> None:
+    """A CANCEL request to ``model``, as any client could send it."""
     llm_cancel = [grpc_input("CANCEL", _s(target))]
     import tritonclient.grpc as grpcclient
 
@@ -87,7 +87,7 @@ def send_cancel(grpc_url: str, target: str) -> None:
     done = threading.Event()
     client.start_stream(callback=lambda result, error: done.set())
     try:
-        client.async_stream_infer("tts_llm", llm_cancel, enable_empty_final_response=True)
+        client.async_stream_infer(model, llm_cancel, enable_empty_final_response=True)
         assert done.wait(30)
     finally:
         client.stop_stream()
@@ -210,6 +210,45 @@ def test_a_bls_caller_gets_a_streams_error_as_an_output(triton_server):
 def test_a_short_cancel_token_is_refused(triton_server):
     count, error = llm_stream(triton_server.grpc_url, "x", 5, {"cancel_token": "guessable"})
     assert count == 0 and "at least 16 characters" in str(error)
+
+
+def test_voice_chat_stream_takes_cancel_only_from_a_turns_owner(triton_server):
+    """voice_chat_stream's CANCEL input (the gateway ends a chat a client left with it): a CANCEL naming no running
+    turn is answered and harmless, a turn with a guessable token is refused, and a foreign CANCEL sent during a
+    turn leaves it to finish."""
+    import tritonclient.grpc as grpcclient
+
+    def turn(parameters: dict | None, cancel_meanwhile: str | None = None) -> tuple[list[str], object]:
+        client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+        responses: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        deltas, finished = [], False
+        try:
+            inputs = [grpc_input("TEXT", _s("你好")), grpc_input("REPLY_AUDIO", np.array([False])),
+                      grpc_input("MAX_NEW_TOKENS", np.array([8], np.int32))]  # text only, short: a quick turn
+            client.async_stream_infer("voice_chat_stream", inputs,
+                                      enable_empty_final_response=True, parameters=parameters)
+            while True:
+                result, error = responses.get(timeout=120)
+                if error is not None:
+                    return deltas, error
+                if (delta := result.as_numpy("TEXT_DELTA")) is not None:
+                    deltas.append(delta.reshape(-1)[0].decode())
+                    if cancel_meanwhile and len(deltas) == 1:
+                        send_cancel(triton_server.grpc_url, cancel_meanwhile, "voice_chat_stream")
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    finished = True
+                    return deltas, None
+        finally:
+            client.stop_stream(cancel_requests=not finished)
+            client.close()
+
+    send_cancel(triton_server.grpc_url, os.urandom(16).hex(), "voice_chat_stream")
+    deltas, error = turn({"cancel_token": "guessable"})
+    assert deltas == [] and "at least 16 characters" in str(error)
+    deltas, error = turn({"cancel_token": os.urandom(16).hex()}, cancel_meanwhile=os.urandom(16).hex())
+    assert error is None and deltas, "a foreign CANCEL ended another client's turn"
+    assert ready(triton_server) == 200
 
 
 # --- finding 6: admin APIs need the key ----------------------------------------------------------------------
