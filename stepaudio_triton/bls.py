@@ -21,14 +21,22 @@ from stepaudio_triton.adapter import owned, parameter
 CANCEL_TOKEN_PARAMETER = "cancel_token"
 
 
-def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str], token: str | None = None):
+def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str], token: str | None = None,
+             correlation_id: int | None = None, start: bool = False, end: bool = False):
     """The id marks the request as ours (the called model writes its error code into the message, errors.py) and
-    carries the stream's cancel token when there is one."""
+    carries the stream's cancel token when there is one. ``correlation_id`` with ``start`` / ``end``: one request of
+    a sequence model's sequence (the session's ``vad``)."""
+    sequence = {}
+    if correlation_id is not None:
+        flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if start else 0) | (
+            pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if end else 0)
+        sequence = {"correlation_id": correlation_id, "flags": flags}
     return pb_utils.InferenceRequest(
         model_name=model,
         inputs=[pb_utils.Tensor(name, value) for name, value in tensors.items() if value is not None],
         requested_output_names=output_names,
         request_id=errors.BLS_REQUEST_ID_PREFIX + (token or secrets.token_hex(8)),
+        **sequence,
     )
 
 
@@ -43,8 +51,9 @@ def outputs(response, names: list[str]) -> dict[str, np.ndarray]:
     return {name: owned(pb_utils.get_output_tensor_by_name(response, name)) for name in names}
 
 
-def call(model: str, tensors: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-    response = _request(model, tensors, output_names).exec()
+def call(model: str, tensors: dict[str, np.ndarray], output_names: list[str], correlation_id: int | None = None,
+         start: bool = False, end: bool = False) -> dict[str, np.ndarray]:
+    response = _request(model, tensors, output_names, correlation_id=correlation_id, start=start, end=end).exec()
     raise_if_error(response, model)
     return outputs(response, output_names)
 
@@ -214,3 +223,16 @@ stall_timeout = _StallTimeout()
 def configure(config: dict) -> None:
     """Read this stub's BLS settings from its model config (call in ``initialize``)."""
     stall_timeout.seconds = parameter(config, _StallTimeout.PARAMETER, stall_timeout.seconds, float)
+
+
+class Transport:
+    """``chat_turn.Transport`` over BLS: the served models' calls and streams from inside a stub."""
+
+    call = staticmethod(call)
+
+    @staticmethod
+    def stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str], cancellable: bool = False) -> Stream:
+        return Stream(model, inputs, outputs, cancellable=cancellable)
+
+
+transport = Transport()
