@@ -182,6 +182,11 @@ class ChatTurn:
                                       ["TEXT_DELTA"], cancellable=True)
         return "".join(text_delta(response) for response in parts)
 
+    @property
+    def transcribing(self) -> bool:
+        """Whether the turn has audio whose transcript ``transcript()`` waits for."""
+        return self._transcript is not None
+
     def transcript(self, timeout_s: float | None = None) -> str:
         """The user's spoken words ("" for a typed turn); waits for the ASR stream."""
         return self._transcript.result(timeout_s) if self._transcript is not None else ""

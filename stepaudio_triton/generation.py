@@ -78,10 +78,17 @@ def cancel_token(request) -> str | None:
 
 class CancelFlag(threading.Event):
     """What ``LiveStreams`` cancels for a model that is not an LLM stream itself (``tts_stream``,
-    ``voice_chat_stream``): set by a CANCEL naming the request's token; the model checks it at every step."""
+    ``voice_chat_stream``): set by a CANCEL naming the request's token; the model checks it at every step, and
+    ``then`` (e.g. ``ChatTurn.stop``) is called at once."""
+
+    def __init__(self, then: Callable[[], None] | None = None):
+        super().__init__()
+        self.then = then
 
     def cancel(self) -> None:
         self.set()
+        if self.then is not None:
+            self.then()
 
 
 class LiveStreams:

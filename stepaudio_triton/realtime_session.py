@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from stepaudio.chat.speech import SentenceSplitter
 from stepaudio.errors import Cancelled
 from stepaudio.realtime import (
     CancelReply,
@@ -70,6 +69,7 @@ from stepaudio_triton.adapter import (
     rendered_parameter,
     required_input,
 )
+from stepaudio_triton.chat_turn import ChatTurn, ReplyVoice, TurnModels, TurnRequest
 from stepaudio_triton.sequences import SequenceControls
 from stepaudio_triton.threads import BoundedThreads
 
@@ -81,9 +81,7 @@ _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 @dataclass
 class ServiceConfig:
     vad_model: str
-    tokenizer_model: str
-    chat_model: str
-    tts_model: str
+    models: TurnModels  # what a reply calls (chat_turn.ChatTurn)
     default_speaker: str
     max_sentence_chars: int
     max_chunk_seconds: float
@@ -101,8 +99,10 @@ class ServiceConfig:
             max_turn_seconds=rendered_parameter(config, "max_turn_seconds", float),
             max_session_seconds=rendered_parameter(config, "max_session_seconds", float),
             idle_timeout_seconds=rendered_parameter(config, "idle_timeout_s", float)).validate()
-        return cls(parameter(config, "vad_model", "vad"), parameter(config, "tokenizer_model", "tokenizer"),
-                   parameter(config, "chat_model", "chat_llm"), parameter(config, "tts_model", "tts_stream"),
+        models = TurnModels(tokenizer=parameter(config, "tokenizer_model", "tokenizer"),
+                            chat=parameter(config, "chat_model", "chat_llm"),
+                            speech_stream=parameter(config, "tts_model", "tts_stream"))
+        return cls(parameter(config, "vad_model", "vad"), models,
                    rendered_parameter(config, "default_speaker"), rendered_parameter(config, "max_sentence_chars", int),
                    rendered_parameter(config, "max_chunk_seconds", float),
                    rendered_parameter(config, "max_history_turns", int),
@@ -206,36 +206,26 @@ class Reply:
         self.stopped = threading.Event()
         self.finished = threading.Event()  # the worker has ended
         self.pending: list[tuple[dict, np.ndarray | None]] = []  # events held while speculative
-        self.streams: list[bls.Stream] = []
         self.text, self.user_transcript, self.done_sent, self.failed = "", "", False, False
-        self.transcript = None  # Future of the user's transcript (ASR mode)
-        self.cancelled_streams: list[str] = []  # called models that confirmed our cancel (their CANCELLED error)
+        self.turn: ChatTurn | None = None  # the chat turn, once the worker has built it
         self.lock = threading.Lock()
         self.started_at = time.monotonic()
 
-    def track(self, stream: bls.Stream) -> bls.Stream:
+    def attach(self, turn: ChatTurn) -> ChatTurn:
         with self.lock:
-            self.streams.append(stream)
+            self.turn = turn
             stopped = self.stopped.is_set()
         if stopped:
-            stream.request_cancel()
-        return stream
-
-    def responses(self, stream: bls.Stream):
-        """A tracked stream's responses; its CANCELLED end is recorded (the called model confirmed the cancel)."""
-        try:
-            yield from stream
-        except Cancelled:
-            self.cancelled_streams.append(stream.model)
-            raise
+            turn.stop()
+        return turn
 
     def stop(self) -> None:
-        """Stop sending at once; ask the called models to end the streams (the worker sees them end)."""
+        """Stop sending at once; ask the called models to end the turn's streams (the worker sees them end)."""
         self.stopped.set()
         with self.lock:
-            streams = list(self.streams)
-        for stream in streams:
-            stream.request_cancel()
+            turn = self.turn
+        if turn is not None:
+            turn.stop()
 
 
 class Session:
@@ -308,17 +298,11 @@ class Session:
                     keep = self.pending.buffer_start_s if self.pending.audio_span is None else self.pending.audio_span[0]
                     self.audio.trim_before(keep - 1.0)
             return
-        flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if not self.vad_started else 0) | (
-            pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if end else 0)
-        response = pb_utils.InferenceRequest(
-            model_name=self.service.config.vad_model, requested_output_names=["PROBABILITY", "FIRST_WINDOW"],
-            inputs=[pb_utils.Tensor("AUDIO", chunk[None].astype(np.float32)),
-                    pb_utils.Tensor("SAMPLE_RATE", np.array([[self.options.sample_rate]], dtype=np.int32))],
-            correlation_id=self.correlation_id, flags=flags,
-            request_id=errors.BLS_REQUEST_ID_PREFIX + secrets.token_hex(8)).exec()
-        self.vad_started = True
-        bls.raise_if_error(response, self.service.config.vad_model)
-        got = bls.outputs(response, ["PROBABILITY", "FIRST_WINDOW"])
+        start, self.vad_started = not self.vad_started, True
+        got = bls.call(self.service.config.vad_model,
+                       {"AUDIO": chunk[None].astype(np.float32),
+                        "SAMPLE_RATE": np.array([[self.options.sample_rate]], dtype=np.int32)},
+                       ["PROBABILITY", "FIRST_WINDOW"], correlation_id=self.correlation_id, start=start, end=end)
         first = int(got["FIRST_WINDOW"].reshape(-1)[0])
         with self.lock:
             self.audio.append(chunk)
@@ -515,11 +499,8 @@ class Session:
                 self.sender = None
         if self.vad_started and reason != "ended":
             try:  # the client's END went to the VAD with the last chunk; otherwise end the VAD's sequence here
-                pb_utils.InferenceRequest(
-                    model_name=self.service.config.vad_model, requested_output_names=["PROBABILITY"],
-                    inputs=[pb_utils.Tensor("AUDIO", np.zeros((1, 0), np.float32))], correlation_id=self.correlation_id,
-                    flags=pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END,
-                    request_id=errors.BLS_REQUEST_ID_PREFIX + secrets.token_hex(8)).exec()
+                bls.call(self.service.config.vad_model, {"AUDIO": np.zeros((1, 0), np.float32)}, ["PROBABILITY"],
+                         correlation_id=self.correlation_id, end=True)
             except Exception:  # noqa: BLE001 - the VAD frees an idle sequence itself
                 pass
 
@@ -602,23 +583,19 @@ class RealtimeService:
                 session.emit(reply, {"type": "error", "error": {"type": "server_error", "code": errors.code_name(exc),
                                                                  "message": errors.client_message(exc)}})
         finally:
-            if reply.transcript is None and not reply.user_transcript:  # a typed turn cut short
+            turn = reply.turn
+            transcribing = turn is not None and turn.transcribing
+            if not transcribing and not reply.user_transcript:  # a typed turn cut short
                 reply.user_transcript = reply.user_text
-            if reply.committed and reply.transcript is not None and not reply.user_transcript:
+            if reply.committed and transcribing and not reply.user_transcript:
                 try:  # a barge-in: the user's words still join the history
-                    reply.user_transcript = reply.transcript.result(timeout=60)
+                    reply.user_transcript = turn.transcript(timeout_s=60)
                 except Exception:  # noqa: BLE001 - no transcript: the turn stays out of the history
                     pass
             session.reply_ended(reply, failed)  # the next reply may start on the history now
-            if reply.stopped.is_set():
-                for stream in reply.streams:  # drain each to its final response (this thread iterates them)
-                    stream.request_cancel()
-                    try:
-                        for _ in reply.responses(stream):
-                            pass
-                    except Exception:  # noqa: BLE001 - a stopped stream's end is only counted
-                        pass
-                for model in reply.cancelled_streams:
+            if reply.stopped.is_set() and turn is not None:
+                turn.drain()  # each stream to its final response (this thread read them)
+                for model in turn.cancelled_models:
                     self.metrics.count(self.metrics.cancelled, stream=model)
                 if not reply.committed:
                     self.metrics.count(self.metrics.discarded_seconds, time.monotonic() - reply.started_at)
@@ -633,65 +610,43 @@ class RealtimeService:
             history = [{"role": "system", "content": reply.instructions}] + history
         if reply.user_text:  # a typed turn (with spoken audio, both are the user's one turn)
             history.append({"role": "user", "content": reply.user_text})
-        chat_inputs = {"MESSAGES": string(json.dumps(history, ensure_ascii=False))}
-        if reply.audio:
-            ids = bls.call(config.tokenizer_model, {"AUDIO": audio[None, None],
-                                                    "SAMPLE_RATE": np.array([[options.sample_rate]], dtype=np.int32)},
-                           ["AUDIO_IDS"])["AUDIO_IDS"][0]
-            if reply.stopped.is_set():
-                raise Cancelled("reply stopped")
-            reply.audio_ids = int(ids.size)
-            reply.transcript = self.asr.submit(self._transcribe, ids)
-            chat_inputs["AUDIO_IDS"] = ids
         sampling = {"MAX_NEW_TOKENS": np.array([options.max_new_tokens], dtype=np.int32)}
         if options.seed is not None:
             sampling["SEED"] = np.array([options.seed], dtype=np.int64)
-        chat = reply.track(bls.Stream(config.chat_model, {**chat_inputs, **sampling}, ["TEXT_DELTA"], cancellable=True))
-        splitter = SentenceSplitter(config.max_sentence_chars)
-        for response in reply.responses(chat):
-            delta = response["TEXT_DELTA"].reshape(-1)[0].decode()
-            reply.text += delta
-            reply.text_deltas += 1
-            session.emit(reply, {"type": "response.audio_transcript.delta", "response_id": reply.response_id,
-                                 "delta": delta})
-            for sentence in splitter.feed(delta):
-                self._speak(session, reply, sentence)
-            if reply.stopped.is_set():
-                raise Cancelled("reply stopped")
-        for sentence in splitter.flush():
-            self._speak(session, reply, sentence)
-        if reply.transcript is None:
+        voice = ReplyVoice(speaker=options.speaker, seed=options.seed, max_new_tokens=options.tts_max_new_tokens)
+        request = TurnRequest(history, audio=audio[None] if reply.audio else None,
+                              sample_rate=options.sample_rate if reply.audio else None, sampling=sampling,
+                              voice=voice if reply.speak else None)
+        turn = reply.attach(ChatTurn(bls.transport, config.models, request, self.asr))
+        turn.start()  # Cancelled if the reply was stopped meanwhile
+        if turn.audio_ids is not None:
+            reply.audio_ids = int(turn.audio_ids.size)
+        for delta, sentences in turn.reply(config.max_sentence_chars):
+            if delta:
+                reply.text += delta
+                reply.text_deltas += 1
+                session.emit(reply, {"type": "response.audio_transcript.delta", "response_id": reply.response_id,
+                                     "delta": delta})
+            for sentence in sentences:
+                self._speak(session, reply, turn, sentence)
+        if not turn.transcribing:
             reply.user_transcript = reply.user_text
             return
-        spoken = reply.transcript.result()
+        spoken = turn.transcript()
         reply.user_transcript = "\n".join(part for part in (reply.user_text, spoken) if part)
         session.emit(reply, {"type": "conversation.item.input_audio_transcription.completed",
                              "response_id": reply.response_id, "transcript": spoken})
 
-    def _transcribe(self, ids: np.ndarray) -> str:
-        """Not cancelled with its reply: the user's words belong in the history even when the reply is cut short."""
-        parts = bls.Stream(self.config.chat_model, {"MODE": string("asr"), "AUDIO_IDS": ids}, ["TEXT_DELTA"],
-                           cancellable=True)
-        return "".join(r["TEXT_DELTA"].reshape(-1)[0].decode() for r in parts)
-
-    def _speak(self, session: Session, reply: Reply, sentence: str) -> None:
+    def _speak(self, session: Session, reply: Reply, turn: ChatTurn, sentence: str) -> None:
         if reply.stopped.is_set():
             raise Cancelled("reply stopped")
         if not reply.speak:  # a text-only response: the sentence joins what was "heard" at once
             reply.sentences.append((sentence, 0.0))
             return
-        options = session.options
-        inputs = {"TEXT": string(sentence), "SPEAKER": string(options.speaker),
-                  "MAX_NEW_TOKENS": np.array([options.tts_max_new_tokens], dtype=np.int32)}
-        if options.seed is not None:
-            inputs["SEED"] = np.array([options.seed], dtype=np.int64)
-        # Cancellable: a barge-in sends CANCEL with the stream's token and tts_stream stops within one decode step.
-        speech = reply.track(bls.Stream(self.config.tts_model, inputs, ["WAVEFORM", "SAMPLE_RATE"], cancellable=True))
+        # A barge-in stops the turn: tts_stream gets CANCEL with the stream's token and stops within one decode step.
+        chunks = turn.speak(sentence)
         reply.sentences.append((sentence, 0.0))
-        for chunk in reply.responses(speech):
-            if reply.stopped.is_set():
-                raise Cancelled("reply stopped")
-            rate = int(chunk["SAMPLE_RATE"].reshape(-1)[0])
-            reply.sentences[-1] = (sentence, reply.sentences[-1][1] + chunk["WAVEFORM"].size / rate)
+        for wave, rate in chunks:
+            reply.sentences[-1] = (sentence, reply.sentences[-1][1] + wave.size / rate)
             session.emit(reply, {"type": "response.audio.delta", "response_id": reply.response_id,
-                                 "sample_rate": rate}, chunk["WAVEFORM"])
+                                 "sample_rate": rate}, wave)

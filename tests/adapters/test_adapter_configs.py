@@ -168,7 +168,7 @@ class Calls:
             home = LIBRARY_MODULES.get(module.imports.get(base, base if base in LIBRARY_MODULES else ""))
             if home is not None and func.attr in home.functions:  # bls.call, ...
                 yield home.functions[func.attr], home, None
-            elif home is not None and func.attr in home.classes.get(base, {}):  # ChatTurnInputs.from_request
+            elif home is not None and func.attr in home.classes.get(base, {}):  # ChatGraph.speaking_from_config
                 yield home.classes[base][func.attr], home, base
             elif base in module.classes and func.attr in module.classes[base]:
                 yield module.classes[base][func.attr], module, base
@@ -253,7 +253,7 @@ def test_the_scan_sees_reads_through_groups_wrappers_and_shared_modules():
     tts = {name for name, _, _ in Calls(TEMPLATES / "tts" / "1" / "model.py").reads}
     assert set(specs.names(specs.FRONTEND_INPUTS + specs.SAMPLING)) <= tts  # through _unbatched(request, names)
     chat = Calls(TEMPLATES / "voice_chat" / "1" / "model.py").reads
-    assert ("REPLY_AUDIO", bool, "from_request") in chat and ("TOP_K", None, "chat_sampling") in chat
+    assert ("REPLY_AUDIO", bool, "turn_request") in chat and ("TOP_K", None, "chat_sampling") in chat
     llm = Calls(TEMPLATES / "tts_llm" / "1" / "model.py").reads
     assert ("TOP_K", int, "sampling_from_request") in llm and ("INPUT_IDS", int, "_submit") in llm
     realtime = {name for name, _, _ in Calls(TEMPLATES / "realtime_session" / "1" / "model.py").reads}

@@ -1,16 +1,16 @@
 """voice_chat: one chat turn, speech and/or text in → reply text + reply audio (+ the user's transcript) out.
 
-The graph needs a loop over reply sentences, so it is BLS: tokenizer → chat_llm → ensemble_tts per sentence.
+The graph needs a loop over reply sentences, so it is BLS: tokenizer → chat_llm → ensemble_tts per sentence
+(``chat_turn.ChatTurn``).
 """
 
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from stepaudio.chat.speech import SentenceSplitter
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import Outputs, parse_config, respond_each, string_tensor
-from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
+from stepaudio_triton.voice_chat import ChatGraph, turn_request
 
 
 class TritonPythonModel:
@@ -30,22 +30,19 @@ class TritonPythonModel:
         self.asr_pool.shutdown(wait=True, cancel_futures=True)
 
     def _turn(self, request):
-        run = ChatRun(self.graph, ChatTurnInputs.from_request(request, self.graph), self.asr_pool)
-        splitter = SentenceSplitter(self.graph.max_sentence_chars)
+        turn = self.graph.turn(turn_request(request, self.graph), self.asr_pool).start()
         reply, sentences = "", []
-        for delta in run.reply_deltas():
+        for delta, completed in turn.reply(self.graph.max_sentence_chars):
             reply += delta
-            sentences += splitter.feed(delta)
-        sentences += splitter.flush()
+            sentences += completed
         waves, rate = [], 22050
-        for sentence in sentences if run.inputs.reply_audio else ():
-            out = bls.call(self.graph.tts_model, run.tts_inputs(sentence, batched=True), ["WAVEFORM", "SAMPLE_RATE"])
-            waves.append(out["WAVEFORM"].reshape(-1))
-            rate = int(out["SAMPLE_RATE"].reshape(-1)[0])
+        for sentence in sentences if turn.request.voice is not None else ():
+            wave, rate = turn.speak_whole(sentence)
+            waves.append(wave)
         wave = np.concatenate(waves) if waves else []
         return [
             string_tensor("REPLY_TEXT", reply),
-            string_tensor("USER_TRANSCRIPT", run.transcript()),
+            string_tensor("USER_TRANSCRIPT", turn.transcript()),
             self.outputs("WAVEFORM", wave),
             self.outputs("SAMPLE_RATE", [rate]),
         ]

@@ -9,7 +9,6 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from stepaudio.chat.speech import SentenceSplitter
 from stepaudio.errors import Cancelled
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
@@ -23,7 +22,7 @@ from stepaudio_triton.adapter import (
 from stepaudio_triton.adapter import send as send_response  # its own `send` sends under a lock
 from stepaudio_triton.generation import CancelFlag, LiveStreams, answer_cancel, cancel_token
 from stepaudio_triton.threads import BoundedThreads
-from stepaudio_triton.voice_chat import ChatGraph, ChatRun, ChatTurnInputs
+from stepaudio_triton.voice_chat import ChatGraph, turn_request
 
 _DONE = object()
 
@@ -62,55 +61,70 @@ class TritonPythonModel:
             with send_lock:
                 send_response(sender, request, outputs, final)
 
-        run = token = None
+        turn = token = None
         cancelled = CancelFlag()
         sentences: queue.Queue = queue.Queue()
         speak_errors: list = []
         spoken = threading.Event()
+        speaking = False
         try:
             token = cancel_token(request)
+            turn = self.graph.turn(turn_request(request, self.graph), self.pool)  # no request made yet
+            cancelled.then = turn.stop  # a CANCEL stops the reply and the sentence being spoken at once
             if token is not None:
                 self.live.add(token, cancelled)
-            run = ChatRun(self.graph, ChatTurnInputs.from_request(request, self.graph), self.pool)
-            if run.inputs.reply_audio:
-                self.speakers.submit(lambda: self._speak(run, sentences, send, sender, speak_errors, spoken, cancelled))
-            else:  # text only: no speaker, no TTS request
-                spoken.set()
-            splitter = SentenceSplitter(self.graph.max_sentence_chars)
-            for delta in run.reply_deltas():
-                if sender.is_cancelled() or cancelled.is_set():  # checked at every delta: stops within one step
-                    run.cancel()
+            turn.start()
+            if turn.request.voice is not None:
+                self.speakers.submit(lambda: self._speak(turn, sentences, send, speak_errors, spoken))
+                speaking = True
+            for delta, completed in turn.reply(self.graph.max_sentence_chars):
+                if sender.is_cancelled():  # checked at every delta: stops within one step
+                    turn.stop()
                     break
-                send([string_tensor("TEXT_DELTA", delta)])
-                for sentence in splitter.feed(delta):
+                if delta:
+                    send([string_tensor("TEXT_DELTA", delta)])
+                for sentence in completed:
                     sentences.put(sentence)
-            for sentence in splitter.flush():
-                sentences.put(sentence)
             sentences.put(_DONE)
-            spoken.wait()
-            if speak_errors:
-                raise speak_errors[0]
+            if speaking:
+                spoken.wait()
             if cancelled.is_set():  # after the speaker stopped: nothing is sent after this error
                 raise Cancelled("turn cancelled by its owner")
-            send([string_tensor("USER_TRANSCRIPT", run.transcript())], final=True)
+            if speak_errors and not sender.is_cancelled():
+                raise speak_errors[0]
+            send([string_tensor("USER_TRANSCRIPT", turn.transcript())], final=True)
         except Exception as exc:  # noqa: BLE001 - the client gets the error; the model stays READY
-            if run is not None:
-                run.cancel()
+            if turn is not None:
+                turn.stop()
             sentences.put(_DONE)  # a speaker still waiting for sentences ends (its slot is freed)
+            if speaking:
+                spoken.wait()
+            failure = exc
+            if cancelled.is_set():
+                failure = Cancelled("turn cancelled by its owner")
+            elif speak_errors:  # the speaker's failure stopped the turn: it is the cause
+                failure = speak_errors[0]
             with send_lock:
-                send_error(sender, request, exc)
+                send_error(sender, request, failure)
         finally:
+            if turn is not None:
+                if speaking:
+                    spoken.wait()  # a stream has one reader: the speaker ends its own first
+                turn.drain()
             if token is not None:
                 self.live.discard(token)
 
-    def _speak(self, run, sentences, send, sender, errors, spoken, cancelled):
+    def _speak(self, turn, sentences, send, errors, spoken):
         try:
             while (sentence := sentences.get()) is not _DONE:
-                if sender.is_cancelled() or cancelled.is_set():
-                    continue
-                for chunk in bls.Stream(self.graph.stream_tts_model, run.tts_inputs(sentence, batched=False), ["WAVEFORM", "SAMPLE_RATE"]):
-                    send([self.outputs("WAVEFORM", chunk["WAVEFORM"]), self.outputs("SAMPLE_RATE", chunk["SAMPLE_RATE"])])
+                if turn.stopped.is_set():
+                    continue  # the turn thread still puts _DONE
+                for wave, rate in turn.speak(sentence):
+                    send([self.outputs("WAVEFORM", wave), self.outputs("SAMPLE_RATE", [rate])])
         except Exception as exc:  # noqa: BLE001 - reported by the turn thread
             errors.append(exc)
+            turn.stop()  # the reply stops too: nothing more of this turn is spoken
+            while sentences.get() is not _DONE:
+                pass
         finally:
             spoken.set()
