@@ -134,6 +134,9 @@ DEFAULTS: dict[str, str] = {
     # Real-time sessions (vad, stream_tokenizer, realtime_session; docs/realtime.md).
     "realtime_max_sessions": "128",  # live sessions per model instance; more → UNAVAILABLE
     "realtime_idle_timeout_s": "30",  # a session without audio this long is freed (Triton's sequence idle too)
+    # A session that sent nothing this long answers its next chunk with an empty response, so that a client's
+    # stall timeout (the gateway's: 120 s) tells a quiet session (the user streams silence) from a dead one.
+    "realtime_keepalive_s": "10",
     "realtime_max_session_seconds": "1800",
     "realtime_max_chunk_seconds": f"{REALTIME_MAX_CHUNK_SECONDS:g}",  # audio per request: clients send it as it arrives
     "stream_vq06_segment_seconds": "30",  # the reference's segment: ids equal one-shot tokenization's

@@ -85,6 +85,7 @@ class ServiceConfig:
     default_speaker: str
     max_sentence_chars: int
     max_chunk_seconds: float
+    keepalive_s: float  # a session quiet this long answers its next chunk with an empty response
     max_history_turns: int
     chat_max_new_tokens: int  # cap and default per reply
     tts_max_new_tokens: int  # cap and default per sentence
@@ -105,6 +106,7 @@ class ServiceConfig:
         return cls(parameter(config, "vad_model", "vad"), models,
                    rendered_parameter(config, "default_speaker"), rendered_parameter(config, "max_sentence_chars", int),
                    rendered_parameter(config, "max_chunk_seconds", float),
+                   rendered_parameter(config, "keepalive_s", float),
                    rendered_parameter(config, "max_history_turns", int),
                    rendered_parameter(config, "chat_max_new_tokens", int),
                    rendered_parameter(config, "tts_max_new_tokens", int), controller)
@@ -237,6 +239,7 @@ class Session:
         self.history: list[dict] = []
         self.lock = threading.RLock()
         self.sender = None
+        self.sent_at = time.monotonic()  # the last response with an event (or a keep-alive)
         self.reply: Reply | None = None
         self.last_reply: Reply | None = None
         self.vad_started = False
@@ -260,16 +263,28 @@ class Session:
             if self.sender is not None:
                 self._send_on(self.sender, (event, waveform))
 
+    def keep_alive(self) -> None:
+        """An empty response on the current request if nothing was sent for ``keepalive_s``: a client reading the
+        stream sees the session is alive while the user streams silence (the empty final responses that end each
+        request reach no gRPC client that did not ask for them; the gateway's asyncio client cannot ask)."""
+        with self.lock:
+            if self.sender is not None and time.monotonic() - self.sent_at >= self.service.config.keepalive_s:
+                self._send_on(self.sender, ())
+
     def _send_on(self, sender, item, final: bool = False) -> None:
+        """``item``: (event, waveform), ``None`` for the bare final flag, ``()`` for an empty keep-alive response."""
         try:
             if item is None:
                 sender.send(flags=_FINAL)
                 return
-            event, waveform = item
-            outputs = [pb_utils.Tensor("EVENT", string(json.dumps(event, ensure_ascii=False)))]
-            if waveform is not None:
-                outputs.append(pb_utils.Tensor("WAVEFORM", np.ascontiguousarray(waveform, dtype=np.float32)))
+            outputs = []
+            if item:
+                event, waveform = item
+                outputs = [pb_utils.Tensor("EVENT", string(json.dumps(event, ensure_ascii=False)))]
+                if waveform is not None:
+                    outputs.append(pb_utils.Tensor("WAVEFORM", np.ascontiguousarray(waveform, dtype=np.float32)))
             sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=_FINAL if final else 0)
+            self.sent_at = time.monotonic()
         except Exception:  # noqa: BLE001 - the client went away: the session ends by END or idle timeout
             if sender is self.sender:
                 self.sender = None
@@ -564,6 +579,8 @@ class RealtimeService:
             self.sessions.close(controls.correlation_id)
             return
         expired = session.controller.expired()
+        if not expired:
+            session.keep_alive()
         if expired:
             session.close(expired, error=True)
             self.sessions.close(controls.correlation_id)

@@ -15,11 +15,12 @@ from tests.helpers import sigterm_interrupts
 # A long batching window (decoders too): the tests send concurrent requests at once and check that they batch; small
 # LLM batches keep CPU memory low.
 # A BLS stream on a killed stub is abandoned after 30 s, not the production 60 (the fault-injection test waits for it).
-# Real-time sessions: a short idle timeout (the abandoned-session tests wait for it) and short vq06 segments
+# Real-time sessions: a short idle timeout (the abandoned-session tests wait for it), a short keep-alive (a test waits
+# for one) and short vq06 segments
 # (streamed ids leave during the audio, not only at END).
 TEST_RENDER_VALUES = {"batch_queue_delay_us": "100000", "decoder_queue_delay_us": "100000",
                       "chat_max_context_tokens": "2000", "bls_stall_timeout_s": "30",
-                      "realtime_idle_timeout_s": "4", "stream_vq06_segment_seconds": "1.2",
+                      "realtime_idle_timeout_s": "4", "realtime_keepalive_s": "1", "stream_vq06_segment_seconds": "1.2",
                       # The float32 graph the parity tests compare against; the bf16 flow has its own server (test_flow_bf16).
                       "decoder_flow_dtype": "float32"}
 

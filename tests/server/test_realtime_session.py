@@ -193,3 +193,65 @@ def test_idle_sessions_are_freed_and_100_dropped_sessions_leave_no_state(triton_
     while any(live_sequences(triton_server, m) for m in ("realtime_session", "vad")):
         assert time.monotonic() < deadline, "sessions outlived the idle timeout"
         time.sleep(0.5)
+
+
+def test_a_session_streaming_silence_answers_with_keep_alives(triton_server):
+    """A client that asked for no empty final responses (the gateway's asyncio client cannot ask) hears nothing of a
+    session whose user streams silence; the session answers a chunk with an empty response once it has been quiet
+    for ``keepalive_s`` (1 s in the tests), so such a client's stall timeout (the gateway's: 120 s) does not cut it."""
+    import asyncio
+    import json
+
+    import tritonclient.grpc.aio as grpcaio
+
+    from stepaudio_contract import client
+
+    async def session() -> tuple[list[str | None], float]:
+        grpc = grpcaio.InferenceServerClient(triton_server.grpc_url)
+        requests: asyncio.Queue = asyncio.Queue()
+
+        def request(start: bool = False, end: bool = False) -> dict:
+            tensors = {"AUDIO": np.zeros((1, 0 if end else 1600), np.float32)}
+            if start:
+                tensors |= client.session_start({}, 16000, None)
+            return {"model_name": "realtime_session", "inputs": client.infer_inputs(tensors), "sequence_id": 424242,
+                    "sequence_start": start, "sequence_end": end,
+                    "outputs": client.requested_outputs(["EVENT", "WAVEFORM"])}
+
+        async def request_side():
+            while (item := await requests.get()) is not None:
+                yield item
+
+        call = grpc.stream_infer(request_side())
+        seen: list[str | None] = []  # each response's event type, None for an empty response
+
+        async def read():
+            async for result, error in call:
+                assert error is None, error
+                names = {o.name for o in result.get_response().outputs}
+                event = json.loads(result.as_numpy("EVENT").reshape(-1)[0].decode())["type"] if "EVENT" in names else None
+                seen.append(event)
+                if event == "session.closed":
+                    return
+
+        reader = asyncio.create_task(read())
+        started = time.monotonic()
+        await requests.put(request(start=True))
+        for _ in range(30):  # 3 s of silence at a microphone's pace
+            await asyncio.sleep(0.1)
+            await requests.put(request())
+        quiet_s = time.monotonic() - started
+        await requests.put(request(end=True))
+        await asyncio.wait_for(reader, 60)
+        await requests.put(None)
+        async for _ in call:  # the call ends on its own (never cancelled while Triton finishes it)
+            pass
+        await grpc.close()
+        return seen, quiet_s
+
+    seen, quiet_s = asyncio.run(session())
+    keep_alives = seen.count(None)
+    assert seen[0] == "session.created" and seen[-1] == "session.closed", seen
+    # One per keepalive_s of quiet at most, and at least one in 3 s (the exact count depends on scheduling).
+    assert 1 <= keep_alives <= quiet_s / 1.0 + 1, seen
+    assert not {event for event in seen if event is not None} - {"session.created", "session.closed"}, seen
