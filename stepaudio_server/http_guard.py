@@ -232,7 +232,9 @@ class HttpGuard:
         )
         app = web.Application(client_max_size=self.limits.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # auto_decompress=False: aiohttp would inflate a compressed body while parsing it and answer a broken one
+        # with its own plain-text 400 before ``_handle`` runs; the guard refuses every Content-Encoding itself (JSON).
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -238,7 +239,32 @@ def test_ambiguous_framing_is_refused(guarded, headers, body, why):
     seen = len(upstream.seen)
     status, reply = raw(guard, "/v2/models/tts/infer", headers, body)
     assert status == 400 and why in reply, reply
+    if why:  # the guard's own refusal: a JSON error body, as Triton's
+        assert "error" in json.loads(reply), reply
     assert len(upstream.seen) == seen
+
+
+@pytest.mark.parametrize("encoding, body", [("deflate", b"\x00garbage"), ("gzip", b"\x1f\x8bgarbage"),
+                                            ("br", b"garbage"), ("gzip", __import__("gzip").compress(bytes(1 << 20)))])
+def test_a_compressed_body_is_refused_by_the_guard_and_never_inflated(guarded, caplog, encoding, body):
+    """aiohttp's parser used to inflate the body as it arrived: broken data raised in the parser (a traceback in the
+    log, or aiohttp's own plain-text 400 the fuzz campaign saw) and a bomb was inflated before the refusal. Now the
+    body is never decoded: the guard's JSON 400, nothing forwarded, nothing logged by aiohttp."""
+    guard, upstream, _ = guarded
+    seen = len(upstream.seen)
+    with socket.create_connection(("127.0.0.1", guard.port), timeout=10) as connection:  # headers and body at once
+        connection.sendall(f"POST /v2/models/tts/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                           f"Content-Encoding: {encoding}\r\n\r\n".encode() + body)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
+            if not (data := connection.recv(4096)):
+                break
+            reply += data
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and "Content-Encoding" in json.loads(payload)["error"], reply
+    assert len(upstream.seen) == seen
+    time.sleep(0.2)  # the connection's handler ends after the answer
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp")], [r.getMessage() for r in caplog.records]
 
 
 def test_the_length_header_is_refused_where_triton_parses_the_whole_body(guarded):
