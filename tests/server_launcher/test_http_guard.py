@@ -64,6 +64,10 @@ def _header(*sizes: int, outputs: str = "") -> bytes:
     (b'"' + b"x" * 2000 + b'"', BodyCheck(OTHER, None, 32, max_string_bytes=1000), "longer than 1000"),
     (b'{"TEXT":"' + b"x" * 1000 + b'"}', BodyCheck(GENERATE, None, 32, max_string_bytes=1000), None),
     (b"{" + b",".join(b'"%d":0' % i for i in range(1025)) + b"}", BodyCheck(GENERATE, None, 32), "more than 1024"),
+    # Counted before the parse: many containers (the 21 M empty lists of the front-door test, smaller here).
+    (b'{"a":[' + b"[]," * 100 + b'[]]}', BodyCheck(GENERATE, None, 32, max_containers=100), "more than 100 arrays"),
+    (b'{"a":[' + b"[]," * 97 + b'[]]}', BodyCheck(GENERATE, None, 32, max_containers=100), None),
+    (_header(4) + b"[[[[", BodyCheck(INFER, len(_header(4)), 32, max_containers=8), None),  # binary part not counted
 ])
 def test_the_json_triton_parses_is_the_json_checked(body, check, why):
     found = refusal(body, check)
