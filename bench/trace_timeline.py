@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The models a stream's first chunk calls, once each: the frontend, the LLM stream, one flow window, one vocoder call.
 FIRST_CHUNK_CALLS = ("tts_frontend", "tts_llm", "flow_decoder", "vocoder")
+# A decoupled model's compute in its statistics is its ``execute``, which only hands the request to a thread: shown,
+# never counted as model compute.
+HAND_OFF_ONLY = ("tts_llm",)
 TRACE_ON = {"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "trace_count": "-1", "log_frequency": "1"}
 TRACE_OFF = {"trace_level": ["OFF"]}
 
@@ -138,7 +141,8 @@ def first_chunk_breakdown(timeline: dict[str, float], calls: dict[str, dict],
     """One stream's first chunk: its trace's steps, then inside the stream thread's window each called model's queue
     and compute (``calls``: ``per_call`` for one call each), the rest of the window (the LLM's prefill and decode
     steps to the first chunk's ids, BLS hops, the stream's own Python), and the overhead = first-chunk latency − model
-    compute on the path (the called models' compute; the LLM's is not separable, so it counts as overhead)."""
+    compute on the path (the called models' compute; the LLM's is not separable from its per-step overhead in the
+    trace, so it counts as overhead)."""
     steps = [(name, value, None) for name, value in timeline.items() if name != "first_chunk_ms"]
     window = timeline["stream thread → first response"]
     explained = compute = 0.0
@@ -147,9 +151,9 @@ def first_chunk_breakdown(timeline: dict[str, float], calls: dict[str, dict],
         if model not in calls:
             continue
         queue_ms, compute_ms = calls[model]["queue_ms"], calls[model]["compute_ms"]
-        inside.append((f"  {model}", queue_ms, compute_ms))
+        inside.append((f"  {model}" + (" (execute: hand-off)" if model in HAND_OFF_ONLY else ""), queue_ms, compute_ms))
         explained += queue_ms + compute_ms
-        compute += compute_ms
+        compute += 0.0 if model in HAND_OFF_ONLY else compute_ms
     inside.append(("  rest: LLM steps to the first chunk's ids, BLS hops, Python", window - explained, None))
     at = [i for i, (name, _, _) in enumerate(steps) if name == "stream thread → first response"][0]
     rows = steps[:at + 1] + inside + steps[at + 1:]

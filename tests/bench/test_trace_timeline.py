@@ -85,7 +85,7 @@ def test_the_first_chunk_breakdown_of_a_recorded_stream():
         "read at the first chunk, the statistics hold exactly that chunk's calls"
     timeline = tt.stream_timeline(spans[run["trace_ids"][0]])
     breakdown = tt.first_chunk_breakdown(timeline, calls, result["first_chunk_ms"])
-    compute = sum(calls[m]["compute_ms"] for m in tt.FIRST_CHUNK_CALLS)
+    compute = sum(calls[m]["compute_ms"] for m in ("tts_frontend", "flow_decoder", "vocoder"))  # tts_llm: hand-off
     assert breakdown["model_compute_ms"] == pytest.approx(compute)
     assert breakdown["overhead_ms"] == pytest.approx(timeline["first_chunk_ms"] - compute)
     assert breakdown["client_overhead_ms"] == pytest.approx(result["first_chunk_ms"] - compute)
@@ -96,7 +96,8 @@ def test_the_first_chunk_breakdown_of_a_recorded_stream():
     assert 0 < rest < timeline["stream thread → first response"]
     # The called models sit inside the stream thread's window, in path order.
     names = [name.strip() for name, _, _ in breakdown["rows"]]
-    assert names.index("stream thread → first response") < names.index("tts_frontend") < names.index("vocoder") \
+    assert names.index("stream thread → first response") < names.index("tts_frontend") \
+        < names.index("tts_llm (execute: hand-off)") < names.index("vocoder") \
         < names.index("first response → written")
 
 
