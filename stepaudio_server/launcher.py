@@ -368,7 +368,17 @@ class TritonServer:
             cmd += [f"--cache-directory={binary.cache_directory}", f"--cache-config=local,size={self.response_cache_bytes}"]
         elif self.response_cache_bytes:
             cmd.append(f"--cache-config=local,size={self.response_cache_bytes}")
+        if self.trace_file is not None:
+            # Tracing stays off (level OFF) until an admin turns it on with /v2/trace/setting; Triton 2.51 takes the
+            # trace file on its command line only (bench/trace_timeline.py).
+            cmd.append(f"--trace-config=triton,file={self.trace_file}")
         return cmd + list(self.extra_args)
+
+    @property
+    def trace_file(self) -> Path | None:
+        """Where Triton writes traces (``<this>.<n>``, one file per trace with ``log_frequency`` 1), in this start's
+        private folder; None before ``start``."""
+        return None if self._workdir is None else Path(self._workdir.name) / "trace.json"
 
     def start(self, timeout: float = 120.0, on_models_ready: Callable[[int, int], None] | None = None) -> TritonServer:
         """Launch and wait until ready; ``on_models_ready(ready, total)`` hears each change while models load."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import traceback
 from typing import Any, Callable
@@ -172,12 +173,33 @@ def serve_decoupled(request, threads, handle: Callable[[Any], None]) -> None:
         send_error(request.get_response_sender(), request, exc)
 
 
+# The Triton trace of the request this thread serves, so that its BLS calls are traced as that request's children
+# (bls._request passes it on; docs/performance.md#first-chunk-timeline). Only while ``execute`` runs: Triton 2.51's
+# python backend releases every request, and the server deletes its trace, when ``execute`` returns, so a decoupled
+# model's request thread (``serve_decoupled``) holds no trace: a BLS call given a released trace crashes the server.
+_serving_trace: contextvars.ContextVar = contextvars.ContextVar("serving_trace", default=None)
+
+
+def serving_trace():
+    """The trace (``pb_utils.InferenceTrace``) of the request this thread serves inside ``execute``, or None."""
+    return _serving_trace.get()
+
+
+def _traced(handle: Callable[[Any], Any], request):
+    reader = getattr(request, "trace", None)  # InferenceRequest.trace(): python backend r24.10 (Triton 2.51) on
+    token = _serving_trace.set(reader() if reader is not None else None)
+    try:
+        return handle(request)
+    finally:
+        _serving_trace.reset(token)
+
+
 def _answer(handle: Callable[[Any], list], request):
     """One request → its response. The exception is turned into a response here and dropped: a kept exception
     holds its traceback's frames, which hold the request and BLS responses past ``execute`` (see
     docs/hardening.md, the stub crash)."""
     try:
-        return pb_utils.InferenceResponse(output_tensors=handle(request))
+        return pb_utils.InferenceResponse(output_tensors=_traced(handle, request))
     except Exception as exc:  # noqa: BLE001 - every failure becomes that request's error response
         return error_response(exc, request)
 

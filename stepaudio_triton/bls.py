@@ -22,21 +22,25 @@ CANCEL_TOKEN_PARAMETER = "cancel_token"
 
 
 def _request(model: str, tensors: dict[str, np.ndarray], output_names: list[str], token: str | None = None,
-             correlation_id: int | None = None, start: bool = False, end: bool = False):
+             correlation_id: int | None = None, start: bool = False, end: bool = False, trace=None):
     """The id marks the request as ours (the called model writes its error code into the message, errors.py) and
     carries the stream's cancel token when there is one. ``correlation_id`` with ``start`` / ``end``: one request of
-    a sequence model's sequence (the session's ``vad``)."""
-    sequence = {}
+    a sequence model's sequence (the session's ``vad``). ``trace``: the caller's Triton trace, so the call is traced
+    as its child; by default the trace of the request this thread serves (``adapter.serving_trace``)."""
+    extra = {}
+    trace = trace if trace is not None else adapter.serving_trace()
+    if trace is not None:
+        extra["trace"] = trace
     if correlation_id is not None:
         flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if start else 0) | (
             pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if end else 0)
-        sequence = {"correlation_id": correlation_id, "flags": flags}
+        extra |= {"correlation_id": correlation_id, "flags": flags}
     return pb_utils.InferenceRequest(
         model_name=model,
         inputs=[pb_utils.Tensor(name, value) for name, value in tensors.items() if value is not None],
         requested_output_names=output_names,
         request_id=errors.BLS_REQUEST_ID_PREFIX + (token or secrets.token_hex(8)),
-        **sequence,
+        **extra,
     )
 
 
@@ -83,6 +87,7 @@ class Stream:
         self._items: queue.Queue = queue.Queue()
         self._ended = self._cancelled = self._cancel_sent = self._stalled = False
         self._submitted = threading.Event()
+        self._trace = adapter.serving_trace()  # the caller's: the reader thread serves no request of its own
         self._reader = threading.Thread(target=self._read, args=(tensors,), name=f"bls-{model}", daemon=True)
         self._reader.start()
         self._submitted.wait()  # the request is on its way when the constructor returns (a CANCEL comes after it)
@@ -92,7 +97,8 @@ class Stream:
         try:
             try:
                 wanted = [*self.names, errors.ERROR_OUTPUT] if adapter.triton.error_output else self.names
-                responses = _request(self.model, tensors, wanted, self.cancel_token).exec(decoupled=True)
+                responses = _request(self.model, tensors, wanted, self.cancel_token,
+                                     trace=self._trace).exec(decoupled=True)
                 if self.cancellable and self.cancel_token is None:
                     self._responses = responses  # for request_cancel, until the stream ends
             finally:
