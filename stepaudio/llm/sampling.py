@@ -9,6 +9,10 @@ included**); if the context is shorter than the window nothing happens; otherwis
 window with ratio ``count / window > threshold`` (window 10, threshold 0.1 → at least twice), its logit is set to
 ``-inf`` for this step.
 
+The draw is made among the ids the filters left (``next_token``): the distribution HF's multinomial over the whole
+vocabulary samples, with another use of the random stream, so a seed's ids differ from HF's (they never matched:
+HF draws from the global generator).
+
 Each request has its own ``torch.Generator`` seeded from ``SamplingParams.seed``, so what a request samples never
 depends on which other requests share its batch.
 """
@@ -136,4 +140,7 @@ def next_token(
     if params.greedy:
         return int(torch.argmax(logits))
     logits = apply_top_p(apply_top_k(apply_temperature(logits, params.temperature), params.top_k), params.top_p)
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+    # Drawn among the ids the filters left (top-k: at most k), not the whole vocabulary: the same distribution, but
+    # torch.multinomial's CPU draw takes a random number per entry — 1.3 ms of a 1.7 ms step at 74,752 ids.
+    candidates = torch.isfinite(logits).nonzero().squeeze(1)
+    return int(candidates[torch.multinomial(logits[candidates].softmax(-1), 1, generator=generator)])

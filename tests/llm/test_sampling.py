@@ -174,3 +174,17 @@ def test_allowed_ranges_are_validated():
     for bad in ((), ((5, 5),), ((-1, 3),), ((1.5, 3),)):
         with pytest.raises(ValueError, match="allowed_token_ranges"):
             SamplingParams(allowed_token_ranges=bad).validate()
+
+
+def test_the_draw_among_the_filtered_ids_has_the_filtered_distribution():
+    """``next_token`` draws among the ids the filters leave; the frequencies must still be the softmax of the
+    filtered, tempered logits (a draw over the wrong support or weights fails this)."""
+    logits = torch.full((1000,), -5.0)
+    logits[[10, 500, 999, 3]] = torch.tensor([2.0, 1.0, 0.0, 3.0])
+    params = SamplingParams(temperature=0.5, top_k=3, top_p=1.0, repetition_threshold=0.0)
+    expected = torch.tensor([2.0, 1.0, 3.0]).div(0.5).softmax(-1)  # ids 10, 500, 3: id 999 is cut by top-k
+    generator = torch.Generator().manual_seed(1)
+    draws = [next_token(logits, [], params, generator) for _ in range(6000)]
+    assert set(draws) <= {10, 500, 3}
+    for token, p in zip((10, 500, 3), expected.tolist()):
+        assert abs(draws.count(token) / len(draws) - p) < 0.02, (token, draws.count(token), p)
