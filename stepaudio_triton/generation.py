@@ -155,8 +155,8 @@ def stream_tokens(
     token: str | None,
     workers: BoundedThreads,
 ) -> None:
-    """Send each id as it arrives (``respond(ids) → output tensors``, or None to send nothing for it), then the
-    final flag. Runs on one of ``workers`` so ``execute`` returns at once; blocks on the stream's queue (no
+    """Send the ids as they arrive (``respond(ids) → output tensors``, or None to send nothing for them; one id, or
+    every id already made when the previous response has left), then the final flag. Runs on one of ``workers`` so ``execute`` returns at once; blocks on the stream's queue (no
     polling). The client's own cancellation is checked before every send and stops generation at the engine's
     next step; with a ``token`` the stream is also cancellable by a CANCEL request naming it, and then ends with a
     CANCELLED error so its client cannot mistake it for a complete result."""
@@ -169,8 +169,11 @@ def stream_tokens(
                 if sender.is_cancelled():
                     stream.cancel()
                     break
-                outputs = respond([token_id])
-                sent += 1
+                # With the ids the engine made while the last response was on its way: one response for them all
+                # (never a wait for more), so a consumer behind the engine catches up instead of falling further back.
+                ids = [token_id, *stream.ready()]
+                outputs = respond(ids)
+                sent += len(ids)
                 if outputs:
                     send(sender, request, outputs)
             if sender.is_cancelled():

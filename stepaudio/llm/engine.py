@@ -104,6 +104,20 @@ class TokenStream:
             raise StopIteration
         return item
 
+    def ready(self) -> list[int]:
+        """The ids already queued behind the one just read, without waiting (the end stays queued): a consumer that
+        was busy sending takes what the engine made meanwhile in one go."""
+        ids = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return ids
+            if item is _END:
+                self._queue.put(_END)  # nothing follows the end: it stays last
+                return ids
+            ids.append(item)
+
     def cancel(self) -> None:
         self._cancel.set()
 

@@ -183,3 +183,16 @@ def test_engine_arguments_are_checked(tts_model):
         TorchStep1Engine(tts_model, max_batch_size=0)
     with pytest.raises(ValueError, match="max_seq_len"):
         TorchStep1Engine(tts_model, max_seq_len=10**6)
+
+
+def test_ready_takes_what_is_queued_without_waiting_and_leaves_the_end_last():
+    stream = engine_module.TokenStream("r")
+    assert stream.ready() == []  # nothing queued: no wait
+    for token_id in (5, 6, 7):
+        stream.put(token_id)
+    assert next(stream) == 5 and stream.ready() == [6, 7] and stream.ready() == []
+    stream.put(8)
+    stream.finish(engine_module.FINISH_EOS)
+    assert stream.ready() == [8]
+    assert list(stream) == []  # the end is still there: iteration stops, and stops again
+    assert list(stream) == [] and stream.ready() == []

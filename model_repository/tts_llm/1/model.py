@@ -1,8 +1,9 @@
 """tts_llm: Step-Audio-TTS-3B behind the continuous-batching Step1 engine; decoupled, streams generated ids.
 
 Inputs: INPUT_IDS (the full prompt, built by ``tts_frontend``) and the optional sampling tensors of
-``stepaudio_contract.specs.SAMPLING``. Output: OUTPUT_IDS, one response per generated id (LLM ids; the
-stop id is not sent), then an empty final response. Every concurrent stream shares one forward per decode step.
+``stepaudio_contract.specs.SAMPLING``. Output: OUTPUT_IDS, the generated ids as they come (one per response, or all
+that were made while the previous response was on its way: ``TokenStream.ready``; LLM ids; the stop id is not
+sent), then an empty final response. Every concurrent stream shares one forward per decode step.
 """
 
 from stepaudio.llm.engine import GenerationRequest
