@@ -7,7 +7,9 @@ Starts the server on the rendered repository (``make demo`` renders ``build/mode
 stream, then for each N, ``--rounds`` rounds of N streams at once over gRPC (each its own seed). Prints per N the
 wall time, the aggregate real-time factor (wall time / seconds of audio of all streams), first-chunk p50/p95,
 underruns (a chunk that arrived after the audio before it had finished playing, ``bench/playback.py``) and how many
-executions ``flow_decoder`` and ``vocoder`` needed for their calls (fewer executions than calls = batched).
+executions ``flow_decoder`` and ``vocoder`` needed for their calls (fewer executions than calls = batched). The JSON
+keeps every stream's chunk arrivals (s since its request, samples) to locate a gap. A/B a tts_stream setting by
+rendering two repositories (``--set stream_deadline_cut=true``, README: continuity).
 """
 
 from __future__ import annotations
