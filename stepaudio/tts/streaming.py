@@ -43,8 +43,8 @@ class DeadlinePolicy:
     """Chunk sizes by deadline: cut early once the time left is ≤ the last decode time + ``margin_s``, with at
     least ``min_tokens`` and at least the tokens whose audio outlasts that decode time."""
 
-    margin_s: float = 0.1
-    min_tokens: int = 10
+    margin_s: float  # no defaults here: the served ones are rendered (export/render_repository.py)
+    min_tokens: int
 
     def validate(self) -> None:
         if self.margin_s < 0 or self.min_tokens < 1:

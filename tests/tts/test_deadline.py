@@ -55,7 +55,7 @@ def run(n_ids: int, step_s: float, decode_s: float, policy: DeadlinePolicy | Non
 
 def test_deadline_tracks_playback_and_pauses_on_an_underrun():
     clock = FakeClock()
-    deadline = Deadline(DeadlinePolicy(margin_s=0.1), SAMPLES_PER_TOKEN / RATE, clock=clock)
+    deadline = Deadline(DeadlinePolicy(margin_s=0.1, min_tokens=10), SAMPLES_PER_TOKEN / RATE, clock=clock)
     assert not deadline.urgent() and deadline.slack() == 0.0  # nothing sent: the first chunk keeps its own size
     clock.now = 1.0
     deadline.sent(0.3, decode_s=0.15)
@@ -106,4 +106,4 @@ def test_deadline_policy_is_validated():
     with pytest.raises(ValueError, match="min_tokens"):
         DeadlinePolicy(margin_s=0.1, min_tokens=0).validate()
     with pytest.raises(ValueError, match="margin_s"):
-        Deadline(DeadlinePolicy(margin_s=-1.0), 0.02)
+        Deadline(DeadlinePolicy(margin_s=-1.0, min_tokens=10), 0.02)
