@@ -7,7 +7,9 @@ Starts the server on the rendered repository (``make demo`` renders ``build/mode
 stream, then for each N, ``--rounds`` rounds of N streams at once over gRPC (each its own seed). Prints per N the
 wall time, the aggregate real-time factor (wall time / seconds of audio of all streams), first-chunk p50/p95,
 underruns (a chunk that arrived after the audio before it had finished playing, ``bench/playback.py``) and how many
-executions ``flow_decoder`` and ``vocoder`` needed for their calls (fewer executions than calls = batched).
+executions ``flow_decoder`` and ``vocoder`` needed for their calls (fewer executions than calls = batched). The JSON
+keeps every stream's chunk arrivals (s since its request, samples) to locate a gap. A/B a tts_stream setting by
+rendering two repositories (``--set stream_deadline_cut=true``, README: continuity).
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def one(seed: int) -> dict:
             wave, rate, timing = synthesize(stream_args(url, seed, args.max_new_tokens))
-            return {"continuity": continuity(timing["arrivals"], rate), "audio_s": wave.size / rate}
+            return {"continuity": continuity(timing["arrivals"], rate), "audio_s": wave.size / rate,
+                    "arrivals": [(round(t, 4), n) for t, n in timing["arrivals"]]}
 
         warm = one(10_000)["continuity"]
         print(f"warm-up stream: first chunk {warm.first_audio_s * 1000:.0f} ms, {warm.audio_s:.2f} s audio")
@@ -106,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                    "worst_gap_ms": round(max(c.worst_gap_s for c in heard) * 1000, 1),
                    "decoder_calls_per_execution": {
                        m: round((after[m][0] - before[m][0]) / max(1, after[m][1] - before[m][1]), 2)
-                       for m in DECODER_MODELS}}
+                       for m in DECODER_MODELS},
+                   # (s since the request, samples) of every chunk of every stream: where a gap came from
+                   "arrivals": [r["arrivals"] for r in results]}
             report["by_streams"][streams] = row
             first = row["first_chunk_ms"]
             print(f"{streams} at once ×{args.rounds}: RTF {row['rtf']:.2f}, first chunk p50 {first['p50']:.0f} ms "

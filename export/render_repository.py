@@ -119,6 +119,14 @@ DEFAULTS: dict[str, str] = {
     "stream_first_chunk_tokens": "25",
     "stream_chunk_growth": "2.0",
     "stream_max_chunk_tokens": "200",
+    # Deadline cut (stepaudio/tts/streaming.py): once a stream's unplayed audio falls to its last chunk's decode time
+    # + the margin, the next chunk is cut from the ids it has (≥ min tokens, and ≥ the tokens whose audio outlasts
+    # that decode) instead of waiting for the schedule's size. Off by default: chunk boundaries by the schedule alone
+    # (timing-independent). Measured (README, continuity): with stream_first_chunk_tokens=45 and a 250 ms margin, 0
+    # underruns at 4 streams, for a later first chunk; with the default 25-id first chunk it does not help.
+    "stream_deadline_cut": "false",
+    "stream_deadline_margin_ms": "250",
+    "stream_deadline_min_chunk_tokens": "10",
     # Work per request (docs/hardening.md): generated ids, audio in, concurrent streams per model.
     "tts_max_new_tokens": "4096",  # ≈ 98 s of speech; a request may ask for fewer, never more
     "chat_max_new_tokens_limit": "4096",

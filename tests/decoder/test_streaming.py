@@ -100,3 +100,28 @@ def test_stream_state_does_not_grow_with_its_position(token2wav):
     assert stream.tail_start > 0 and stream.phase_frame > 0
     whole = token2wav.mel2wav([stream.mel], [stream.phase], [source_noise(4, 256 * stream.mel.shape[1])])[0]
     np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-5, rtol=0)
+
+
+def test_deadline_cut_stream_stays_close_to_offline(token2wav):
+    """Chunks cut early by the deadline (a fake clock: ids slower than real time, so the stream is always short of
+    time) change only where the flow windows fall: same length, the same bound to the offline audio as above."""
+    from stepaudio.tokenizer.ids import AUDIO_ID_OFFSET
+    from stepaudio.tts.streaming import ChunkSchedule, Deadline, DeadlinePolicy, SpeechStream, token_seconds
+
+    now = [0.0]
+    tokens = make_tokens(7, N_TOKENS)
+    deadline = Deadline(DeadlinePolicy(margin_s=0.1, min_tokens=10), token_seconds(token2wav.config), clock=lambda: now[0])
+    speech = SpeechStream(token2wav.stream(*VOICE, seed=11, chunk_tokens=25), ChunkSchedule(25, 2.0, 200), deadline,
+                          token2wav.sample_rate)
+    chunks = []
+    for token in tokens:
+        now[0] += 0.05
+        chunks.append(speech.feed([AUDIO_ID_OFFSET + int(token)]))
+    chunks.append(speech.finish())
+    assert any(early for _, early in speech.cuts), "the fake clock must make the stream cut early"
+    offline = token2wav(tokens, *VOICE, seed=11)
+    joined = np.concatenate(chunks)
+    assert joined.size == offline.size
+    error = joined - offline
+    assert np.abs(error).max() < 0.01
+    assert 10 * np.log10(np.sum(offline**2) / np.sum(error**2)) > 30

@@ -4,8 +4,9 @@ Per request, on its own thread: BLS ``tts_frontend`` → BLS ``tts_llm`` (decoup
 token2wav (flow window re-run with lookahead + mel cross-fade, vocoder with context and carried source phase) whose
 flow and vocoder calls go over BLS to the served ``flow_decoder`` / ``vocoder`` models (or their ``_music`` twins,
 chosen by the text's leading tag), so streams batch with each other and with ``ensemble_tts`` there. The
-first chunk comes after ``first_chunk_tokens`` ids, later ones grow. Each response carries WAVEFORM (float32,
-22.05 kHz) and SAMPLE_RATE; an empty final response ends the stream. A client cancel/disconnect stops the LLM
+first chunk comes after ``first_chunk_tokens`` ids, later ones grow; with ``deadline_cut`` a chunk is cut smaller
+when the audio already sent would finish playing before the scheduled one could arrive. Each response carries
+WAVEFORM (float32, 22.05 kHz) and SAMPLE_RATE; an empty final response ends the stream. A client cancel/disconnect stops the LLM
 stream (its slot is freed at the engine's next step) and drops the decoder state; so does a CANCEL request naming
 the stream's cancel token (how a BLS caller such as ``realtime_session`` stops it on barge-in:
 ``bls.Stream.request_cancel``), after which the stream ends CANCELLED.
@@ -15,7 +16,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from stepaudio.errors import Cancelled
-from stepaudio.tts.streaming import ChunkSchedule, SpeechStream
+from stepaudio.tts.streaming import (
+    ChunkSchedule,
+    Deadline,
+    DeadlinePolicy,
+    SpeechStream,
+    token_seconds,
+)
 from stepaudio_contract import specs
 from stepaudio_triton import bls
 from stepaudio_triton.adapter import (
@@ -53,6 +60,13 @@ class TritonPythonModel:
             max_tokens=rendered_parameter(config, "max_chunk_tokens", int),
         )
         self.schedule.validate()
+        # Cut a chunk early when the listener's audio would run out first (stepaudio/tts/streaming.py: Deadline).
+        self.deadline = DeadlinePolicy(
+            margin_s=rendered_parameter(config, "deadline_margin_ms", float) / 1000,
+            min_tokens=rendered_parameter(config, "deadline_min_chunk_tokens", int),
+        ) if rendered_parameter(config, "deadline_cut", bool) else None
+        if self.deadline is not None:
+            self.deadline.validate()
         self.frontend_model = parameter(config, "frontend_model", "tts_frontend")
         self.llm_model = parameter(config, "llm_model", "tts_llm")
 
@@ -82,16 +96,15 @@ class TritonPythonModel:
             seed = optional_scalar(request, "SEED", int)
             prepared = bls.call(self.frontend_model, inputs, specs.names(specs.MODELS["tts_frontend"].outputs))
             decoder = self.decoders[prepared["DECODER"].reshape(-1)[0].decode()]
-            speech = SpeechStream(
-                decoder.stream(
-                    prepared["PROMPT_TOKENS"],
-                    prepared["PROMPT_MEL"],
-                    prepared["SPEAKER_EMBEDDING"],
-                    seed=seed if seed is not None else int(np.random.randint(0, 2**31)),
-                    chunk_tokens=self.schedule.first_tokens,
-                ),
-                self.schedule,
+            decoder_stream = decoder.stream(
+                prepared["PROMPT_TOKENS"],
+                prepared["PROMPT_MEL"],
+                prepared["SPEAKER_EMBEDDING"],
+                seed=seed if seed is not None else int(np.random.randint(0, 2**31)),
+                chunk_tokens=self.schedule.first_tokens,
             )
+            deadline = Deadline(self.deadline, token_seconds(decoder.config)) if self.deadline is not None else None
+            speech = SpeechStream(decoder_stream, self.schedule, deadline, decoder.sample_rate)
             rate = [decoder.sample_rate]
             llm_responses = bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"],
                                        cancellable=True)
