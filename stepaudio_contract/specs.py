@@ -97,9 +97,6 @@ TOP_P = Tensor("TOP_P", "TYPE_FP32", (1,), optional=True)
 SEED = Tensor("SEED", "TYPE_INT64", (1,), optional=True)
 MAX_NEW_TOKENS = Tensor("MAX_NEW_TOKENS", "TYPE_INT32", (1,), optional=True)
 SAMPLING = (TEMPERATURE, TOP_K, TOP_P, SEED, MAX_NEW_TOKENS)
-# The first response of an LLM stream (tts_llm, chat_llm) waits for this many ids (or the end): a caller that needs a
-# first chunk's ids before it can use any (tts_stream) gets them in one response, not one BLS response per id.
-FIRST_RESPONSE_IDS = Tensor("FIRST_RESPONSE_IDS", "TYPE_INT32", (1,), optional=True)
 TTS_MAX_NEW_TOKENS = MAX_NEW_TOKENS.but(name="TTS_MAX_NEW_TOKENS")  # speech ids per reply sentence (chat models)
 
 # A stream's owner cancels it with CANCEL = its cancel token (stepaudio_triton/generation.py); a BLS caller gets a
@@ -172,7 +169,7 @@ MODELS: dict[str, ModelIO] = {
                  _string("DECODER")),
     ),
     "tts_llm": ModelIO(
-        inputs=(Tensor("INPUT_IDS", "TYPE_INT32", (-1,), optional=True), *SAMPLING, FIRST_RESPONSE_IDS, CANCEL),
+        inputs=(Tensor("INPUT_IDS", "TYPE_INT32", (-1,), optional=True), *SAMPLING, CANCEL),
         outputs=(Tensor("OUTPUT_IDS", "TYPE_INT32", (-1,)), ERROR),
     ),
     "tts": ModelIO(
@@ -221,7 +218,7 @@ MODELS: dict[str, ModelIO] = {
     ),
     "chat_llm": ModelIO(
         inputs=(_string("MESSAGES").but(optional=True), AUDIO_IDS.but(optional=True), _string("MODE").but(optional=True),
-                *SAMPLING, FIRST_RESPONSE_IDS, CANCEL),
+                *SAMPLING, CANCEL),
         outputs=(TEXT_DELTA, ERROR),
     ),
     "voice_chat": ModelIO(inputs=CHAT_TURN_INPUTS, outputs=(REPLY_TEXT, USER_TRANSCRIPT, WAVEFORM, SAMPLE_RATE)),

@@ -22,7 +22,6 @@ from stepaudio_triton.bls import CANCEL_TOKEN_PARAMETER
 from stepaudio_triton.threads import BoundedThreads
 
 MIN_CANCEL_TOKEN_CHARS = 16
-MAX_FIRST_RESPONSE_IDS = 1024  # a first response that waits longer would look like a stalled stream to its caller
 
 
 def token_ranges(text: str) -> tuple[tuple[int, int], ...] | None:
@@ -155,18 +154,16 @@ def stream_tokens(
     live: LiveStreams,
     token: str | None,
     workers: BoundedThreads,
-    first_response_ids: int = 1,
 ) -> None:
     """Send the ids as they arrive (``respond(ids) → output tensors``, or None to send nothing for them; one id, or
-    every id already made when the previous response has left; the first response waits for ``first_response_ids``
-    ids or the end), then the final flag. Runs on one of ``workers`` so ``execute`` returns at once; blocks on the stream's queue (no
+    every id already made when the previous response has left), then the final flag. Runs on one of ``workers`` so ``execute`` returns at once; blocks on the stream's queue (no
     polling). The client's own cancellation is checked before every send and stops generation at the engine's
     next step; with a ``token`` the stream is also cancellable by a CANCEL request naming it, and then ends with a
     CANCELLED error so its client cannot mistake it for a complete result."""
     sender = request.get_response_sender()
 
     def run():
-        sent, ids = 0, []
+        sent = 0
         try:
             for token_id in stream:
                 if sender.is_cancelled():
@@ -174,16 +171,10 @@ def stream_tokens(
                     break
                 # With the ids the engine made while the last response was on its way: one response for them all
                 # (never a wait for more), so a consumer behind the engine catches up instead of falling further back.
-                ids += [token_id, *stream.ready()]
-                if sent == 0 and len(ids) < first_response_ids:
-                    continue
+                ids = [token_id, *stream.ready()]
+                outputs = respond(ids)
                 sent += len(ids)
-                if outputs := respond(ids):
-                    send(sender, request, outputs)
-                ids = []
-            if ids and not sender.is_cancelled() and not stream.cancel_requested:  # fewer than asked: the end came
-                sent += len(ids)
-                if outputs := respond(ids):
+                if outputs:
                     send(sender, request, outputs)
             if sender.is_cancelled():
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -216,11 +207,8 @@ def serve_generation(request, live: LiveStreams, workers: BoundedThreads, submit
         return
     try:
         token = cancel_token(request)
-        first_ids = optional_scalar(request, "FIRST_RESPONSE_IDS", int)
-        if first_ids is not None and not 1 <= first_ids <= MAX_FIRST_RESPONSE_IDS:
-            raise ValueError(f"FIRST_RESPONSE_IDS must be 1..{MAX_FIRST_RESPONSE_IDS}, got {first_ids}")
         stream = submit(request)
-        stream_tokens(stream, request, respond_for(stream), live, token, workers, first_ids or 1)
+        stream_tokens(stream, request, respond_for(stream), live, token, workers)
     except Exception as exc:  # noqa: BLE001 - bad input or a full model answers this request only
         send_error(request.get_response_sender(), request, exc)
 

@@ -207,43 +207,6 @@ def test_a_bls_caller_gets_a_streams_error_as_an_output(triton_server):
     assert error.startswith("[CANCELLED] stream cancelled by its owner")
 
 
-def test_first_response_ids_groups_the_first_ids_and_is_bounded(triton_server):
-    """tts_stream asks tts_llm for its first chunk's ids in one response (FIRST_RESPONSE_IDS); later responses
-    carry what is ready. Out of bounds: INVALID_ARG, nothing generated."""
-    import tritonclient.grpc as grpcclient
-
-    def sizes(first_ids: int) -> tuple[list[int], object]:
-        client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-        responses: queue.Queue = queue.Queue()
-        client.start_stream(callback=lambda result, error: responses.put((result, error)))
-        got = []
-        try:
-            client.async_stream_infer("tts_llm", [
-                grpc_input("INPUT_IDS", PROMPT), grpc_input("MAX_NEW_TOKENS", np.array([60], np.int32)),
-                grpc_input("SEED", np.array([LONG_SEED], np.int64)),
-                grpc_input("FIRST_RESPONSE_IDS", np.array([first_ids], np.int32))], enable_empty_final_response=True)
-            while True:
-                result, error = responses.get(timeout=120)
-                if error is not None:
-                    return got, error
-                if (ids := result.as_numpy("OUTPUT_IDS")) is not None:
-                    got.append(ids.size)
-                if result.get_response().parameters["triton_final_response"].bool_param:
-                    return got, None
-        finally:
-            client.stop_stream()
-            client.close()
-
-    got, error = sizes(25)
-    assert error is None and got and sum(got) <= 60
-    assert got[0] == min(25, sum(got)), got  # the first response waited for 25 ids (or the end)
-    got, error = sizes(1000)  # more than the stream makes: one response at the end, nothing lost
-    assert error is None and len(got) == 1 and got[0] <= 60, got
-    for bad in (0, 5000):
-        got, error = sizes(bad)
-        assert got == [] and "FIRST_RESPONSE_IDS must be 1..1024" in str(error)
-
-
 def test_a_short_cancel_token_is_refused(triton_server):
     count, error = llm_stream(triton_server.grpc_url, "x", 5, {"cancel_token": "guessable"})
     assert count == 0 and "at least 16 characters" in str(error)

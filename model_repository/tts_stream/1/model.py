@@ -106,10 +106,8 @@ class TritonPythonModel:
             deadline = Deadline(self.deadline, token_seconds(decoder.config)) if self.deadline is not None else None
             speech = SpeechStream(decoder_stream, self.schedule, deadline, decoder.sample_rate)
             rate = [decoder.sample_rate]
-            # The first chunk needs its first_tokens ids before anything can be decoded: they come in one response.
-            first_ids = np.array([self.schedule.first_tokens], dtype=np.int32)
-            llm_responses = bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling,
-                                                        "FIRST_RESPONSE_IDS": first_ids}, ["OUTPUT_IDS"], cancellable=True)
+            llm_responses = bls.Stream(self.llm_model, {"INPUT_IDS": prepared["INPUT_IDS"], **sampling}, ["OUTPUT_IDS"],
+                                       cancellable=True)
             for response in llm_responses:
                 if sender.is_cancelled():
                     llm_responses.cancel()
