@@ -24,7 +24,8 @@ from tests.server.helpers import grpc_input, http_input
 
 pytestmark = pytest.mark.server
 
-# With the tiny checkpoint, seed 1 from PROMPT samples no stop id in its first 1500 ids (seed 3 stops at 305).
+# With the tiny checkpoint, seed 1 from PROMPT samples no stop id for long enough that the cancel tests below cancel
+# a running stream (they assert it was still running: fewer than 1500 ids and a CANCELLED end).
 PROMPT, LONG_SEED = np.array([1, 4, 300, 301, 302], np.int32), 1
 
 # The body that crashed Triton 2.51 (SIGSEGV in its JSON parser): ~100 kB of nesting in one string field.
