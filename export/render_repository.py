@@ -123,7 +123,8 @@ DEFAULTS: dict[str, str] = {
     # + the margin, the next chunk is cut from the ids it has (≥ min tokens, and ≥ the tokens whose audio outlasts
     # that decode) instead of waiting for the schedule's size. Off by default: chunk boundaries by the schedule alone
     # (timing-independent). Measured (README, continuity): with stream_first_chunk_tokens=45 and a 250 ms margin, 0
-    # underruns at 4 streams, for a later first chunk; with the default 25-id first chunk it does not help.
+    # underruns at 4 streams in two runs but 4 of 8 streams in a third, for a later first chunk; with the default
+    # 25-id first chunk it makes underruns worse.
     "stream_deadline_cut": "false",
     "stream_deadline_margin_ms": "250",
     "stream_deadline_min_chunk_tokens": "10",

@@ -37,9 +37,6 @@ class TurnStream(Protocol):
     def request_cancel(self) -> None:
         """Ask the model to end the stream (any thread, never raises)."""
 
-    def cancel(self) -> None:
-        """Ask, then read the stream to its end (only the thread that iterates it)."""
-
 
 class Transport(Protocol):
     def call(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], correlation_id: int | None = None,
@@ -121,10 +118,6 @@ class TurnRequest:
             self.voice.validate()
         return self
 
-    @property
-    def has_audio(self) -> bool:
-        return self.audio is not None or self.audio_ids is not None
-
 
 def text_delta(response: dict[str, np.ndarray]) -> str:
     return response["TEXT_DELTA"].reshape(-1)[0].decode()
@@ -164,7 +157,7 @@ class ChatTurn:
 
     def deltas(self) -> Iterator[str]:
         """The reply's text deltas as chat_llm writes them; ``Cancelled`` once the turn is stopped."""
-        for response in self.responses(self._reply):
+        for response in self._responses(self._reply):
             self._raise_if_stopped()
             yield text_delta(response)
 
@@ -197,7 +190,7 @@ class ChatTurn:
         self._raise_if_stopped()
         stream = self._open(self.models.speech_stream, self._voice.tts_inputs(sentence, batched=False),
                             ["WAVEFORM", "SAMPLE_RATE"])
-        for chunk in self.responses(stream):
+        for chunk in self._responses(stream):
             self._raise_if_stopped()
             yield chunk["WAVEFORM"], int(chunk["SAMPLE_RATE"].reshape(-1)[0])
 
@@ -224,7 +217,7 @@ class ChatTurn:
             stream.request_cancel()
         return stream
 
-    def responses(self, stream: TurnStream) -> Iterator[dict[str, np.ndarray]]:
+    def _responses(self, stream: TurnStream) -> Iterator[dict[str, np.ndarray]]:
         """A stream's responses; a CANCELLED end is recorded (the called model confirmed the stop)."""
         try:
             yield from stream
@@ -252,7 +245,7 @@ class ChatTurn:
         for stream in streams:
             stream.request_cancel()
             try:
-                for _ in self.responses(stream):
+                for _ in self._responses(stream):
                     pass
             except Exception:  # noqa: BLE001 - see the docstring
                 pass

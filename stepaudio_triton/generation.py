@@ -156,10 +156,11 @@ def stream_tokens(
     workers: BoundedThreads,
 ) -> None:
     """Send the ids as they arrive (``respond(ids) → output tensors``, or None to send nothing for them; one id, or
-    every id already made when the previous response has left), then the final flag. Runs on one of ``workers`` so ``execute`` returns at once; blocks on the stream's queue (no
-    polling). The client's own cancellation is checked before every send and stops generation at the engine's
-    next step; with a ``token`` the stream is also cancellable by a CANCEL request naming it, and then ends with a
-    CANCELLED error so its client cannot mistake it for a complete result."""
+    every id already made when the previous response has left), then the final flag. Runs on one of ``workers`` so
+    ``execute`` returns at once; blocks on the stream's queue (no polling). The client's own cancellation is checked
+    before every send and stops generation at the engine's next step; with a ``token`` the stream is also
+    cancellable by a CANCEL request naming it, and then ends with a CANCELLED error so its client cannot mistake it
+    for a complete result."""
     sender = request.get_response_sender()
 
     def run():
